@@ -1,0 +1,1 @@
+"""Registry-facing code: how a model is packaged, registered, promoted and resolved."""
