@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import math
 import os
@@ -59,6 +60,7 @@ PRODUCT_COLUMNS = [
 IMAGE_COLUMNS = ["id", "product_id", "bucket_link", "image_ref", "create_time"]
 IMAGE_SIZES = [(768, 1024), (1024, 768), (600, 800), (1024, 1024), (800, 600), (640, 480)]
 JPEG_QUALITY = 85
+MARKER = ".demo_data.json"  # written beside the export: says it is synthetic, and how it was made
 
 
 @dataclass(frozen=True)
@@ -554,6 +556,7 @@ def make_export(out: Path, products: int = 2000, seed: int = 0, workers: int = 0
             for future, part in zip(futures, chunks, strict=True):
                 written += future.result()
                 bar.update(len(part))
+    (out / MARKER).write_text(json.dumps({"products": products, "seed": seed}) + "\n")
     counts = {
         "products": len(products_table),
         "images_rows": len(images_table),

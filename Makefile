@@ -1,0 +1,59 @@
+# The project's front door. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MLFLOW_RUN := $(BIN)/mlflow run . --env-manager local
+UI_PORT ?= 5000
+PYTEST_ARGS ?=
+
+# The demo: the whole pipeline on a 2,000-product synthetic export, with training settings
+# that finish in minutes on a 2-core CPU (offline, so the ResNet starts from random weights).
+DEMO_PARAMS ?= -P products=2000 -P size=96 -P arch=resnet18 -P image_size=64 -P epochs=8 \
+	-P batch_size=64 -P lr=0.003 -P trainable_layers=all
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint format ui stack stack-down stack-status results bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: set PYTHON=python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its dev tools
+
+demo: $(STAMP) ## run the whole pipeline on the demo export (sqlite store, local artifacts)
+	$(MLFLOW_RUN) -e main $(DEMO_PARAMS)
+
+test: $(STAMP) ## run every test, slow ones included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## run the tests not marked slow
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff fix and format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+ui: $(STAMP) ## open the MLflow UI on the local store (http://127.0.0.1:$(UI_PORT))
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+results: $(STAMP) ## print the baselines results table (markdown) from the tracking store
+	$(BIN)/python -m steps.baselines_report
+
+bench: $(STAMP) ## run the benchmarks in bench/ (figures to bench/results/)
+	$(BIN)/python bench/clean_images.py
+	$(BIN)/python bench/train.py
+
+clean: ## remove the demo data, the local store and the venv
+	rm -rf data mlruns mlartifacts mlflow.db $(VENV)

@@ -1,0 +1,305 @@
+"""main: the whole pipeline, each step its own MLflow run under this one.
+
+Order: ``ingest`` (when ``--source`` is given) or ``demo_data`` (when the raw folder has no
+export yet) -> ``clean_tabular`` -> ``clean_images`` -> ``baselines`` -> ``train`` ->
+``promote`` (the version this pipeline trained).
+
+A step is skipped when a finished run of it exists with the same parameters, the same
+inputs (file names, sizes and modification times), the same code, and outputs that are
+still as that run left them. Each step's run is tagged with that key
+(``pipeline.cache_key``) and nested under this run in the MLflow UI.
+
+Reads and writes what the chained steps read and write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from steps.runtime import (
+    StepError,
+    cli,
+    non_negative_int,
+    positive_int,
+    start_run,
+    str_to_bool,
+    tracking_uri,
+)
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CODE_FOLDERS = ("steps", "registry")
+CACHE_KEY_TAG = "pipeline.cache_key"
+OUTPUT_DIGEST_TAG = "pipeline.output_digest"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+@dataclass
+class Step:
+    """One entry point to run: its parameters, the paths it reads and the paths it writes."""
+
+    entry_point: str
+    parameters: dict[str, str]
+    inputs: list[Path] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    cacheable: bool = True
+
+
+def fingerprint(paths: Iterable[Path]) -> str:
+    """A digest of every file under ``paths``: relative name, size and mtime (not contents).
+
+    Missing paths count as absent, so a deleted output changes the fingerprint.
+    """
+    digest = hashlib.sha256()
+    for root in paths:
+        root = Path(root)
+        digest.update(f"<{root}>".encode())
+        if root.is_file():
+            stat = root.stat()
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+            continue
+        if not root.is_dir():
+            digest.update(b"missing")
+            continue
+        entries = []
+        for folder, _dirs, files in os.walk(root):
+            for name in files:
+                path = Path(folder) / name
+                stat = path.stat()
+                entries.append(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}")
+        for entry in sorted(entries):
+            digest.update(entry.encode())
+    return digest.hexdigest()
+
+
+def code_digest() -> str:
+    """A digest of the project's Python sources: a code change reruns the steps."""
+    digest = hashlib.sha256()
+    for folder in CODE_FOLDERS:
+        for path in sorted((PROJECT_ROOT / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(step: Step, code: str) -> str:
+    payload = {
+        "entry_point": step.entry_point,
+        "parameters": step.parameters,
+        "inputs": fingerprint(step.inputs),
+        "code": code,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def find_cached_run(client, experiment_id: str, step: Step, key: str):
+    """The latest finished run of ``step`` with ``key`` whose outputs are unchanged, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{CACHE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
+    outputs = fingerprint(step.outputs)
+    for run in runs:
+        if run.data.tags.get(OUTPUT_DIGEST_TAG) == outputs:
+            return run
+    return None
+
+
+def run_step(step: Step, parent_run_id: str, experiment_id: str, code: str) -> str:
+    """Run ``step`` as its own MLflow run (or reuse a cached one); returns its run id."""
+    import mlflow
+    from mlflow.exceptions import ExecutionException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    key = cache_key(step, code)
+    if step.cacheable:
+        cached = find_cached_run(client, experiment_id, step, key)
+        if cached is not None:
+            log.info(
+                "skipping %s: inputs and parameters unchanged since run %s",
+                step.entry_point,
+                cached.info.run_id,
+            )
+            return cached.info.run_id
+    log.info("running %s %s", step.entry_point, step.parameters)
+    try:
+        submitted = mlflow.projects.run(
+            str(PROJECT_ROOT),
+            entry_point=step.entry_point,
+            parameters=step.parameters,
+            env_manager="local",
+            experiment_id=experiment_id,
+            run_name=step.entry_point,
+            synchronous=True,
+        )
+    except ExecutionException as exc:
+        raise StepError(f"step {step.entry_point} failed ({exc}); see its message above") from None
+    run_id = submitted.run_id
+    client.set_tag(run_id, PARENT_RUN_TAG, parent_run_id)
+    client.set_tag(run_id, CACHE_KEY_TAG, key)
+    client.set_tag(run_id, OUTPUT_DIGEST_TAG, fingerprint(step.outputs))
+    return run_id
+
+
+def plan(args: argparse.Namespace) -> list[Step]:
+    """The steps to run, in order, with their parameters, inputs and outputs."""
+    raw, clean = Path(args.raw), Path(args.clean)
+    images = clean / "images" / str(args.size)
+    tables = [clean / "images.parquet", clean / "products.parquet", clean / "categories.json"]
+    steps: list[Step] = []
+    if args.source:
+        steps.append(
+            Step("ingest", {"source": args.source, "out": str(raw)}, outputs=[raw], cacheable=False)
+        )
+    elif not (raw / "Products.csv").exists() or _made_by_demo(raw):
+        steps.append(
+            Step(
+                "demo_data",
+                {"out": str(raw), "products": str(args.products), "seed": str(args.seed)},
+                outputs=[raw],
+            )
+        )
+    steps += [
+        Step(
+            "clean_tabular",
+            {"raw": str(raw), "out": str(clean), "seed": str(args.seed)},
+            inputs=[raw / "Products.csv", raw / "Images.csv", raw / "images"],
+            outputs=tables,
+        ),
+        Step(
+            "clean_images",
+            {"raw": str(raw), "out": str(clean), "size": str(args.size)},
+            inputs=[raw / "images"],
+            outputs=[images],
+        ),
+    ]
+    if args.baselines:
+        steps.append(
+            Step(
+                "baselines",
+                {"clean": str(clean), "image_size": str(args.size), "seed": str(args.seed)},
+                inputs=[*tables, images],
+            )
+        )
+    steps.append(
+        Step(
+            "train",
+            {
+                "clean": str(clean),
+                "epochs": str(args.epochs),
+                "arch": args.arch,
+                "weights": args.weights,
+                "image_size": str(args.image_size),
+                "clean_size": str(args.size),
+                "batch_size": str(args.batch_size),
+                "lr": str(args.lr),
+                "trainable_layers": str(args.trainable_layers),
+                "seed": str(args.seed),
+                "model_name": args.model_name,
+            },
+            inputs=[*tables, images],
+        )
+    )
+    return steps
+
+
+def _made_by_demo(raw: Path) -> bool:
+    """True when ``raw`` holds an export that demo_data wrote (so demo_data may refresh it)."""
+    from steps.demo_data import MARKER
+
+    return (raw / MARKER).exists()
+
+
+def registered_version(client, model_name: str, run_id: str) -> str | None:
+    """The version of ``model_name`` that the training run ``run_id`` registered."""
+    versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    if not versions:
+        return None
+    return max(versions, key=lambda v: int(v.version)).version
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m steps.main", description="Run the whole pipeline, skipping unchanged steps."
+    )
+    parser.add_argument("--raw", default="data/raw", help="raw export folder")
+    parser.add_argument("--clean", default="data/clean", help="clean data folder")
+    parser.add_argument("--source", default="", help="ingest from this folder or s3:// URI first")
+    parser.add_argument("--products", type=positive_int, default=2000, help="demo export size")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--size", type=positive_int, default=256, help="clean image size (px)")
+    parser.add_argument("--epochs", type=positive_int, default=15)
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--weights", default="auto")
+    parser.add_argument("--image-size", type=positive_int, default=224)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--trainable-layers", default="1", help="0..5 or all")
+    parser.add_argument("--model-name", default="marketplace-classifier")
+    parser.add_argument("--baselines", type=str_to_bool, default=True, help="run the baselines")
+    parser.add_argument(
+        "--promote", type=str_to_bool, default=True, help="promote the trained version"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    code = code_digest()
+    with start_run("main") as run:
+        mlflow.log_params(vars(args))
+        parent, experiment = run.info.run_id, run.info.experiment_id
+        client = MlflowClient()
+        run_ids: dict[str, str] = {}
+        for step in plan(args):
+            run_ids[step.entry_point] = run_step(step, parent, experiment, code)
+        mlflow.log_dict(run_ids, "pipeline_runs.json")
+        version = registered_version(client, args.model_name, run_ids["train"])
+        if version is None:
+            log.warning("training registered no version of %s: nothing to promote", args.model_name)
+            return
+        if not args.promote:
+            log.info(
+                "trained %s version %s (not promoted: --promote false)", args.model_name, version
+            )
+            return
+        promote = Step(
+            "promote",
+            {"model_name": args.model_name, "version": version, "clean": str(args.clean)},
+            cacheable=False,
+        )
+        try:
+            run_step(promote, parent, experiment, code)
+        except StepError:
+            log.warning(
+                "version %s of %s was not promoted (see the reason above); production is unchanged",
+                version,
+                args.model_name,
+            )
+            return
+        log.info(
+            "done: %s version %s holds the production alias. Browse the runs: make ui (store %s)",
+            args.model_name,
+            version,
+            tracking_uri(),
+        )
+
+
+run = cli(main)
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,78 @@
+"""demo_data writes an export with the real raw layout's quirks, deterministically."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from steps.demo_data import CATEGORIES, PRODUCT_COLUMNS, build_tables, make_export
+
+
+def test_products_csv_has_the_export_quirks(demo_raw: Path) -> None:
+    data = (demo_raw / "Products.csv").read_bytes()
+    header, _, body = data.partition(b"\n")
+    assert header == b"," + ",".join(PRODUCT_COLUMNS).encode() + b"\r"
+    assert b"\r\n" not in body, "records end in a bare \\n"
+    assert b"\r" in body, "line breaks inside descriptions are bare \\r"
+    images_header = (demo_raw / "Images.csv").read_text().splitlines()[0]
+    assert images_header == ",id,product_id,bucket_link,image_ref,create_time"
+
+
+def test_tables_look_like_the_real_export() -> None:
+    products, images, specs = build_tables(3000, seed=1)
+    assert products["product_name"].str.endswith(" | Gumtree").all()
+    prices = products["price"]
+    assert (prices == "N/A").any() and (prices == "£0.00").any()
+    assert prices.str.contains(r"^£\d{1,3}(?:,\d{3})+\.\d\d$").any(), "thousands separators"
+    assert prices.str.startswith("Â£").any(), "mojibake pound signs"
+    millions = prices.str.replace(r"[^\d.]", "", regex=True).replace("", "0").astype(float)
+    assert (millions > 1e6).any(), "a few outliers in the millions"
+    roots = products["category"].str.split(" / ").str[0]
+    assert set(roots[roots != ""]) == {c.root for c in CATEGORIES}
+    depths = products.loc[products["category"] != "", "category"].str.count(" / ") + 1
+    assert depths.min() == 2 and depths.max() == 5
+    assert products.duplicated().any(), "a few exact duplicate rows"
+    per_product = images.groupby("product_id").size().reindex(products["id"], fill_value=0)
+    assert per_product.mode()[0] == 2 and (per_product == 1).any() and (per_product == 0).any()
+    flaws = {spec.flaw for spec in specs}
+    assert {"grey", "cmyk", "truncated"} <= flaws
+    assert len(specs) > len(images), "some image files that no row names"
+
+
+def test_images_have_real_sizes_and_modes(demo_raw: Path) -> None:
+    images = pd.read_csv(demo_raw / "Images.csv", index_col=0)
+    sizes, modes = set(), set()
+    for image_id in images["id"][:40]:
+        with Image.open(demo_raw / "images" / f"{image_id}.jpg") as image:
+            sizes.add(image.size)
+            modes.add(image.mode)
+            assert max(image.size) <= 1024
+    assert len(sizes) > 1 and "RGB" in modes
+
+
+def test_export_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    def digest(folder: Path) -> str:
+        h = hashlib.sha256()
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                h.update(path.name.encode() + path.read_bytes())
+        return h.hexdigest()
+
+    make_export(tmp_path / "a", products=12, seed=3)
+    make_export(tmp_path / "b", products=12, seed=3)
+    make_export(tmp_path / "c", products=12, seed=4)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+
+
+@pytest.mark.parametrize("argv", [["--products", "0"], ["--products", "ten"], ["--seed", "-1"]])
+def test_bad_parameters_are_rejected(argv: list[str], tmp_path: Path) -> None:
+    from steps.demo_data import get_args_parser
+
+    with pytest.raises(SystemExit) as excinfo:
+        get_args_parser().parse_args(["--out", str(tmp_path), *argv])
+    assert excinfo.value.code == 2

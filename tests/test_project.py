@@ -1,0 +1,76 @@
+"""The project's own wiring: dependencies in step, every entry point runnable with --help."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _names(requirements: list[str]) -> dict[str, str]:
+    """Requirement name (normalised, extras dropped) -> the full specifier text."""
+    out = {}
+    for requirement in requirements:
+        name = re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0]
+        out[name.lower().replace("_", "-")] = requirement.replace(" ", "")
+    return out
+
+
+def test_conda_yaml_lists_the_same_dependencies_as_pyproject() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert _names(pip_section) == _names(project["dependencies"])
+    python = next(d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    assert python.split("=")[-1] >= project["requires-python"].lstrip(">=")
+
+
+def _entry_points() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+
+
+def test_every_entry_point_is_a_step_module_with_its_parameters() -> None:
+    for name, spec in _entry_points().items():
+        command = " ".join(spec["command"].split())
+        match = re.match(r"python -m (steps\.\w+)", command)
+        assert match, f"{name}: command should be `python -m steps.<module>`"
+        assert (ROOT / (match.group(1).replace(".", "/") + ".py")).exists(), name
+        for parameter in spec.get("parameters", {}):
+            assert "{" + parameter + "}" in command, f"{name}: parameter {parameter} unused"
+
+
+@pytest.mark.parametrize("name", sorted(_entry_points()))
+def test_every_step_has_help(name: str) -> None:
+    module = re.match(r"python -m (steps\.\w+)", _entry_points()[name]["command"]).group(1)
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+def test_nothing_happens_at_import_time(tmp_path: Path) -> None:
+    """Importing every module creates no file and sets no tracking URI."""
+    code = (
+        "import importlib, pkgutil, steps, registry\n"
+        "for pkg in (steps, registry):\n"
+        "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        if m.name != 'registry.__main__':\n"
+        "            importlib.import_module(m.name)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == []
