@@ -59,7 +59,7 @@ def open_image(source: bytes | str | Path, size: int | None = None) -> Image.Ima
     photos. Raises ``OSError`` (Pillow's ``UnidentifiedImageError`` is one) when the data
     is not a readable image or is truncated.
     """
-    stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")
+    stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")  # noqa: SIM115 (closed by the with below)
     with stream:
         image = Image.open(stream)
         if size is not None and image.format == "JPEG":
