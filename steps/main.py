@@ -229,6 +229,15 @@ def registered_version(client, model_name: str, run_id: str) -> str | None:
     return max(versions, key=lambda v: int(v.version)).version
 
 
+def _holds_production(client, model_name: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, "production").version == version
+    except MlflowException:
+        return False
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m steps.main", description="Run the whole pipeline, skipping unchanged steps."
@@ -276,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             log.info(
                 "trained %s version %s (not promoted: --promote false)", args.model_name, version
             )
+            return
+        if _holds_production(client, args.model_name, version):
+            log.info("%s version %s already holds the production alias", args.model_name, version)
             return
         promote = Step(
             "promote",
