@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from steps.main import Step, cache_key, fingerprint
 
 
@@ -42,3 +44,59 @@ def test_cache_key_depends_on_parameters_inputs_and_code(tmp_path: Path) -> None
     assert cache_key(step, code="v2") != key
     (root / "images" / "z.jpg").write_bytes(b"jpeg")
     assert cache_key(step, code="v1") != key
+
+
+def _mlflow_run(root: Path, params: dict[str, str], env: dict[str, str]):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "mlflow", "run", str(root), "-e", "main"]
+    argv += ["--env-manager", "local"]
+    for key, value in params.items():
+        argv += ["-P", f"{key}={value}"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str) -> None:
+    """`mlflow run . -e main` chains the steps, registers and promotes; a rerun skips them."""
+    from mlflow.tracking import MlflowClient
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "pipeline"}
+    params = {
+        "raw": str(tmp_path / "raw"),
+        "clean": str(tmp_path / "clean"),
+        "products": "40",
+        "size": "48",
+        "arch": "resnet18",
+        "weights": "none",
+        "image_size": "32",
+        "epochs": "1",
+        "batch_size": "16",
+        "trainable_layers": "all",
+        "baselines": "false",
+    }
+    first = _mlflow_run(root, params, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("pipeline")
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {run.info.run_name: run for run in runs}
+    assert {"main", "demo_data", "clean_tabular", "clean_images", "train", "promote"} <= set(
+        by_name
+    )
+    parent = by_name["main"].info.run_id
+    for name in ("demo_data", "clean_tabular", "clean_images", "train"):
+        assert by_name[name].info.status == "FINISHED"
+        assert by_name[name].data.tags["mlflow.parentRunId"] == parent
+    production = client.get_model_version_by_alias("marketplace-classifier", "production")
+    assert production.run_id == by_name["train"].info.run_id
+
+    second = _mlflow_run(root, params, env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr.count("skipping") == 4, second.stderr[-3000:]
+    after = client.search_runs([experiment.experiment_id])
+    assert len(after) == len(runs) + 1, "only a new main run"
+    assert len(client.search_model_versions("name = 'marketplace-classifier'")) == 1
