@@ -1,0 +1,696 @@
+"""clean_tabular: turn the raw export's two CSVs into the clean tables every later step reads.
+
+Reads (never modifies):
+    <raw>/Products.csv, <raw>/Images.csv  the export as it really is: header ends in a bare
+                                          ``\\r``, records end in ``\\n``, newlines inside quoted
+                                          descriptions are bare ``\\r``, first column an index
+    <raw>/images/                         the photos, probed (draft decode) to drop broken ones
+Writes:
+    <out>/products.parquet   one row per product: parsed price and its flag, clean name,
+                             category levels, county, create_time, split (null without images)
+    <out>/images.parquet     one row per usable image: label, split (per product, stratified
+                             by root category, seeded), file, original width/height/mode
+    <out>/categories.json    sorted root categories; label i <-> categories[i]
+    <out>/report.json        rows in/out, rows dropped per reason, split sizes, per category
+Logs one MLflow run ``clean_tabular``: params, counts as metrics, the four files as artifacts,
+and the raw and clean tables as dataset inputs (contexts ``raw`` and ``clean``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from registry.imaging import open_image
+from steps.runtime import StepError, cli, start_run
+
+log = logging.getLogger(__name__)
+
+PRODUCTS_CSV = "Products.csv"
+IMAGES_CSV = "Images.csv"
+IMAGES_DIR = "images"
+PRODUCT_COLUMNS = (
+    "id",
+    "product_name",
+    "category",
+    "product_description",
+    "price",
+    "location",
+    "url",
+    "page_id",
+    "create_time",
+)
+IMAGE_COLUMNS = ("id", "product_id", "bucket_link", "image_ref", "create_time")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+MISSING_TEXT = frozenset({"", "n/a", "na", "nan", "null", "none"})
+CATEGORY_SEPARATOR = " / "
+SPLITS = ("train", "val", "test")
+PRICE_FLAGS = ("ok", "missing", "zero", "implausible")
+PROBE_SIZE = 64
+EXAMPLES = 20  # how many file names / errors the report lists per reason
+
+_CURRENCY_JUNK = re.compile(r"[£$€,\s\u00a0Â]")
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
+_GUMTREE_SUFFIX = re.compile(r"\s*\|\s*gumtree\s*$", re.IGNORECASE)
+_LOCATION_PART = re.compile(r"\s*\|\s*in\s[^|]*$", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- parsing rules
+
+
+def missing_to_none(value: object) -> str | None:
+    """Strip ``value``; ``N/A``, blanks and the like become None. Newlines become ``\\n``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).replace("\r\n", "\n").replace("\r", "\n").strip()
+    return None if text.lower() in MISSING_TEXT else text
+
+
+def parse_price(value: object) -> float | None:
+    """``"£1,900.00"`` -> 1900.0; mojibake ``"Â£5.00"`` -> 5.0; missing or unparseable -> None."""
+    text = missing_to_none(value)
+    if text is None:
+        return None
+    number = _CURRENCY_JUNK.sub("", text)
+    if number.startswith("-"):  # "-£5.00" or "£-5.00": the sign may sit either side of £
+        number = "-" + number.lstrip("-")
+    if not _NUMBER.fullmatch(number):
+        return None
+    price = float(number)
+    return price if math.isfinite(price) else None
+
+
+def price_flag(price: float | None, max_price: float) -> str:
+    """``ok``, ``missing``, ``zero`` or ``implausible`` (negative or above ``max_price``)."""
+    if price is None or math.isnan(price):
+        return "missing"
+    if price < 0 or price > max_price:
+        return "implausible"
+    if price == 0:
+        return "zero"
+    return "ok"
+
+
+def clean_name(value: object) -> str:
+    """Drop the ``| Gumtree`` suffix and the ``| in <Location>`` part from a listing title.
+
+    ``"Mirror wall art | in Wokingham, Berkshire | Gumtree"`` -> ``"Mirror wall art"``;
+    other pipes in the title stay. Missing names become ``""``.
+    """
+    text = missing_to_none(value)
+    if text is None:
+        return ""
+    text = _GUMTREE_SUFFIX.sub("", text)
+    return _LOCATION_PART.sub("", text).strip()
+
+
+def split_category(value: object) -> tuple[str, str, str | None, int] | None:
+    """``"A / B / C"`` -> (``"A / B / C"``, root ``"A"``, sub ``"B"``, depth 3); missing -> None."""
+    text = missing_to_none(value)
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(CATEGORY_SEPARATOR.strip())]
+    parts = [part for part in parts if part]
+    if not parts:
+        return None
+    return (
+        CATEGORY_SEPARATOR.join(parts),
+        parts[0],
+        parts[1] if len(parts) > 1 else None,
+        len(parts),
+    )
+
+
+def county_of(location: object) -> str | None:
+    """The part after the last comma of ``"Wokingham, Berkshire"``, stripped: ``"Berkshire"``."""
+    text = missing_to_none(location)
+    if text is None:
+        return None
+    county = text.rsplit(",", 1)[-1].strip()
+    return county or None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_raw_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
+    """Read an export CSV as text, whatever its line-ending quirks; drop the index column.
+
+    ``lineterminator="\\n"`` makes a bare ``\\r`` ordinary text, so one inside a quoted
+    description never splits a record; a trailing ``\\r`` on the header (or on values, for
+    files written with ``\\r\\n``) is stripped afterwards.
+    """
+    if not path.is_file():
+        raise StepError(
+            f"{path} not found; point --raw at an export folder (make one with demo_data)"
+        )
+    try:
+        frame = pd.read_csv(
+            path, lineterminator="\n", dtype=str, keep_default_na=False, na_filter=False
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise StepError(f"cannot read {path} as CSV ({exc}); re-export it") from None
+    frame.columns = [str(column).strip("\r\n \ufeff") for column in frame.columns]
+    first = frame.columns[0] if len(frame.columns) else None
+    if first is not None and (first == "" or first.startswith("Unnamed:")):
+        frame = frame.drop(columns=first)
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise StepError(
+            f"{path} lacks column(s) {', '.join(missing)} (has {', '.join(frame.columns)}); "
+            "is this the marketplace export?"
+        )
+    for column in frame.columns:
+        frame[column] = frame[column].str.rstrip("\r")
+    return frame
+
+
+def find_image_files(images_dir: Path) -> dict[str, str]:
+    """Image id (file stem) -> path relative to the raw folder, for every image file."""
+    found: dict[str, str] = {}
+    if not images_dir.is_dir():
+        return found
+    for entry in sorted(os.scandir(images_dir), key=lambda e: e.name):
+        suffix = os.path.splitext(entry.name)[1].lower()
+        if suffix in IMAGE_SUFFIXES and entry.is_file():
+            stem = os.path.splitext(entry.name)[0]
+            # a.jpg wins over a.png: sorted order puts ".jpeg"/".jpg" before ".png"
+            found.setdefault(stem, f"{IMAGES_DIR}/{entry.name}")
+    return found
+
+
+# --------------------------------------------------------------------------- products
+
+
+def clean_products(raw: pd.DataFrame, max_price: float) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Parse and filter the raw products; return the clean table and its part of the report."""
+    rows_in = len(raw)
+    frame = raw.drop_duplicates(subset=list(PRODUCT_COLUMNS))
+    dropped = {"exact_duplicate": rows_in - len(frame)}
+
+    ids = frame["id"].map(missing_to_none)
+    has_id = ids.notna()
+    dropped["no_id"] = int((~has_id).sum())
+    frame, ids = frame[has_id], ids[has_id]
+
+    categories = frame["category"].map(split_category)
+    has_category = categories.notna()
+    dropped["no_category"] = int((~has_category).sum())
+    frame, ids, categories = frame[has_category], ids[has_category], categories[has_category]
+
+    first = ~ids.duplicated(keep="first")
+    dropped["duplicate_id"] = int((~first).sum())
+    frame, ids, categories = frame[first], ids[first], categories[first]
+
+    price_text = frame["price"].map(missing_to_none)
+    prices = price_text.map(parse_price)
+    flags = pd.Series([price_flag(p, max_price) for p in prices], index=frame.index, dtype="str")
+    location = frame["location"].map(missing_to_none)
+    time_text = frame["create_time"].map(missing_to_none)
+    create_time = pd.to_datetime(time_text, errors="coerce", format="ISO8601")
+    clean = pd.DataFrame(
+        {
+            "product_id": ids.astype("str"),
+            "name": frame["product_name"].map(clean_name).astype("str"),
+            "description": frame["product_description"].map(missing_to_none).astype("str"),
+            "price": prices.astype("float64").where(flags.isin(["ok", "zero"])),
+            "price_flag": flags,
+            "location": location.astype("str"),
+            "county": frame["location"].map(county_of).astype("str"),
+            "category": [c[0] for c in categories],
+            "root_category": [c[1] for c in categories],
+            "sub_category": pd.Series([c[2] for c in categories], index=frame.index, dtype="str"),
+            "category_depth": np.array([c[3] for c in categories], dtype=np.int64),
+            "url": frame["url"].map(missing_to_none).astype("str"),
+            "page_id": frame["page_id"].map(missing_to_none).astype("str"),
+            "create_time": create_time,
+        },
+        index=frame.index,
+    ).reset_index(drop=True)
+    report = {
+        "rows_in": rows_in,
+        "rows_out": len(clean),
+        "dropped": dropped,
+        "price_flags": {flag: int((flags == flag).sum()) for flag in PRICE_FLAGS},
+        "price_unparseable": int((prices.isna() & price_text.notna()).sum()),
+        "create_time_unparseable": int((create_time.isna() & time_text.notna()).sum()),
+    }
+    return clean, report
+
+
+# --------------------------------------------------------------------------- images
+
+
+def probe_image(path: Path) -> tuple[int, int, str]:
+    """Original (width, height, mode) of an image file, after checking it fully decodes.
+
+    The header gives size and mode; :func:`registry.imaging.open_image` then draft-decodes the
+    data (fast for JPEGs) and raises ``OSError`` when it is broken or truncated.
+    """
+    with Image.open(path) as header:
+        width, height, mode = header.size[0], header.size[1], header.mode
+    open_image(path, size=PROBE_SIZE)
+    return width, height, mode
+
+
+def probe_images(paths: Sequence[Path], workers: int = 0) -> list[tuple[int, int, str] | str]:
+    """Probe every path on a thread pool (decoding releases the GIL); errors come back as text."""
+
+    def probe(path: Path) -> tuple[int, int, str] | str:
+        try:
+            return probe_image(path)
+        except Exception as exc:  # a corrupt file surfaces as many types; never fatal
+            return f"{type(exc).__name__}: {exc}"
+
+    workers = workers or 2 * (os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(probe, paths))
+
+
+def clean_image_rows(
+    raw: pd.DataFrame, products: pd.DataFrame, raw_dir: Path
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Keep image rows whose product exists and whose file is readable; count the rest."""
+    rows_in = len(raw)
+    frame = raw.drop_duplicates(subset=list(IMAGE_COLUMNS))
+    dropped: dict[str, int] = {"exact_duplicate": rows_in - len(frame)}
+
+    image_ids = frame["id"].map(missing_to_none)
+    has_id = image_ids.notna()
+    dropped["no_id"] = int((~has_id).sum())
+    frame, image_ids = frame[has_id], image_ids[has_id]
+
+    first = ~image_ids.duplicated(keep="first")
+    dropped["duplicate_id"] = int((~first).sum())
+    frame, image_ids = frame[first], image_ids[first]
+    named = set(image_ids)
+
+    product_ids = frame["product_id"].map(missing_to_none)
+    known = product_ids.isin(set(products["product_id"]))
+    dropped["no_product"] = int((~known).sum())
+    frame, image_ids, product_ids = frame[known], image_ids[known], product_ids[known]
+
+    files = find_image_files(raw_dir / IMAGES_DIR)
+    relative = image_ids.map(files)
+    present = relative.notna()
+    dropped["file_missing"] = int((~present).sum())
+    missing_examples = list(image_ids[~present][:EXAMPLES])
+    image_ids, product_ids, relative = image_ids[present], product_ids[present], relative[present]
+
+    results = probe_images([raw_dir / rel for rel in relative])
+    readable = np.array([not isinstance(r, str) for r in results], dtype=bool)
+    dropped["unreadable"] = int((~readable).sum())
+    unreadable = [
+        {"image_id": image_id, "file": rel, "error": result}
+        for image_id, rel, result in zip(image_ids, relative, results, strict=True)
+        if isinstance(result, str)
+    ]
+    good = [r for r in results if not isinstance(r, str)]
+    orphans = sorted(stem for stem in files if stem not in named)
+
+    clean = pd.DataFrame(
+        {
+            "image_id": pd.Series(image_ids[readable].to_numpy(), dtype="str"),
+            "product_id": pd.Series(product_ids[readable].to_numpy(), dtype="str"),
+            "file": pd.Series(relative[readable].to_numpy(), dtype="str"),
+            "width": np.array([r[0] for r in good], dtype=np.int64),
+            "height": np.array([r[1] for r in good], dtype=np.int64),
+            "mode": pd.Series([r[2] for r in good], dtype="str"),
+        }
+    )
+    report = {
+        "rows_in": rows_in,
+        "rows_out": len(clean),
+        "dropped": dropped,
+        "file_missing_examples": missing_examples,
+        "unreadable": unreadable,
+        "orphan_files": len(orphans),
+        "orphan_examples": [files[stem] for stem in orphans[:EXAMPLES]],
+    }
+    return clean, report
+
+
+# --------------------------------------------------------------------------- split
+
+
+def allocate_split(n: int, val_frac: float, test_frac: float) -> tuple[int, int, int]:
+    """How many of a category's ``n`` products go to (train, val, test).
+
+    Proportional, rounded half up; a category with >= 3 products gets at least one product
+    in every split whose fraction is above zero, and train always keeps at least one (when
+    val and test must give way, the larger gives a product first; on a tie, val).
+    """
+    n_val = math.floor(n * val_frac + 0.5)
+    n_test = math.floor(n * test_frac + 0.5)
+    if n >= 3:
+        n_val = max(n_val, 1) if val_frac > 0 else 0
+        n_test = max(n_test, 1) if test_frac > 0 else 0
+    while n > 0 and n - n_val - n_test < 1:
+        if n_val >= n_test and n_val > 0:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n - n_val - n_test, n_val, n_test
+
+
+def split_by_product(
+    products: pd.DataFrame, *, val_frac: float, test_frac: float, seed: int
+) -> pd.Series:
+    """Assign each product (``product_id``, ``root_category``) to train/val/test.
+
+    Stratified by root category: each category's products are allocated by
+    :func:`allocate_split` (sklearn's stratified splitter rounds per class and can leave a
+    3-product category out of val altogether) and shuffled with sklearn's
+    ``train_test_split`` from one seeded generator. Input row order does not matter: products
+    are sorted by id first, so the same seed and products always give the same split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.RandomState(seed)
+    assignment: dict[str, str] = {}
+    ordered = products.sort_values(["root_category", "product_id"])
+    for _, group in ordered.groupby("root_category", sort=True):
+        ids = list(group["product_id"])
+        n_train, n_val, n_test = allocate_split(len(ids), val_frac, test_frac)
+        rest = ids
+        held: list[str] = []
+        if n_val + n_test:
+            rest, held = train_test_split(ids, test_size=n_val + n_test, random_state=rng)
+        assignment.update(dict.fromkeys(rest, "train"))
+        assignment.update(dict.fromkeys(held[:n_val], "val"))
+        assignment.update(dict.fromkeys(held[n_val:], "test"))
+    return pd.Series(assignment, name="split", dtype="str")
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def check_paths(raw: Path, out: Path) -> None:
+    """Refuse a missing raw folder, and any output folder that is or lies inside it."""
+    if not raw.is_dir():
+        raise StepError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
+    raw_resolved, out_resolved = raw.resolve(), out.resolve()
+    if out_resolved == raw_resolved or raw_resolved in out_resolved.parents:
+        raise StepError(
+            f"--out {out} is inside the raw folder {raw}; the raw export is never written to, "
+            "choose another folder such as data/clean"
+        )
+
+
+def check_fractions(val_frac: float, test_frac: float, max_price: float) -> None:
+    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
+        raise StepError(
+            f"--val-frac {val_frac} and --test-frac {test_frac} must each be in [0, 1) "
+            "and sum to less than 1"
+        )
+    if not max_price > 0:
+        raise StepError(f"--max-price must be above 0, got {max_price}")
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_outputs(
+    out: Path,
+    products: pd.DataFrame,
+    images: pd.DataFrame,
+    categories: list[str],
+    report: dict[str, Any],
+) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "products": out / "products.parquet",
+        "images": out / "images.parquet",
+        "categories": out / "categories.json",
+        "report": out / "report.json",
+    }
+    _write_atomic(paths["products"], lambda p: products.to_parquet(p, index=False))
+    _write_atomic(paths["images"], lambda p: images.to_parquet(p, index=False))
+    _write_atomic(paths["categories"], lambda p: p.write_text(json.dumps(categories, indent=2)))
+    _write_atomic(paths["report"], lambda p: p.write_text(json.dumps(report, indent=2)))
+    return paths
+
+
+def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's counts as flat MLflow metric names (``products_dropped_no_id`` ...)."""
+    metrics: dict[str, float] = {}
+    for table in ("products", "images"):
+        part = report[table]
+        metrics[f"{table}_in"] = part["rows_in"]
+        metrics[f"{table}_out"] = part["rows_out"]
+        for reason, count in part["dropped"].items():
+            metrics[f"{table}_dropped_{reason}"] = count
+    for flag, count in report["products"]["price_flags"].items():
+        metrics[f"price_{flag}"] = count
+    metrics["orphan_image_files"] = report["images"]["orphan_files"]
+    metrics["products_without_images"] = report["products_without_images"]
+    metrics["categories"] = len(report["labels"])
+    for split in SPLITS:
+        metrics[f"{split}_products"] = report["splits"]["products"][split]
+        metrics[f"{split}_images"] = report["splits"]["images"][split]
+    return metrics
+
+
+def log_to_mlflow(
+    params: dict[str, Any],
+    report: dict[str, Any],
+    paths: dict[str, Path],
+    tables: dict[str, tuple[pd.DataFrame, Path, str]],
+) -> None:
+    """One ``clean_tabular`` run: params, counts, the output files, and the tables as inputs."""
+    import mlflow
+    import mlflow.data
+
+    with start_run("clean_tabular"):
+        mlflow.log_params(params)
+        mlflow.log_metrics(flat_metrics(report))
+        for path in paths.values():
+            mlflow.log_artifact(str(path), artifact_path="clean")
+        with warnings.catch_warnings():  # schema hints and source-resolution chatter
+            warnings.simplefilter("ignore", UserWarning)
+            for name, (frame, source, context) in tables.items():
+                dataset = mlflow.data.from_pandas(frame, source=str(source), name=name)
+                mlflow.log_input(dataset, context=context)
+
+
+@dataclass
+class CleanTables:
+    """What cleaning produces, before anything is written: the tables and the report."""
+
+    products: pd.DataFrame
+    images: pd.DataFrame
+    categories: list[str]
+    report: dict[str, Any]
+    raw_products: pd.DataFrame
+    raw_images: pd.DataFrame
+
+
+def build_clean_tables(
+    raw: Path,
+    *,
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    max_price: float = 100_000.0,
+    seed: int = 0,
+) -> CleanTables:
+    """Read, parse, filter, probe images, label and split; write nothing, log nothing."""
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise StepError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
+    check_fractions(val_frac, test_frac, max_price)
+    raw_products = read_raw_csv(raw / PRODUCTS_CSV, PRODUCT_COLUMNS)
+    raw_images = read_raw_csv(raw / IMAGES_CSV, IMAGE_COLUMNS)
+
+    products, product_report = clean_products(raw_products, max_price)
+    if products.empty:
+        raise StepError(
+            f"{raw / PRODUCTS_CSV} has no usable rows (each needs an id and a category); "
+            "check the export"
+        )
+    images, image_report = clean_image_rows(raw_images, products, raw)
+    if images.empty:
+        raise StepError(
+            f"no usable images: none of the {len(raw_images)} rows of {raw / IMAGES_CSV} names a "
+            f"known product with a readable file in {raw / IMAGES_DIR}; check the export"
+        )
+    log.info(
+        "products %d -> %d, images %d -> %d",
+        product_report["rows_in"],
+        len(products),
+        image_report["rows_in"],
+        len(images),
+    )
+
+    root_of = products.set_index("product_id")["root_category"]
+    images.insert(2, "root_category", images["product_id"].map(root_of).astype("str"))
+    with_images = products[products["product_id"].isin(set(images["product_id"]))]
+    split = split_by_product(
+        with_images[["product_id", "root_category"]],
+        val_frac=val_frac,
+        test_frac=test_frac,
+        seed=seed,
+    )
+    categories = sorted(images["root_category"].unique())
+    label_of = {name: index for index, name in enumerate(categories)}
+    images.insert(3, "label", images["root_category"].map(label_of).astype("int64"))
+    images.insert(4, "split", images["product_id"].map(split).astype("str"))
+    products["split"] = products["product_id"].map(split).astype("str")
+
+    report = build_report(product_report, image_report, products, images, categories)
+    return CleanTables(products, images, categories, report, raw_products, raw_images)
+
+
+def clean_tabular(
+    raw: Path,
+    out: Path,
+    *,
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    max_price: float = 100_000.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Clean ``raw`` into ``out`` (see the module docstring), log the run, return the report."""
+    raw, out = Path(raw), Path(out)
+    check_paths(raw, out)
+    tables = build_clean_tables(
+        raw, val_frac=val_frac, test_frac=test_frac, max_price=max_price, seed=seed
+    )
+    params = {
+        "raw": str(raw),
+        "out": str(out),
+        "val_frac": val_frac,
+        "test_frac": test_frac,
+        "max_price": max_price,
+        "seed": seed,
+    }
+    report = {**tables.report, "params": params}
+    paths = write_outputs(out, tables.products, tables.images, tables.categories, report)
+    log_to_mlflow(
+        params,
+        report,
+        paths,
+        {
+            "products_raw": (tables.raw_products, raw / PRODUCTS_CSV, "raw"),
+            "images_raw": (tables.raw_images, raw / IMAGES_CSV, "raw"),
+            "products_clean": (tables.products, paths["products"], "clean"),
+            "images_clean": (tables.images, paths["images"], "clean"),
+        },
+    )
+    return report
+
+
+def build_report(
+    product_report: dict[str, Any],
+    image_report: dict[str, Any],
+    products: pd.DataFrame,
+    images: pd.DataFrame,
+    categories: list[str],
+) -> dict[str, Any]:
+    """The cleaning report: both tables' counts, split sizes, and counts per root category."""
+    product_splits = products["split"].value_counts()
+    image_splits = images["split"].value_counts()
+    per_category: dict[str, dict[str, int]] = {}
+    for name in sorted(products["root_category"].unique()):
+        in_category = images[images["root_category"] == name]
+        counts = in_category.drop_duplicates("product_id")["split"].value_counts()
+        per_category[name] = {
+            "label": categories.index(name) if name in categories else None,
+            "products": int((products["root_category"] == name).sum()),
+            "products_with_images": int(in_category["product_id"].nunique()),
+            "images": len(in_category),
+            **{f"{split}_products": int(counts.get(split, 0)) for split in SPLITS},
+        }
+    return {
+        "products": product_report,
+        "images": image_report,
+        "products_without_images": int(products["split"].isna().sum()),
+        "splits": {
+            "products": {split: int(product_splits.get(split, 0)) for split in SPLITS},
+            "images": {split: int(image_splits.get(split, 0)) for split in SPLITS},
+        },
+        "labels": categories,
+        "categories": per_category,
+    }
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not (number > 0 and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from steps.runtime import whole_number
+
+    parser = argparse.ArgumentParser(
+        prog="python -m steps.clean_tabular",
+        description="Clean the raw export's CSVs into products.parquet, images.parquet, "
+        "categories.json and report.json (the raw folder is never modified).",
+    )
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="raw export folder")
+    parser.add_argument("--out", type=Path, default=Path("data/clean"), help="output folder")
+    parser.add_argument("--val-frac", type=_fraction, default=0.15, help="share of products in val")
+    parser.add_argument("--test-frac", type=_fraction, default=0.15, help="share in test")
+    parser.add_argument(
+        "--max-price",
+        type=_positive_float,
+        default=100_000.0,
+        help="prices above this (pounds) are flagged implausible and set to NaN",
+    )
+    parser.add_argument("--seed", type=whole_number, default=0, help="seed of the split")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    report = clean_tabular(
+        args.raw,
+        args.out,
+        val_frac=args.val_frac,
+        test_frac=args.test_frac,
+        max_price=args.max_price,
+        seed=args.seed,
+    )
+    splits = report["splits"]["images"]
+    print(
+        f"products {report['products']['rows_in']} -> {report['products']['rows_out']}, "
+        f"images {report['images']['rows_in']} -> {report['images']['rows_out']} "
+        f"(train {splits['train']}, val {splits['val']}, test {splits['test']}); "
+        f"{len(report['categories'])} categories; wrote {args.out}"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    cli(main)()
