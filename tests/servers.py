@@ -1,0 +1,263 @@
+"""Throwaway servers for tests (moto's S3, a real ``mlflow server``) and a tiny export for them.
+
+The pytest fixtures that wrap these live in ``tests/fixtures_servers.py``. Everything binds
+127.0.0.1 and is stopped by its owner's teardown; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+MLFLOW_START_TIMEOUT_S = 120.0
+
+TINY_IMAGE_IDS = ("0a1b", "2c3d", "4e5f")
+LAYOUT = ("Products.csv", "Images.csv", *(f"images/{i}.jpg" for i in TINY_IMAGE_IDS))
+
+
+def _jpeg(colour: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 8), colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def make_tiny_export(folder: Path) -> Path:
+    """Two small CSVs and three JPEGs in the raw layout, plus files that are not part of it."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "Products.csv").write_bytes(
+        b",id,product_name,category,product_description,price,location,url,page_id,"
+        b"create_time\r\n"
+        b'0,p1,"Mirror | in Leeds, West Yorkshire | Gumtree",Home & Garden / Mirrors,'
+        b'Nice\rmirror,\xc2\xa35.00,"Leeds, West Yorkshire",https://x/1,1,2022-02-26\n'
+    )
+    (folder / "Images.csv").write_bytes(
+        b",id,product_id,bucket_link,image_ref,create_time\r\n"
+        + b"".join(f"{n},{i},p1,b,r,2022-02-26\n".encode() for n, i in enumerate(TINY_IMAGE_IDS))
+    )
+    for n, image_id in enumerate(TINY_IMAGE_IDS):
+        (folder / "images" / f"{image_id}.jpg").write_bytes(_jpeg((80 * n, 40, 200)))
+    (folder / "notes.txt").write_text("not part of the layout")
+    (folder / "images" / ".DS_Store").write_bytes(b"junk")
+    return folder
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def closed_endpoint() -> str:
+    """An http:// endpoint on loopback where nothing listens (connections are refused)."""
+    return f"http://{LOOPBACK}:{free_port()}"
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_for_http(
+    url: str,
+    *,
+    timeout: float = MLFLOW_START_TIMEOUT_S,
+    process: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> None:
+    """Poll ``url`` until it answers 200; fail early (with the log tail) if ``process`` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = log_tail(log) if log else ""
+            raise RuntimeError(
+                f"server exited ({process.returncode}) before {url} answered\n{tail}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    tail = log_tail(log) if log else ""
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s\n{tail}")
+
+
+def without_s3_credentials(env: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``env`` with every AWS_* and MLFLOW_S3_* variable removed.
+
+    Also turns off the EC2 metadata lookup, so that "no credentials" is found at once.
+    """
+    base = dict(os.environ if env is None else env)
+    clean = {k: v for k, v in base.items() if not k.startswith(("AWS_", "MLFLOW_S3_"))}
+    clean["AWS_EC2_METADATA_DISABLED"] = "true"
+    clean["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    clean["AWS_CONFIG_FILE"] = os.devnull
+    return clean
+
+
+# --------------------------------------------------------------------------- moto S3
+
+
+@dataclass
+class MotoS3:
+    """A moto S3 server running in a thread of this process."""
+
+    endpoint: str
+    server: object
+
+    def env(self) -> dict[str, str]:
+        """Variables that point boto3 (AWS_ENDPOINT_URL) and MLflow at this server."""
+        return {
+            **FAKE_AWS,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=FAKE_AWS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
+            region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
+        )
+
+    def create_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> dict[str, int]:
+        """Every object under ``prefix``: key -> size."""
+        found: dict[str, int] = {}
+        for page in (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        ):
+            found.update({obj["Key"]: obj["Size"] for obj in page.get("Contents", [])})
+        return found
+
+    def upload_folder(self, folder: Path, bucket: str, prefix: str = "") -> int:
+        """Upload every file under ``folder`` to ``s3://bucket/prefix/...``; return the count."""
+        client = self.client()
+        count = 0
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                relative = path.relative_to(folder).as_posix()
+                key = f"{prefix.strip('/')}/{relative}" if prefix.strip("/") else relative
+                client.upload_file(str(path), bucket, key)
+                count += 1
+        return count
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start_moto() -> MotoS3:
+    """Start moto's S3 server on a free loopback port (in-process thread, ready on return)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return MotoS3(endpoint=f"http://{host}:{port}", server=server)
+
+
+# --------------------------------------------------------------------------- mlflow server
+
+
+@dataclass
+class MlflowServer:
+    """A real ``mlflow server`` subprocess in its own process group."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the whole group (mlflow starts uvicorn children), SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        # uvicorn's children may outlive the parent by a moment: reap the group for good.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def start_mlflow_server(
+    workdir: Path,
+    *,
+    artifacts_destination: str,
+    env: dict[str, str] | None = None,
+    backend_store_uri: str | None = None,
+    timeout: float = MLFLOW_START_TIMEOUT_S,
+) -> MlflowServer:
+    """Start ``mlflow server`` (sqlite in ``workdir``, proxied artifacts) and wait for /health.
+
+    ``env`` is added to this process's environment (e.g. ``MotoS3.env()`` for S3).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = workdir / "mlflow-server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_store_uri or f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        artifacts_destination,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    full_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = MlflowServer(url=f"http://{LOOPBACK}:{port}", process=process, log=log)
+    try:
+        wait_for_http(server.url + "/health", timeout=timeout, process=process, log=log)
+    except BaseException:
+        server.stop()
+        raise
+    return server
