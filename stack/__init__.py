@@ -1,0 +1,1 @@
+"""The local MLflow stack: ``python -m stack start|stop|status`` (``make stack``)."""

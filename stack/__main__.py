@@ -1,0 +1,3 @@
+from stack.run import run
+
+run()
