@@ -38,6 +38,7 @@ from steps.clean_tabular import (
 from steps.runtime import StepError
 
 REPO = Path(__file__).resolve().parents[1]
+INHERITED_RUN = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")  # a step subprocess must not attach
 ROOTS = ("Appliances", "Baby & Kids Stuff", "Home & Garden")
 
 
@@ -664,7 +665,10 @@ def test_bad_fractions_are_step_errors(tmp_path: Path, kwargs, message) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///:memory:"}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
+    }
+    env["MLFLOW_TRACKING_URI"] = "sqlite:///:memory:"  # errors come before any logging
     return subprocess.run(
         [sys.executable, "-m", "steps.clean_tabular", *args],
         cwd=REPO,
@@ -696,3 +700,26 @@ def test_cli_help() -> None:
     assert result.returncode == 0
     for flag in ("--raw", "--out", "--val-frac", "--test-frac", "--max-price", "--seed"):
         assert flag in result.stdout
+
+
+def test_demo_export_cleans_to_the_contract(demo_raw: Path) -> None:
+    before = tree_digest(demo_raw)
+    tables = build_clean_tables(demo_raw)
+    assert tree_digest(demo_raw) == before
+    report, products, images = tables.report, tables.products, tables.images
+    for table in ("products", "images"):
+        part = report[table]
+        assert part["rows_out"] + sum(part["dropped"].values()) == part["rows_in"]
+    assert len(products) == report["products"]["rows_out"] > 0
+    assert products["product_id"].is_unique and images["image_id"].is_unique
+    assert not products["name"].str.contains("Gumtree|\\| in ", regex=True).any()
+    assert set(products["price_flag"]) <= {"ok", "missing", "zero", "implausible"}
+    priced = products["price_flag"].isin(["ok", "zero"])
+    assert products.loc[priced, "price"].notna().all()
+    assert products.loc[~priced, "price"].isna().all()
+    assert (products["category_depth"] >= 1).all()
+    assert (images.groupby("product_id")["split"].nunique() == 1).all()
+    assert set(images["product_id"]) <= set(products["product_id"])
+    assert tables.categories == sorted(set(images["root_category"]))
+    assert all((demo_raw / file).is_file() for file in images["file"])
+    assert sum(report["splits"]["images"].values()) == len(images)

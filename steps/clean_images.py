@@ -1,0 +1,253 @@
+"""clean_images: normalise every photo of the raw export into square RGB JPEGs.
+
+Reads (never modifies):
+    <raw>/images/*  every image file present (jpg, jpeg, png, webp, gif, bmp, tif, tiff);
+                    images.parquet, not this step, decides which of them training uses
+Writes:
+    <out>/images/<size>/<image_id>.jpg   registry.imaging.load_normalized(path, size): EXIF
+                                         applied, RGB, aspect kept, padded to size x size;
+                                         JPEG quality 90, written to a temporary name and
+                                         renamed, so an interruption never leaves half a file
+    <out>/images/report_<size>.json      the run's counts and the list of failures
+Images already done (output present, non-empty and not older than its input) are skipped, so
+an interrupted run resumes. A broken file is counted and listed, never fatal.
+Logs one MLflow run ``clean_images``: params size and workers; metrics done, failed, skipped,
+seconds, images_per_second; the failures list as ``failures.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from registry.imaging import load_normalized
+from steps.runtime import StepError, check_tracking_server, cli, start_run
+
+log = logging.getLogger(__name__)
+
+IMAGES_DIR = "images"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+JPEG_QUALITY = 90
+MIN_SIZE = 8
+CHUNK = 32  # images per task: amortises inter-process overhead, keeps the progress bar lively
+
+# (image_id, source path, destination path)
+Job = tuple[str, str, str]
+# (image_id, error text or None when done)
+Outcome = tuple[str, str | None]
+
+
+def list_images(images_dir: Path) -> list[Path]:
+    """Every image file in ``images_dir`` (not recursive), sorted by name, one per image id.
+
+    The id is the file stem; should two files share one (``a.jpg`` and ``a.png``), the first
+    by name wins, the rule clean_tabular uses too.
+    """
+    names = sorted(
+        entry.name
+        for entry in os.scandir(images_dir)
+        if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file()
+    )
+    by_stem: dict[str, Path] = {}
+    for name in names:
+        by_stem.setdefault(os.path.splitext(name)[0], images_dir / name)
+    return list(by_stem.values())
+
+
+def is_done(source: Path, target: Path) -> bool:
+    """True when ``target`` exists, is non-empty and is not older than ``source``."""
+    try:
+        made = target.stat()
+    except FileNotFoundError:
+        return False
+    return made.st_size > 0 and made.st_mtime >= source.stat().st_mtime
+
+
+def normalize_file(source: str, target: str, size: int) -> None:
+    """Normalise one image to ``target`` (JPEG), atomically: temporary file, then rename."""
+    image = load_normalized(source, size)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        image.save(tmp, "JPEG", quality=JPEG_QUALITY)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def normalize_chunk(jobs: Sequence[Job], size: int) -> list[Outcome]:
+    """Worker task: normalise a chunk of images; a broken one becomes an error, not a crash."""
+    outcomes: list[Outcome] = []
+    for image_id, source, target in jobs:
+        try:
+            normalize_file(source, target, size)
+            outcomes.append((image_id, None))
+        except Exception as exc:  # corrupt files surface as many exception types
+            outcomes.append((image_id, f"{type(exc).__name__}: {exc}"))
+    return outcomes
+
+
+def chunked(items: Sequence[Job], size: int) -> Iterator[Sequence[Job]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run_jobs(jobs: Sequence[Job], size: int, workers: int) -> Iterator[Outcome]:
+    """Normalise ``jobs`` on ``workers`` processes (in this process when 1), yielding outcomes.
+
+    Chunks are submitted a few per worker at a time, so memory stays flat for any number of
+    images and an interrupt stops promptly.
+    """
+    if workers == 1 or len(jobs) <= CHUNK:
+        for chunk in chunked(jobs, CHUNK):
+            yield from normalize_chunk(chunk, size)
+        return
+    # spawn, not fork: the parent may hold threads (MLflow, tqdm) that fork would copy mid-lock
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending = set()
+        chunks = chunked(jobs, CHUNK)
+        for chunk in chunks:
+            pending.add(pool.submit(normalize_chunk, chunk, size))
+            if len(pending) >= 4 * workers:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield from future.result()
+        for future in pending:
+            yield from future.result()
+
+
+def check_inputs(raw: Path, out: Path, size: int, workers: int) -> Path:
+    """Validate the arguments; return the raw images folder."""
+    if size < MIN_SIZE:
+        raise StepError(f"--size must be at least {MIN_SIZE} pixels, got {size}")
+    if workers < 0:
+        raise StepError(f"--workers must be 0 (all cores) or more, got {workers}")
+    if not raw.is_dir():
+        raise StepError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
+    images_dir = raw / IMAGES_DIR
+    if not images_dir.is_dir():
+        raise StepError(f"{images_dir} not found; the raw export needs its images/ folder")
+    raw_resolved, out_resolved = raw.resolve(), out.resolve()
+    if out_resolved == raw_resolved or raw_resolved in out_resolved.parents:
+        raise StepError(
+            f"--out {out} is inside the raw folder {raw}; the raw export is never written to, "
+            "choose another folder such as data/clean"
+        )
+    return images_dir
+
+
+def clean_images(
+    raw: Path, out: Path, *, size: int = 256, workers: int = 0, log_run: bool = True
+) -> dict[str, Any]:
+    """Normalise every image of ``raw/images`` into ``out/images/<size>/`` and log the run.
+
+    Returns ``done``, ``failed``, ``skipped``, ``total``, ``seconds``, ``images_per_second``
+    (done / seconds) and ``failures`` (a list of ``{"image_id", "file", "error"}``).
+    ``log_run=False`` skips MLflow (benchmarks); steps always log.
+    """
+    from tqdm import tqdm
+
+    raw, out = Path(raw), Path(out)
+    images_dir = check_inputs(raw, out, size, workers)
+    workers = workers or os.cpu_count() or 1
+    if log_run:
+        check_tracking_server()  # fail before the work, not after it
+    target_dir = out / IMAGES_DIR / str(size)
+    target_dir.mkdir(parents=True, exist_ok=True)
+
+    sources = list_images(images_dir)
+    jobs: list[Job] = []
+    for source in sources:
+        target = target_dir / f"{source.stem}.jpg"
+        if not is_done(source, target):
+            jobs.append((source.stem, str(source), str(target)))
+    skipped = len(sources) - len(jobs)
+    log.info(
+        "%d images in %s: %d to do, %d already done", len(sources), images_dir, len(jobs), skipped
+    )
+
+    started = time.perf_counter()
+    failures: list[dict[str, str]] = []
+    done = 0
+    with tqdm(total=len(jobs), unit="img", desc=f"clean_images {size}px", disable=None) as bar:
+        for image_id, error in run_jobs(jobs, size, workers):
+            if error is None:
+                done += 1
+            else:
+                failures.append({"image_id": image_id, "error": error})
+            bar.update()
+    seconds = time.perf_counter() - started
+    files = {stem: path for stem, path, _ in jobs}
+    for failure in failures:
+        failure["file"] = os.path.relpath(files[failure["image_id"]], raw)
+        log.warning("cannot normalise %s: %s", failure["file"], failure["error"])
+
+    stats: dict[str, Any] = {
+        "done": done,
+        "failed": len(failures),
+        "skipped": skipped,
+        "total": len(sources),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(done / seconds, 2) if seconds > 0 and done else 0.0,
+        "failures": failures,
+    }
+    report = {**stats, "size": size, "workers": workers, "raw": str(raw), "out": str(target_dir)}
+    (out / IMAGES_DIR / f"report_{size}.json").write_text(json.dumps(report, indent=2))
+    if log_run:
+        log_to_mlflow(stats, size=size, workers=workers, raw=raw, out=out)
+    return stats
+
+
+def log_to_mlflow(stats: dict[str, Any], *, size: int, workers: int, raw: Path, out: Path) -> None:
+    import mlflow
+
+    with start_run("clean_images"):
+        mlflow.log_params({"size": size, "workers": workers, "raw": str(raw), "out": str(out)})
+        mlflow.log_metrics(
+            {
+                key: stats[key]
+                for key in ("done", "failed", "skipped", "total", "seconds", "images_per_second")
+            }
+        )
+        mlflow.log_dict({"failures": stats["failures"]}, "failures.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from steps.runtime import non_negative_int, whole_number
+
+    parser = argparse.ArgumentParser(
+        prog="python -m steps.clean_images",
+        description="Normalise every raw image (RGB, aspect kept, padded square) into "
+        "<out>/images/<size>/<image_id>.jpg, on all cores; images already done are skipped.",
+    )
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="raw export folder")
+    parser.add_argument("--out", type=Path, default=Path("data/clean"), help="output folder")
+    parser.add_argument("--size", type=whole_number, default=256, help="side of the square, px")
+    parser.add_argument(
+        "--workers", type=non_negative_int, default=0, help="processes (0 = every core)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    stats = clean_images(args.raw, args.out, size=args.size, workers=args.workers)
+    print(
+        f"done {stats['done']}, failed {stats['failed']}, skipped {stats['skipped']} "
+        f"in {stats['seconds']:.1f} s ({stats['images_per_second']:.0f} images/s); "
+        f"wrote {args.out / IMAGES_DIR / str(args.size)}"
+    )
+    return stats
+
+
+if __name__ == "__main__":
+    cli(main)()
