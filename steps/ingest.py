@@ -355,6 +355,7 @@ def ingest(source: str, out: Path, *, workers: int = 16) -> dict:
                 f"{len(failures)} of {len(fetch)} files failed to copy (first: {path}: {error}); "
                 "run ingest again: it resumes and fetches only what is missing"
             )
+    remove_leftover_parts(out)
     log.info(
         "ingest done: %d fetched (%s), %d skipped, in %.1f s -> %s",
         summary["files_downloaded"],
@@ -364,6 +365,16 @@ def ingest(source: str, out: Path, *, workers: int = 16) -> dict:
         out,
     )
     return summary
+
+
+def remove_leftover_parts(out: Path) -> None:
+    """Delete ``*.part`` files an interrupted run left beside files that are now complete."""
+    for name in TABLES:
+        (out / (name + PART_SUFFIX)).unlink(missing_ok=True)
+    images = out / IMAGES_DIR
+    if images.is_dir():
+        for part in images.rglob("*" + PART_SUFFIX):
+            part.unlink(missing_ok=True)
 
 
 def human_bytes(size: float) -> str:

@@ -94,6 +94,7 @@ def test_interrupted_copy_resumes(tracking: str, export: Path) -> None:
     (out / "images/0a1b.jpg").unlink()
     (out / "images/0a1b.jpg.part").write_bytes(b"half")
     (out / "Images.csv").write_bytes(b"truncated")
+    (out / "images/2c3d.jpg.part").write_bytes(b"left from an earlier run")
     untouched = (out / "images/2c3d.jpg").stat().st_mtime_ns
 
     summary = ingest(str(export), out, workers=2)
