@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLFLOW_RUN := $(BIN)/mlflow run . --env-manager local
 UI_PORT ?= 5000
+# `mlflow run --env-manager local` runs `python -m steps...` with the first python on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
 PYTEST_ARGS ?=
 
 # The demo: the whole pipeline on a 2,000-product synthetic export, with training settings
@@ -48,6 +50,15 @@ format: $(STAMP) ## ruff fix and format
 ui: $(STAMP) ## open the MLflow UI on the local store (http://127.0.0.1:$(UI_PORT))
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
+stack: $(STAMP) ## start mlflow server on 127.0.0.1:5000 (artifacts to .stack/artifacts or $$ARTIFACTS_DESTINATION)
+	$(BIN)/python -m stack start
+
+stack-down: ## stop the server that `make stack` started
+	$(BIN)/python -m stack stop
+
+stack-status: ## say whether the server runs, where, and where its artifacts go
+	$(BIN)/python -m stack status
+
 results: $(STAMP) ## print the baselines results table (markdown) from the tracking store
 	$(BIN)/python -m steps.baselines_report
 
@@ -56,4 +67,4 @@ bench: $(STAMP) ## run the benchmarks in bench/ (figures to bench/results/)
 	$(BIN)/python bench/train.py
 
 clean: ## remove the demo data, the local store and the venv
-	rm -rf data mlruns mlartifacts mlflow.db $(VENV)
+	rm -rf data mlruns mlartifacts mlflow.db .stack $(VENV)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.fixtures_servers"]
+
 DEMO_PRODUCTS = 60
 DEMO_CLEAN_SIZE = 64
 

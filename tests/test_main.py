@@ -63,7 +63,11 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
     from mlflow.tracking import MlflowClient
 
     root = Path(__file__).resolve().parent.parent
+    import sys
+
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "pipeline"}
+    # `mlflow run --env-manager local` runs steps with the first python on PATH: this one.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     params = {
         "raw": str(tmp_path / "raw"),
         "clean": str(tmp_path / "clean"),
