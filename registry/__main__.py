@@ -1,0 +1,156 @@
+"""``python -m registry <command>``: list, show, compare, promote and roll back model versions.
+
+Reads the Model Registry named by MLFLOW_TRACKING_URI (default ``sqlite:///mlflow.db``, or
+``--tracking-uri``); ``promote`` and ``rollback`` move the ``production`` alias and tag the
+version (see :mod:`registry.promotion`). Tables go to stdout, logs to stderr, and errors
+end in one ``error: ...`` line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from registry.store import (
+    DEFAULT_MODEL_NAME,
+    PRODUCTION,
+    RegistryError,
+)
+
+EXIT_USER_ERROR = 2
+DEFAULT_CLEAN = "data/clean"
+DEFAULT_METRIC = "test_accuracy"  # registry.promotion.DEFAULT_METRIC, kept here to stay light
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m registry",
+        description="Inspect and promote versions of a registered model.",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="tracking/registry URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model name")
+        return sub
+
+    listing = command("list", "versions with their key metrics; who holds production")
+    listing.add_argument("--metric", default=DEFAULT_METRIC, help="first metric column")
+
+    show = command("show", "one version: run, params, metrics, tags, aliases")
+    show.add_argument(
+        "version",
+        nargs="?",
+        default=PRODUCTION,
+        help="number, alias or latest (default production)",
+    )
+
+    compare = command("compare", "two versions side by side")
+    compare.add_argument("first", help="number, alias or latest")
+    compare.add_argument("second", help="number, alias or latest")
+
+    promote = command("promote", "move the production alias to a version")
+    promote.add_argument(
+        "--version", default="best", help="number, alias, latest or best (default best)"
+    )
+    promote.add_argument(
+        "--metric", default=DEFAULT_METRIC, help="metric for best and for the rule"
+    )
+    promote.add_argument(
+        "--force", action="store_true", help="skip the metric rule (never the smoke check)"
+    )
+    _decision_arguments(promote)
+
+    rollback = command("rollback", "give production back to previous-production")
+    rollback.add_argument("--metric", default=DEFAULT_METRIC, help="metric recorded in the tags")
+    _decision_arguments(rollback)
+    return parser
+
+
+def _decision_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", default="", help="why, recorded on the version")
+    parser.add_argument("--by", default="", help="who decides (default: the OS user)")
+    parser.add_argument(
+        "--clean",
+        type=Path,
+        default=Path(DEFAULT_CLEAN),
+        help="cleaned data whose test images feed the smoke check (default data/clean; "
+        "the model's input example when absent)",
+    )
+    parser.add_argument(
+        "--legacy-stage",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also move the deprecated Production stage (default: only if a version is in it)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if os.environ.get("STEPS_VERBOSE") else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        run_command(args)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as exc:
+        if type(exc).__name__ != "MlflowException":
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no detail"
+        print(f"error: the registry refused the request: {first}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> None:
+    from registry import promotion, store, tables
+
+    client = store.connect(args.tracking_uri)
+    name = args.model_name
+    if args.command == "list":
+        print(tables.versions_table(client, name, args.metric))
+    elif args.command == "show":
+        print(tables.version_report(client, name, args.version))
+    elif args.command == "compare":
+        print(tables.comparison(client, name, args.first, args.second))
+    elif args.command == "promote":
+        decision = promotion.promote(
+            name,
+            args.version,
+            metric=args.metric,
+            force=args.force,
+            reason=args.reason,
+            by=args.by or None,
+            clean=args.clean,
+            legacy_stage=args.legacy_stage,
+            client=client,
+        )
+        print(decision.summary())
+    elif args.command == "rollback":
+        decision = promotion.rollback(
+            name,
+            metric=args.metric,
+            reason=args.reason,
+            by=args.by or None,
+            clean=args.clean,
+            legacy_stage=args.legacy_stage,
+            client=client,
+        )
+        print(decision.summary())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

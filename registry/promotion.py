@@ -1,0 +1,437 @@
+"""Promoting a registered version to production, and rolling production back.
+
+``promote`` moves the ``production`` alias of a registered model to a chosen version (a
+number, or ``best`` by a metric) when
+
+1. the version loads and predicts well-formed answers on a few images (the smoke check);
+2. unless forced, its metric is at least as good as the current production version's.
+
+The version that held production keeps ``previous-production``; ``rollback`` swaps the two
+back. Each decision is written as ``promotion.*`` tags on the version (when, by whom, why,
+the metric values compared) and, with ``legacy_stage``, mirrored in the deprecated
+``Production`` stage. Promotions of one model take a lock (a registered model named
+``<name>.promotion-lock``, whose creation is atomic in any store), so two at once run one
+after the other and exactly one version ends up holding ``production``.
+
+Reads and writes the Model Registry only.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import random
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from registry.smoke import check_version
+from registry.store import (
+    DEFAULT_MODEL_NAME,
+    LEGACY_STAGE,
+    PREVIOUS_PRODUCTION,
+    PRODUCTION,
+    RegistryError,
+    connect,
+    error_code,
+)
+from registry.versions import (
+    BEST,
+    VersionInfo,
+    alias_holder,
+    best_version,
+    describe,
+    get_version,
+    is_better_or_equal,
+    list_versions,
+    lower_is_better,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRIC = "test_accuracy"
+LOCK_SUFFIX = ".promotion-lock"
+LOCK_TIMEOUT_S = 60.0
+LOCK_STALE_S = 600.0
+TAG_PREFIX = "promotion."
+
+
+class PromotionRefused(RegistryError):
+    """The candidate broke the metric rule; the message says by how much."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a promotion or rollback did, as recorded on the version."""
+
+    action: str  # "promote", "rollback" or "unchanged"
+    name: str
+    version: int
+    previous: int | None
+    metric: str
+    value: float | None
+    previous_value: float | None
+    forced: bool
+    by: str
+    reason: str
+    at: str
+    smoke_check: str
+    legacy_stage: bool = False
+    run_id: str | None = None
+
+    def tags(self) -> dict[str, str]:
+        """The ``promotion.*`` tags written on the promoted version."""
+        tags = {
+            "action": self.action,
+            "at": self.at,
+            "by": self.by,
+            "reason": self.reason,
+            "metric": self.metric,
+            "value": _fmt(self.value),
+            "previous_version": "" if self.previous is None else str(self.previous),
+            "previous_value": _fmt(self.previous_value),
+            "forced": str(self.forced).lower(),
+            "smoke_check": self.smoke_check,
+            "legacy_stage": str(self.legacy_stage).lower(),
+            "run_id": self.run_id or "",
+        }
+        return {TAG_PREFIX + key: value for key, value in tags.items()}
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        if self.action == "unchanged":
+            return f"{self.name} version {self.version} already holds {PRODUCTION}; nothing moved"
+        verb = "rolled back to" if self.action == "rollback" else "promoted"
+        was = f" (was version {self.previous})" if self.previous is not None else ""
+        compared = f"; {self.metric} {_fmt(self.value)}"
+        if self.previous_value is not None:
+            compared += f" vs {_fmt(self.previous_value)}"
+        forced = " [forced]" if self.forced and self.action == "promote" else ""
+        return f"{self.name}: {PRODUCTION} {verb} version {self.version}{was}{compared}{forced}"
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def current_user() -> str:
+    """The OS user running the command, for the ``promotion.by`` tag."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def choose_candidate(
+    client: MlflowClient, name: str, version: str | int, metric: str
+) -> VersionInfo:
+    """The version ``version`` names: a number, an alias, ``latest``, or ``best`` by ``metric``."""
+    if str(version).strip().lower() == BEST:
+        holder = alias_holder(client, name, PRODUCTION)
+        versions = list_versions(client, name)
+        if not versions:
+            raise RegistryError(f"{name} has no versions yet: train one first")
+        prefer = int(holder.version) if holder else None
+        return best_version(versions, metric, prefer=prefer)
+    return describe(client, get_version(client, name, version))
+
+
+def check_rule(
+    candidate: VersionInfo, current: VersionInfo | None, metric: str, force: bool
+) -> tuple[float | None, float | None]:
+    """Apply the metric rule; return (candidate value, production value).
+
+    Raises :class:`PromotionRefused` when, without ``force``, the candidate lacks the metric,
+    production lacks it, or the candidate is worse than production (saying by how much).
+    """
+    value = candidate.metric(metric)
+    current_value = current.metric(metric) if current else None
+    if force:
+        return value, current_value
+    if value is None:
+        known = ", ".join(sorted(candidate.metrics)) or "none"
+        raise PromotionRefused(
+            f"refused: version {candidate.version} has no metric {metric!r} (it has: {known}); "
+            "pass --metric with one it has, or --force with a --reason"
+        )
+    if current is None:
+        return value, None
+    if current_value is None:
+        raise PromotionRefused(
+            f"refused: production version {current.version} has no metric {metric!r} to compare "
+            f"with; pass --metric with one both have, or --force with a --reason"
+        )
+    if not is_better_or_equal(value, current_value, metric):
+        gap = abs(value - current_value)
+        side = "above" if lower_is_better(metric) else "below"
+        raise PromotionRefused(
+            f"refused: version {candidate.version} has {metric} {value:.4f}, {gap:.4f} {side} "
+            f"production version {current.version} ({current_value:.4f}); promote a better "
+            "version, or pass --force with a --reason"
+        )
+    return value, current_value
+
+
+def promote(
+    name: str = DEFAULT_MODEL_NAME,
+    version: str | int = BEST,
+    *,
+    metric: str = DEFAULT_METRIC,
+    force: bool = False,
+    reason: str = "",
+    by: str | None = None,
+    clean: Path | None = None,
+    legacy_stage: bool | None = None,
+    run_id: str | None = None,
+    client: MlflowClient | None = None,
+    lock_timeout: float = LOCK_TIMEOUT_S,
+) -> Decision:
+    """Move ``production`` to ``version`` of ``name`` if it passes the smoke check and the rule.
+
+    ``version`` is a number, an alias, ``latest`` or ``best`` (the best by ``metric`` among
+    versions that have it). ``force`` skips the metric rule, never the smoke check.
+    ``legacy_stage`` True also moves the ``Production`` stage; None (the default) moves it
+    only when some version is in that stage already, so the two never disagree.
+    ``run_id`` (the promote step's run) is recorded in the tags. Raises
+    :class:`RegistryError` (:class:`PromotionRefused`, ``SmokeCheckError``) and moves nothing
+    when a check fails.
+    """
+    client = client or connect()
+    by = by or current_user()
+    candidate = choose_candidate(client, name, version, metric)
+    current = _holder_info(client, name, PRODUCTION)
+    if current is not None and current.version == candidate.version:
+        return _unchanged(candidate, metric, by, reason, run_id)
+    check_rule(candidate, current, metric, force)  # fail before the slow smoke check
+    smoke = check_version(client, name, candidate.version, clean)
+    with promotion_lock(client, name, timeout=lock_timeout):
+        current = _holder_info(client, name, PRODUCTION)  # another promotion may have run
+        if current is not None and current.version == candidate.version:
+            return _unchanged(candidate, metric, by, reason, run_id)
+        value, current_value = check_rule(candidate, current, metric, force)
+        stage = _use_legacy_stage(client, name, legacy_stage)
+        decision = Decision(
+            action="promote",
+            name=name,
+            version=candidate.version,
+            previous=current.version if current else None,
+            metric=metric,
+            value=value,
+            previous_value=current_value,
+            forced=force,
+            by=by,
+            reason=reason,
+            at=_now(),
+            smoke_check=smoke.summary(),
+            legacy_stage=stage,
+            run_id=run_id,
+        )
+        _move_production(client, decision)
+    log.debug("%s", decision.summary())
+    return decision
+
+
+def rollback(
+    name: str = DEFAULT_MODEL_NAME,
+    *,
+    metric: str = DEFAULT_METRIC,
+    reason: str = "",
+    by: str | None = None,
+    clean: Path | None = None,
+    legacy_stage: bool | None = None,
+    run_id: str | None = None,
+    client: MlflowClient | None = None,
+    lock_timeout: float = LOCK_TIMEOUT_S,
+) -> Decision:
+    """Give ``production`` back to the version holding ``previous-production``.
+
+    The two aliases swap, so a second rollback undoes the first. The target is
+    smoke-checked first; the metric rule does not apply (``metric`` is only recorded).
+    """
+    client = client or connect()
+    by = by or current_user()
+    current, target = _rollback_pair(client, name)
+    smoke = check_version(client, name, target.version, clean)
+    with promotion_lock(client, name, timeout=lock_timeout):
+        now_current, now_target = _rollback_pair(client, name)
+        if (now_current.version, now_target.version) != (current.version, target.version):
+            raise RegistryError(
+                f"{name}'s aliases changed while this rollback ran (production is now version "
+                f"{now_current.version}); check `python -m registry list` and run it again"
+            )
+        decision = Decision(
+            action="rollback",
+            name=name,
+            version=target.version,
+            previous=current.version,
+            metric=metric,
+            value=target.metric(metric),
+            previous_value=current.metric(metric),
+            forced=True,
+            by=by,
+            reason=reason,
+            at=_now(),
+            smoke_check=smoke.summary(),
+            legacy_stage=_use_legacy_stage(client, name, legacy_stage),
+            run_id=run_id,
+        )
+        _move_production(client, decision)
+    log.debug("%s", decision.summary())
+    return decision
+
+
+def _rollback_pair(client: MlflowClient, name: str) -> tuple[VersionInfo, VersionInfo]:
+    current = _holder_info(client, name, PRODUCTION)
+    target = _holder_info(client, name, PREVIOUS_PRODUCTION)
+    if current is None:
+        raise RegistryError(
+            f"no version of {name} holds {PRODUCTION}, so there is nothing to roll back: "
+            "promote one with `python -m registry promote`"
+        )
+    if target is None or target.version == current.version:
+        raise RegistryError(
+            f"no version of {name} holds {PREVIOUS_PRODUCTION}, so there is nothing to roll "
+            "back to: promote the version you want with `python -m registry promote --version N`"
+        )
+    return current, target
+
+
+def _holder_info(client: MlflowClient, name: str, alias: str) -> VersionInfo | None:
+    holder = alias_holder(client, name, alias)
+    return describe(client, holder) if holder is not None else None
+
+
+def _unchanged(
+    candidate: VersionInfo, metric: str, by: str, reason: str, run_id: str | None
+) -> Decision:
+    log.info("%s version %s already holds %s", candidate.name, candidate.version, PRODUCTION)
+    return Decision(
+        action="unchanged",
+        name=candidate.name,
+        version=candidate.version,
+        previous=candidate.version,
+        metric=metric,
+        value=candidate.metric(metric),
+        previous_value=candidate.metric(metric),
+        forced=False,
+        by=by,
+        reason=reason,
+        at=_now(),
+        smoke_check="",
+        run_id=run_id,
+    )
+
+
+def _use_legacy_stage(client: MlflowClient, name: str, requested: bool | None) -> bool:
+    if requested is not None:
+        return requested
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return bool(client.get_latest_versions(name, stages=[LEGACY_STAGE]))
+
+
+def _move_production(client: MlflowClient, decision: Decision) -> None:
+    """Set the aliases (previous first, so a crash in between changes nothing), then tags."""
+    name, version = decision.name, str(decision.version)
+    if decision.previous is not None:
+        client.set_registered_model_alias(name, PREVIOUS_PRODUCTION, str(decision.previous))
+    client.set_registered_model_alias(name, PRODUCTION, version)
+    holder = alias_holder(client, name, PRODUCTION)
+    if holder is None or int(holder.version) != decision.version:
+        now = "nothing" if holder is None else f"version {holder.version}"
+        raise RegistryError(
+            f"{PRODUCTION} of {name} points at {now} right after this promotion set it to "
+            f"version {version}: another client moved it; check `python -m registry list`"
+        )
+    for key, value in decision.tags().items():
+        client.set_model_version_tag(name, version, key, value)
+    if decision.previous is not None:
+        previous = str(decision.previous)
+        client.set_model_version_tag(name, previous, TAG_PREFIX + "superseded_at", decision.at)
+        client.set_model_version_tag(name, previous, TAG_PREFIX + "superseded_by", version)
+    if decision.legacy_stage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            client.transition_model_version_stage(
+                name, version, LEGACY_STAGE, archive_existing_versions=True
+            )
+
+
+@contextmanager
+def promotion_lock(
+    client: MlflowClient,
+    name: str,
+    timeout: float = LOCK_TIMEOUT_S,
+    stale_after: float = LOCK_STALE_S,
+) -> Iterator[None]:
+    """Hold the promotion lock of ``name`` for the duration of the block.
+
+    The lock is a registered model ``<name>.promotion-lock``: creating a registered model
+    fails atomically when one of that name exists, in sqlite and behind a server alike.
+    A lock older than ``stale_after`` seconds (a crashed promotion) is broken. Waits up to
+    ``timeout`` seconds, then raises :class:`RegistryError`.
+    """
+    lock = name + LOCK_SUFFIX
+    holder = f"{current_user()}@{socket.gethostname()} pid {os.getpid()}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create_registered_model(
+                lock,
+                tags={"holder": holder},
+                description=f"Held while a promotion of {name} runs; deleted when it ends.",
+            )
+            break
+        except Exception as exc:
+            if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                raise
+        if _break_if_stale(client, lock, stale_after):
+            continue
+        if time.monotonic() > deadline:
+            raise RegistryError(
+                f"another promotion of {name} is in progress (it holds the registered model "
+                f"{lock}); wait for it and retry, or delete {lock} if no promotion is running"
+            )
+        time.sleep(0.1 + random.random() * 0.2)
+    try:
+        yield
+    finally:
+        try:
+            client.delete_registered_model(lock)
+        except Exception as exc:  # the block's own error matters more
+            log.warning("could not release the promotion lock %s: %s", lock, exc)
+
+
+def _break_if_stale(client: MlflowClient, lock: str, stale_after: float) -> bool:
+    try:
+        model = client.get_registered_model(lock)
+    except Exception as exc:
+        if error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+            return True  # released meanwhile: try again at once
+        raise
+    age = time.time() - model.creation_timestamp / 1000
+    if age <= stale_after:
+        return False
+    log.warning("breaking the promotion lock %s, held %.0f s by %s", lock, age, model.tags)
+    try:
+        # Delete only the lock seen stale, not one a faster waiter has just taken.
+        if client.get_registered_model(lock).creation_timestamp == model.creation_timestamp:
+            client.delete_registered_model(lock)
+    except Exception as exc:
+        if error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    return True

@@ -1,0 +1,207 @@
+"""Reading registered model versions: their run, params, metrics, tags and aliases.
+
+A version's metrics come from the run that logged it (``client.get_run(run_id)``); the
+training step also copies its test metrics onto the version as tags (``test_accuracy``
+...), which stand in when the run is gone or lacks the metric. Whether a bigger metric is
+better follows its name: ``*loss``, ``*error``, ``mae``, ``mse``, ``rmse`` are better
+smaller, everything else (accuracy, f1, ...) better bigger.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from registry.store import RegistryError, error_code
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+LOWER_IS_BETTER = re.compile(r"(loss|error|mae|mse|rmse|perplexity)$", re.IGNORECASE)
+METRIC_TAG_PREFIXES = ("test_", "val_", "train_")
+BEST = "best"
+LATEST = "latest"
+
+
+@dataclass
+class VersionInfo:
+    """One registered model version with what its source run recorded."""
+
+    name: str
+    version: int
+    run_id: str | None
+    run_name: str | None
+    created: datetime
+    stage: str
+    aliases: list[str]
+    source: str
+    description: str
+    tags: dict[str, str]
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def metric(self, name: str) -> float | None:
+        """The value of metric ``name``, or None when neither the run nor a tag has it."""
+        if name in self.metrics:
+            return self.metrics[name]
+        return _number(self.tags.get(name))
+
+
+def lower_is_better(metric: str) -> bool:
+    """True for metrics where smaller is better (losses and errors)."""
+    return bool(LOWER_IS_BETTER.search(metric))
+
+
+def is_better_or_equal(candidate: float, reference: float, metric: str) -> bool:
+    """Whether ``candidate`` is at least as good as ``reference`` for ``metric``."""
+    return candidate <= reference if lower_is_better(metric) else candidate >= reference
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a finite float, or None."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _tag_metrics(tags: dict[str, str]) -> dict[str, float]:
+    """Numeric version tags named like metrics (``test_accuracy`` ...), as training writes them."""
+    metrics = {}
+    for key, value in tags.items():
+        number = _number(value)
+        if key.startswith(METRIC_TAG_PREFIXES) and number is not None:
+            metrics[key] = number
+    return metrics
+
+
+def describe(
+    client: MlflowClient, version: ModelVersion, aliases: list[str] | None = None
+) -> VersionInfo:
+    """A :class:`VersionInfo` for ``version``: run metrics first, numeric version tags second.
+
+    ``aliases`` overrides ``version.aliases`` (``search_model_versions`` leaves them empty).
+    """
+    tags = dict(version.tags or {})
+    metrics = _tag_metrics(tags)
+    params: dict[str, str] = {}
+    run_name = None
+    if version.run_id:
+        try:
+            run = client.get_run(version.run_id)
+        except Exception as exc:  # a deleted or foreign run: the tags are all there is
+            if error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        else:
+            metrics.update(run.data.metrics)
+            params = dict(run.data.params)
+            run_name = run.info.run_name
+    return VersionInfo(
+        name=version.name,
+        version=int(version.version),
+        run_id=version.run_id,
+        run_name=run_name,
+        created=datetime.fromtimestamp(version.creation_timestamp / 1000, tz=UTC),
+        stage=version.current_stage or "None",
+        aliases=sorted(version.aliases or [] if aliases is None else aliases),
+        source=version.source or "",
+        description=version.description or "",
+        tags=tags,
+        params=params,
+        metrics=metrics,
+    )
+
+
+def require_model(client: MlflowClient, name: str) -> None:
+    """Raise :class:`RegistryError` when no registered model is called ``name``."""
+    try:
+        client.get_registered_model(name)
+    except Exception as exc:
+        if error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        known = sorted(model.name for model in client.search_registered_models(max_results=20))
+        hint = f" (registered: {', '.join(known)})" if known else ""
+        raise RegistryError(
+            f"no registered model named {name!r} in {client.tracking_uri}{hint}: train and "
+            "register one with `mlflow run . -e train --env-manager local`, or pass --model-name"
+        ) from None
+
+
+def all_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    """Every version of ``name``, oldest first (raises when the model does not exist)."""
+    require_model(client, name)
+    versions = client.search_model_versions(f"name = '{name}'")
+    return sorted(versions, key=lambda v: int(v.version))
+
+
+def list_versions(client: MlflowClient, name: str) -> list[VersionInfo]:
+    """Every version of ``name`` described, oldest first."""
+    versions = all_versions(client, name)
+    held = client.get_registered_model(name).aliases or {}
+    return [
+        describe(client, v, [a for a, n in held.items() if int(n) == int(v.version)])
+        for v in versions
+    ]
+
+
+def alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version of ``name`` that holds ``alias`` now, or None."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except Exception as exc:
+        if error_code(exc) not in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            raise
+        return None
+
+
+def get_version(client: MlflowClient, name: str, spec: str | int) -> ModelVersion:
+    """The version that ``spec`` names: a number, ``latest``, or an alias (``@`` optional)."""
+    text = str(spec).strip()
+    if text.isdigit():
+        try:
+            return client.get_model_version(name, text)
+        except Exception as exc:
+            if error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        numbers = [v.version for v in all_versions(client, name)]
+        known = ", ".join(str(n) for n in numbers) or "none"
+        raise RegistryError(f"{name} has no version {text} (versions: {known})")
+    if text.lower() == LATEST:
+        versions = all_versions(client, name)
+        if not versions:
+            raise RegistryError(f"{name} has no versions yet: train one first")
+        return versions[-1]
+    alias = text.removeprefix("@")
+    require_model(client, name)
+    holder = alias_holder(client, name, alias)
+    if holder is None:
+        raise RegistryError(
+            f"no version of {name} holds the alias {alias!r}: give a version number, "
+            "`latest`, or an alias that `python -m registry list` shows"
+        )
+    return holder
+
+
+def best_version(
+    versions: list[VersionInfo], metric: str, prefer: int | None = None
+) -> VersionInfo:
+    """The best version by ``metric`` among those that have it.
+
+    Ties go to ``prefer`` (the version holding production, so a tie moves nothing), then to
+    the newest version.
+    """
+    scored = [v for v in versions if v.metric(metric) is not None]
+    if not scored:
+        names = sorted({m for v in versions for m in v.metrics})
+        known = ", ".join(names) if names else "none"
+        raise RegistryError(
+            f"no version of {versions[0].name if versions else 'the model'} has the metric "
+            f"{metric!r} (metrics found: {known}): pass --metric, or a version number with --force"
+        )
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    return max(scored, key=lambda v: (sign * v.metric(metric), v.version == prefer, v.version))
