@@ -64,6 +64,7 @@ LOCK_SUFFIX = ".promotion-lock"
 LOCK_TIMEOUT_S = 60.0
 LOCK_STALE_S = 600.0
 TAG_PREFIX = "promotion."
+READY = "READY"
 
 
 class PromotionRefused(RegistryError):
@@ -142,12 +143,18 @@ def choose_candidate(
     """The version ``version`` names: a number, an alias, ``latest``, or ``best`` by ``metric``."""
     if str(version).strip().lower() == BEST:
         holder = alias_holder(client, name, PRODUCTION)
-        versions = list_versions(client, name)
+        versions = [v for v in list_versions(client, name) if v.status == READY]
         if not versions:
             raise RegistryError(f"{name} has no versions yet: train one first")
         prefer = int(holder.version) if holder else None
         return best_version(versions, metric, prefer=prefer)
-    return describe(client, get_version(client, name, version))
+    chosen = describe(client, get_version(client, name, version))
+    if chosen.status != READY:
+        raise RegistryError(
+            f"{name} version {chosen.version} is {chosen.status}, not READY: its registration "
+            "did not finish; pick another version"
+        )
+    return chosen
 
 
 def check_rule(
@@ -215,6 +222,8 @@ def promote(
     candidate = choose_candidate(client, name, version, metric)
     current = _holder_info(client, name, PRODUCTION)
     if current is not None and current.version == candidate.version:
+        if legacy_stage and candidate.stage != LEGACY_STAGE:
+            _set_legacy_stage(client, name, candidate.version)
         return _unchanged(candidate, metric, by, reason, run_id)
     check_rule(candidate, current, metric, force)  # fail before the slow smoke check
     smoke = check_version(client, name, candidate.version, clean)
@@ -364,11 +373,16 @@ def _move_production(client: MlflowClient, decision: Decision) -> None:
         client.set_model_version_tag(name, previous, TAG_PREFIX + "superseded_at", decision.at)
         client.set_model_version_tag(name, previous, TAG_PREFIX + "superseded_by", version)
     if decision.legacy_stage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            client.transition_model_version_stage(
-                name, version, LEGACY_STAGE, archive_existing_versions=True
-            )
+        _set_legacy_stage(client, name, decision.version)
+
+
+def _set_legacy_stage(client: MlflowClient, name: str, version: int) -> None:
+    """Put ``version`` in the deprecated Production stage, archiving the one there before."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        client.transition_model_version_stage(
+            name, str(version), LEGACY_STAGE, archive_existing_versions=True
+        )
 
 
 @contextmanager

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 LOWER_IS_BETTER = re.compile(r"(loss|error|mae|mse|rmse|perplexity)$", re.IGNORECASE)
 METRIC_TAG_PREFIXES = ("test_", "val_", "train_")
+WHOLE_FLOAT = re.compile(r"\d+\.0*")
 BEST = "best"
 LATEST = "latest"
 
@@ -37,6 +38,7 @@ class VersionInfo:
     run_name: str | None
     created: datetime
     stage: str
+    status: str
     aliases: list[str]
     source: str
     description: str
@@ -108,6 +110,7 @@ def describe(
         run_name=run_name,
         created=datetime.fromtimestamp(version.creation_timestamp / 1000, tz=UTC),
         stage=version.current_stage or "None",
+        status=str(version.status or "READY"),
         aliases=sorted(version.aliases or [] if aliases is None else aliases),
         source=version.source or "",
         description=version.description or "",
@@ -162,6 +165,8 @@ def alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | 
 def get_version(client: MlflowClient, name: str, spec: str | int) -> ModelVersion:
     """The version that ``spec`` names: a number, ``latest``, or an alias (``@`` optional)."""
     text = str(spec).strip()
+    if WHOLE_FLOAT.fullmatch(text):  # MLproject passes numbers as text such as "3.0"
+        text = text.split(".", 1)[0]
     if text.isdigit():
         try:
             return client.get_model_version(name, text)

@@ -354,6 +354,10 @@ def test_legacy_stage_untouched_unless_asked(client) -> None:
     with pytest.raises(RegistryError, match="no version of .* is in the legacy stage Production"):
         resolve_model_uri(f"models:/{NAME}/Production")
 
+    again = promote(NAME, "1", legacy_stage=True, client=client)  # set it for production now
+    assert again.action == "unchanged"
+    assert resolve_model_uri(f"models:/{NAME}/Production") == f"models:/{NAME}/1"
+
 
 # --------------------------------------------------------------------------- resolve
 
@@ -369,6 +373,7 @@ def test_resolve_model_uri_pins_registry_uris_to_a_version(client, template_stor
     assert (resolved.load_uri, resolved.version) == (f"models:/{NAME}/2", 2)
     assert resolved.run_id == client.get_model_version(NAME, "2").run_id
     assert resolve_model_uri(f"models:/{NAME}/1") == f"models:/{NAME}/1"
+    assert promote(NAME, "2.0", client=client).action == "unchanged"  # MLproject's "2.0"
     assert resolve_model_uri(f"models:/{NAME}/latest") == f"models:/{NAME}/4"
     assert resolve_model_uri("runs:/abc/model") == "runs:/abc/model"
     loaded = mlflow.pyfunc.load_model(resolve_model_uri(f"models:/{NAME}@production"))
