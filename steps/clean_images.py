@@ -51,11 +51,12 @@ def list_images(images_dir: Path) -> list[Path]:
     The id is the file stem; should two files share one (``a.jpg`` and ``a.png``), the first
     by name wins, the rule clean_tabular uses too.
     """
-    names = sorted(
-        entry.name
-        for entry in os.scandir(images_dir)
-        if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file()
-    )
+    with os.scandir(images_dir) as entries:
+        names = sorted(
+            entry.name
+            for entry in entries
+            if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file()
+        )
     by_stem: dict[str, Path] = {}
     for name in names:
         by_stem.setdefault(os.path.splitext(name)[0], images_dir / name)

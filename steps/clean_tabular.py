@@ -36,6 +36,7 @@ import pandas as pd
 from PIL import Image
 
 from registry.imaging import open_image
+from steps.clean_images import list_images
 from steps.runtime import StepError, cli, start_run
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ PRODUCT_COLUMNS = (
     "create_time",
 )
 IMAGE_COLUMNS = ("id", "product_id", "bucket_link", "image_ref", "create_time")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 MISSING_TEXT = frozenset({"", "n/a", "na", "nan", "null", "none"})
 CATEGORY_SEPARATOR = " / "
 SPLITS = ("train", "val", "test")
@@ -66,7 +66,7 @@ EXAMPLES = 20  # how many file names / errors the report lists per reason
 _CURRENCY_JUNK = re.compile(r"[£$€,\s\u00a0Â]")
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
 _GUMTREE_SUFFIX = re.compile(r"\s*\|\s*gumtree\s*$", re.IGNORECASE)
-_LOCATION_PART = re.compile(r"\s*\|\s*in\s[^|]*$", re.IGNORECASE)
+_LOCATION_PART = re.compile(r"\s*\|\s*in(?:\s[^|]*)?$", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- parsing rules
@@ -180,17 +180,10 @@ def read_raw_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
 
 
 def find_image_files(images_dir: Path) -> dict[str, str]:
-    """Image id (file stem) -> path relative to the raw folder, for every image file."""
-    found: dict[str, str] = {}
+    """Image id (file stem) -> path relative to the raw folder, by clean_images' own rule."""
     if not images_dir.is_dir():
-        return found
-    for entry in sorted(os.scandir(images_dir), key=lambda e: e.name):
-        suffix = os.path.splitext(entry.name)[1].lower()
-        if suffix in IMAGE_SUFFIXES and entry.is_file():
-            stem = os.path.splitext(entry.name)[0]
-            # a.jpg wins over a.png: sorted order puts ".jpeg"/".jpg" before ".png"
-            found.setdefault(stem, f"{IMAGES_DIR}/{entry.name}")
-    return found
+        return {}
+    return {path.stem: f"{IMAGES_DIR}/{path.name}" for path in list_images(images_dir)}
 
 
 # --------------------------------------------------------------------------- products

@@ -194,6 +194,9 @@ def test_price_flag(price, flag) -> None:
         ("Built in oven | in Leeds | Gumtree", "Built in oven"),
         ("Gumtree", "Gumtree"),
         ("Item | in great condition | in Leeds | Gumtree", "Item | in great condition"),
+        ("Lamp | in  | Gumtree", "Lamp"),  # the location itself blank
+        ("Lamp | in", "Lamp"),
+        ("Lamp | inside out", "Lamp | inside out"),
         ("N/A", ""),
         ("", ""),
         (None, ""),
