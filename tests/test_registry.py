@@ -772,3 +772,32 @@ def test_mlflow_run_promote_entry_point(client, tmp_path: Path) -> None:
     assert tags["promotion.reason"] == "entry point"
     assert tags["promotion.by"] == promotion.current_user()
     assert client.get_run(tags["promotion.run_id"]).data.tags["promotion.outcome"] == "promote"
+
+
+@pytest.mark.slow
+def test_a_real_classifier_is_smoke_checked_on_clean_test_images(
+    tracking: str, demo_clean: Path
+) -> None:
+    """The training helper's pyfunc (registry.model), promoted on the demo's test split."""
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+
+    model = pytest.importorskip("registry.model")
+    categories = json.loads((demo_clean / "categories.json").read_text())
+    torch.manual_seed(0)
+    network = model.build_network("resnet18", len(categories)).eval()
+    config = model.ClassifierConfig(arch="resnet18", categories=categories, image_size=32)
+    mlflow.set_experiment("tests")
+    with mlflow.start_run():
+        mlflow.log_metric("test_accuracy", 0.3)
+        info = model.log_classifier(network, config, example_image=_jpeg((90, 90, 90)))
+    version = model.register_classifier(info.model_uri, model_name=NAME)
+
+    decision = promote(NAME, "best", clean=demo_clean, reason="first real model")
+
+    assert decision.version == int(version.version)
+    assert f"from the test split of {demo_clean}" in decision.smoke_check
+    assert resolve_model_uri(f"models:/{NAME}@production") == f"models:/{NAME}/{version.version}"
+    aliases = MlflowClient().get_registered_model(NAME).aliases
+    assert {k: int(v) for k, v in aliases.items()} == {"production": int(version.version)}
