@@ -1,0 +1,411 @@
+"""Train the ResNet classifier (MLproject entry point ``train``).
+
+Reads ``<clean>/images.parquet``, ``<clean>/categories.json`` and the cleaned JPEGs in
+``<clean>/images/<clean_size>/`` (from clean_tabular and clean_images).
+
+Writes one MLflow run: every parameter (and ``weights_used``), the inputs (the images table
+per split), per-epoch metrics with ``step=epoch`` (train/val loss and accuracy, lr, epoch
+seconds, images per second), ``checkpoints/last.pt`` and ``checkpoints/best.pt``, the test
+metrics and ``evaluation/`` artifacts, the pyfunc model ``model``, and with ``--register
+true`` a new version of the registered model (never its ``production`` alias).
+
+    python -m steps.train --epochs 15
+    mlflow run . -e train -P epochs=15 --env-manager local
+    torchrun --nproc_per_node=2 -m steps.train --epochs 15     # DDP, rank 0 logs
+    python -m steps.train --resume <run id>                    # continue an interrupted run
+
+``--resume`` continues the interrupted run itself (same run id, metric history continued
+at the next epoch) with the parameters stored in its checkpoint. Under ``mlflow run`` the
+project's new run is tagged ``resumed_from`` and stays empty; the training goes on in the
+original run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from registry.model import (
+    ARCHS,
+    DATA_DIGEST_TAG,
+    ClassifierConfig,
+    data_digest,
+    log_classifier,
+    register_classifier,
+)
+from steps import runtime
+from steps.runtime import StepError
+from steps.training import checkpoint as ckpt
+from steps.training.config import TrainConfig
+from steps.training.data import CleanData, decode_images, labels_of, load_clean_data
+from steps.training.distributed import (
+    Context,
+    barrier,
+    broadcast_module,
+    broadcast_object,
+    setup,
+    teardown,
+)
+from steps.training.loop import (
+    EarlyStopping,
+    EpochRecord,
+    build_optimizer,
+    build_scheduler,
+    fit,
+    predict_logits,
+    softmax_numpy,
+)
+from steps.training.model import (
+    build_model,
+    check_arch,
+    freeze,
+    parse_trainable_layers,
+    trainable_parameters,
+)
+from steps.training.report import log_test_report
+from steps.training.stages import build_stage, eval_source
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "train"
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one-line StepErrors (exit 2, no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise StepError(f"{message}; see `python -m steps.train --help`")
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = _Parser(prog="python -m steps.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--clean", type=Path, default=d.clean, help="cleaned data folder")
+    p.add_argument("--epochs", type=runtime.positive_int, default=d.epochs)
+    p.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)}")
+    p.add_argument(
+        "--weights",
+        default=d.weights,
+        help="auto | imagenet | none | path or URI of a state dict (runs:/, models:/, s3://)",
+    )
+    p.add_argument("--image-size", type=runtime.positive_int, default=d.image_size)
+    p.add_argument(
+        "--clean-size",
+        type=runtime.positive_int,
+        default=d.clean_size,
+        help="which images/<size> folder of clean_images to read",
+    )
+    p.add_argument("--batch-size", type=runtime.positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=_positive_float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument(
+        "--trainable-layers",
+        default=str(d.trainable_layers),
+        help="0 = the new head only, 1 = also layer4, ... 5 or all = everything",
+    )
+    p.add_argument("--label-smoothing", type=_fraction, default=d.label_smoothing)
+    p.add_argument(
+        "--patience",
+        type=runtime.non_negative_int,
+        default=d.patience,
+        help="early stopping: epochs without a better val loss (0 = never stop early)",
+    )
+    p.add_argument("--seed", type=runtime.non_negative_int, default=d.seed)
+    p.add_argument(
+        "--num-workers",
+        type=runtime.non_negative_int,
+        default=d.num_workers,
+        help="threads decoding the cleaned JPEGs into memory (0 = all cores)",
+    )
+    p.add_argument("--register", type=runtime.str_to_bool, default=d.register)
+    p.add_argument("--model-name", default=d.model_name)
+    p.add_argument("--resume", default="", help="run id of an interrupted train run")
+    return p
+
+
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    args = build_parser().parse_args(argv)
+    if args.image_size < 16:
+        raise StepError(f"--image-size must be at least 16 pixels, got {args.image_size}")
+    return TrainConfig(
+        clean=args.clean,
+        epochs=args.epochs,
+        arch=check_arch(args.arch),
+        weights=args.weights,
+        image_size=args.image_size,
+        clean_size=args.clean_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        trainable_layers=parse_trainable_layers(args.trainable_layers),
+        label_smoothing=args.label_smoothing,
+        patience=args.patience,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        register=args.register,
+        model_name=args.model_name,
+        resume=args.resume.strip(),
+    )
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished training run produced (rank 0 only)."""
+
+    run_id: str
+    records: list[EpochRecord]
+    best_epoch: int
+    weights_used: str
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    model_uri: str | None = None
+    model_version: str | None = None
+
+
+def _open_run(cfg: TrainConfig, ctx: Context):
+    """Rank 0's MLflow run: a new one, or the interrupted run when resuming."""
+    if not ctx.is_main:
+        return nullcontext()
+    if not cfg.resume:
+        return runtime.start_run(RUN_NAME)
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    active = runtime.start_run(RUN_NAME, run_id=cfg.resume)
+    if project_run and project_run != cfg.resume:
+        import mlflow
+
+        client = mlflow.tracking.MlflowClient()
+        client.set_tag(project_run, "resumed_from", cfg.resume)
+        client.set_tag(cfg.resume, "resumed_by", project_run)
+        log.info("training continues in run %s (this project run only records that)", cfg.resume)
+    return active
+
+
+def _log_new_params(params: dict[str, Any]) -> None:
+    """Log the params the run does not have yet (``mlflow run`` logs its own text first)."""
+    import mlflow
+
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    fresh = {k: v for k, v in params.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def _log_inputs(data: CleanData) -> None:
+    import mlflow
+
+    source = str((data.folder / "images.parquet").resolve())
+    for split in ("train", "val", "test"):
+        frame = data.split(split)
+        if frame.empty:
+            continue
+        with warnings.catch_warnings():  # MLflow's hints about source types and int columns
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=source, name="images", targets="label")
+            mlflow.log_input(dataset, context=split)
+
+
+def _prepare(cfg: TrainConfig, ctx: Context):
+    """Checkpoint (when resuming), config, data and the network on its device."""
+    checkpoint = None
+    if cfg.resume:
+        if ctx.is_main:
+            import mlflow
+
+            mlflow.set_tracking_uri(runtime.tracking_uri())
+            checkpoint = ckpt.fetch_checkpoint(cfg.resume)
+        checkpoint = broadcast_object(ctx, checkpoint)
+        cfg = cfg.resumed_with(checkpoint["args"])
+        log.info("resuming run %s after epoch %d", cfg.resume, checkpoint["epoch"])
+    data = load_clean_data(cfg.clean, cfg.clean_size)
+    torch.manual_seed(cfg.seed)
+    if checkpoint is None:
+        net, weights_used = build_model(cfg.arch, len(data.categories), cfg.weights)
+    else:
+        net, _ = build_model(cfg.arch, len(data.categories), "none")
+        net.load_state_dict(checkpoint["model"])
+        weights_used = str(checkpoint.get("weights_used", cfg.weights))
+    freeze(net, cfg.trainable_layers)
+    net.to(ctx.device)
+    broadcast_module(ctx, net)
+    return cfg, data, net, weights_used, checkpoint
+
+
+class EpochLogger:
+    """Rank 0's end-of-epoch work: metrics with ``step=epoch`` and the checkpoints."""
+
+    def __init__(self, cfg, net, optimizer, scheduler, scaler, stopper, extra, folder: Path):
+        self.cfg, self.net, self.optimizer = cfg, net, optimizer
+        self.scheduler, self.scaler, self.stopper = scheduler, scaler, stopper
+        self.extra, self.folder = extra, folder
+        self.best_path: Path | None = None
+
+    def __call__(self, record: EpochRecord, improved: bool) -> None:
+        import mlflow
+
+        mlflow.log_metrics(record.metrics(), step=record.epoch)
+        state = ckpt.make_checkpoint(
+            self.net,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            epoch=record.epoch,
+            args=self.cfg.as_params(),
+            stopper=self.stopper.state_dict(),
+            extra=self.extra,
+        )
+        ckpt.log_checkpoint(ckpt.save_checkpoint(state, self.folder / ckpt.LAST))
+        if improved:
+            self.best_path = ckpt.save_checkpoint(state, self.folder / ckpt.BEST)
+            ckpt.log_checkpoint(self.best_path)
+
+
+def _load_best(net: nn.Module, epoch_logger: EpochLogger, run_id: str) -> None:
+    """Put the best epoch's weights into ``net`` (downloaded when an earlier session saved them)."""
+    if epoch_logger.best_path is not None:
+        state = ckpt.load_checkpoint(epoch_logger.best_path)
+    else:
+        state = ckpt.fetch_checkpoint(run_id, ckpt.BEST)
+    net.load_state_dict(state["model"])
+
+
+def _evaluate_test(net: nn.Module, data: CleanData, cfg: TrainConfig, ctx: Context) -> dict:
+    """Test-split metrics and report of ``net`` through the eval preset (rank 0)."""
+    frame = data.split("test")
+    if frame.empty:
+        log.warning("the test split is empty: no test metrics")
+        return {}
+    images = decode_images(data.paths(frame), cfg.image_size, cfg.num_workers)
+    labels = labels_of(frame)
+    logits = predict_logits(net, eval_source(images, labels, cfg.batch_size, ctx), ctx)
+    metrics = log_test_report(softmax_numpy(logits), labels.numpy(), data.categories)
+    log.info(
+        "test: accuracy %.3f, top-3 %.3f, macro-F1 %.3f on %d images",
+        metrics["test_accuracy"],
+        metrics["test_top3_accuracy"],
+        metrics["test_macro_f1"],
+        len(frame),
+    )
+    return metrics
+
+
+def _log_model(net, data, cfg, outcome: TrainOutcome, digest: str) -> None:
+    """Log the pyfunc model and, with ``--register``, a new registered version."""
+    import mlflow
+
+    frame = data.split("test") if len(data.split("test")) else data.split("val")
+    example = data.paths(frame.head(1))[0].read_bytes()
+    config = ClassifierConfig(arch=cfg.arch, categories=data.categories, image_size=cfg.image_size)
+    info = log_classifier(net.cpu().eval(), config, example_image=example)
+    outcome.model_uri = info.model_uri
+    if not cfg.register:
+        return
+    tags = {**outcome.test_metrics, DATA_DIGEST_TAG: digest, "arch": cfg.arch}
+    tags.update({"image_size": cfg.image_size, "best_epoch": outcome.best_epoch})
+    version = register_classifier(info.model_uri, model_name=cfg.model_name, tags=tags)
+    outcome.model_version = str(version.version)
+    mlflow.set_tags({"registered_model": cfg.model_name, "registered_version": version.version})
+    log.info("registered %s version %s", cfg.model_name, version.version)
+
+
+def train(cfg: TrainConfig) -> TrainOutcome | None:
+    """Train, evaluate and register; returns the outcome on rank 0, None on other ranks."""
+    ctx = setup()
+    try:
+        if ctx.is_main:
+            runtime.check_tracking_server()
+        return _train(cfg, ctx)
+    finally:
+        teardown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: Context) -> TrainOutcome | None:
+    cfg, data, net, weights_used, checkpoint = _prepare(cfg, ctx)
+    digest = data_digest(cfg.clean)
+    if checkpoint is not None and checkpoint.get(DATA_DIGEST_TAG) not in (None, digest):
+        log.warning("the cleaned data changed since run %s started (digest differs)", cfg.resume)
+    log.info("training %s on %s, weights %s", cfg.arch, ctx.describe(), weights_used)
+    with _open_run(cfg, ctx) as run, tempfile.TemporaryDirectory(prefix="train-") as tmp:
+        if ctx.is_main:
+            import mlflow
+
+            _log_new_params({**cfg.as_params(), "weights_used": weights_used})
+            mlflow.set_tags({"weights_used": weights_used, DATA_DIGEST_TAG: digest})
+            mlflow.set_tags({"device": str(ctx.device), "world_size": ctx.world_size})
+            if checkpoint is None:
+                _log_inputs(data)
+        stage = build_stage(net, data, cfg, ctx)
+        optimizer = build_optimizer(trainable_parameters(net), cfg.lr, cfg.weight_decay)
+        scheduler = build_scheduler(optimizer, cfg.epochs * len(stage.train))
+        scaler = ctx.grad_scaler()
+        stopper = EarlyStopping(cfg.patience)
+        first_epoch = 1
+        if checkpoint is not None:
+            ckpt.restore(checkpoint, net, optimizer, scheduler, scaler)
+            stopper.load_state_dict(checkpoint["early_stopping"])
+            first_epoch = int(checkpoint["epoch"]) + 1
+        extra = {"weights_used": weights_used, DATA_DIGEST_TAG: digest}
+        epoch_logger = EpochLogger(
+            cfg, net, optimizer, scheduler, scaler, stopper, extra, Path(tmp)
+        )
+        if ctx.is_main:
+            mlflow.log_metric("setup_seconds", stage.setup_seconds, step=first_epoch - 1)
+        records = fit(
+            stage,
+            optimizer,
+            scheduler,
+            torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+            stopper,
+            ctx,
+            first_epoch=first_epoch,
+            epochs=cfg.epochs,
+            scaler=scaler,
+            on_epoch_end=epoch_logger if ctx.is_main else None,
+        )
+        barrier(ctx)
+        if not ctx.is_main:
+            return None
+        run_id = run.info.run_id
+        outcome = TrainOutcome(run_id, records, stopper.best_epoch, weights_used)
+        _load_best(net, epoch_logger, run_id)
+        outcome.test_metrics = _evaluate_test(net, data, cfg, ctx)
+        _log_model(net, data, cfg, outcome, digest)
+        return outcome
+
+
+@runtime.cli
+def main(argv: Sequence[str] | None = None) -> None:
+    train(parse_config(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The training run's hyperparameters: one frozen dataclass, logged as run params."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from registry.model import MODEL_NAME
+
+ALL_LAYERS = 5  # stem + layer1..layer4 + head: `--trainable-layers all`
+HEAD_ONLY = 0
+
+# Parameters a resumed run takes from its checkpoint, not from the command line: they
+# define the model, the data it sees and the schedule, so changing them mid-run would
+# make the continued metric history meaningless.
+RESUMED_FROM_CHECKPOINT = (
+    "epochs",
+    "arch",
+    "weights",
+    "image_size",
+    "clean_size",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "trainable_layers",
+    "label_smoothing",
+    "patience",
+    "seed",
+    "register",
+    "model_name",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Command-line parameters of ``steps.train`` (MLproject entry point ``train``)."""
+
+    clean: Path = Path("data/clean")
+    epochs: int = 15
+    arch: str = "resnet50"
+    weights: str = "auto"
+    image_size: int = 224
+    clean_size: int = 256
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    trainable_layers: int = 1
+    label_smoothing: float = 0.1
+    patience: int = 5
+    seed: int = 0
+    num_workers: int = 2
+    register: bool = True
+    model_name: str = MODEL_NAME
+    resume: str = ""
+
+    @property
+    def head_only(self) -> bool:
+        return self.trainable_layers == HEAD_ONLY
+
+    def as_params(self) -> dict[str, Any]:
+        """Plain values (``clean`` as text), for ``mlflow.log_params`` and checkpoints."""
+        params = asdict(self)
+        params["clean"] = str(self.clean)
+        return params
+
+    def resumed_with(self, checkpoint_args: dict[str, Any]) -> TrainConfig:
+        """This config with the model-defining values of a checkpoint's ``args``."""
+        kept = {k: checkpoint_args[k] for k in RESUMED_FROM_CHECKPOINT if k in checkpoint_args}
+        return replace(self, **kept)

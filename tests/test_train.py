@@ -1,0 +1,452 @@
+"""Training: the ResNet classifier's step, loop, transforms, weights, resume and DDP.
+
+The data is a tiny export in the clean layout made here (three categories of coloured
+shapes at 32 px), so that a resnet18 learns it in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from registry.model import build_network, eval_transform, forward_features
+from steps.runtime import StepError
+from steps.train import main, parse_config, train
+from steps.training import loop, stages
+from steps.training.config import TrainConfig
+from steps.training.data import decode_images, load_clean_data
+from steps.training.distributed import Context
+from steps.training.loop import BatchSource, EarlyStopping, train_one_epoch
+from steps.training.model import (
+    build_model,
+    freeze,
+    parse_trainable_layers,
+    resolve_weights,
+    set_train_mode,
+)
+from steps.training.transforms import eval_batch, train_transform
+
+CATEGORIES = ["Appliances", "Baby & Kids Stuff", "Home & Garden"]
+SIZE = 32
+CPU = Context(torch.device("cpu"))
+EPOCH_METRICS = (
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+)
+
+
+def make_tiny_clean(out: Path, per_split=(16, 6, 6), seed: int = 0) -> Path:
+    """A clean-layout export: one coloured shape per category on a dark background."""
+    rng = np.random.default_rng(seed)
+    folder = out / "images" / str(SIZE)
+    folder.mkdir(parents=True)
+    colours = [(230, 40, 40), (40, 230, 40), (40, 40, 230)]
+    rows = []
+    for label, name in enumerate(CATEGORIES):
+        for split, count in zip(("train", "val", "test"), per_split, strict=True):
+            for i in range(count):
+                image_id = f"{label}-{split}-{i}"
+                image = Image.new(
+                    "RGB", (SIZE, SIZE), tuple(int(v) for v in rng.integers(0, 60, 3))
+                )
+                x, y = (int(v) for v in rng.integers(2, SIZE // 3, 2))
+                side = int(rng.integers(SIZE // 3, SIZE // 2))
+                box = [x, y, x + side, y + side]
+                draw = ImageDraw.Draw(image)
+                [draw.ellipse, draw.rectangle, draw.rectangle][label](box, fill=colours[label])
+                image.save(folder / f"{image_id}.jpg", quality=92)
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "product_id": f"p-{image_id}",
+                        "root_category": name,
+                        "label": label,
+                        "split": split,
+                    }
+                )
+    pd.DataFrame(rows).to_parquet(out / "images.parquet")
+    (out / "categories.json").write_text(json.dumps(CATEGORIES))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_clean(tmp_path_factory.mktemp("tiny") / "clean")
+
+
+@pytest.fixture(scope="module")
+def resnet18_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state dict file of a randomly initialised resnet18 (ImageNet-shaped head)."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    torch.save(build_network("resnet18", 1000).state_dict(), path)
+    return path
+
+
+def tiny_args(clean: Path, *extra: str) -> list[str]:
+    return [
+        "--clean",
+        str(clean),
+        "--clean-size",
+        str(SIZE),
+        "--image-size",
+        str(SIZE),
+        "--arch",
+        "resnet18",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.003",
+        "--trainable-layers",
+        "all",
+        "--num-workers",
+        "1",
+        *extra,
+    ]
+
+
+def metric_steps(client: mlflow.MlflowClient, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+# ---------------------------------------------------------------------- arguments
+
+
+def test_defaults_match_the_mlproject_contract():
+    cfg = parse_config([])
+    assert (cfg.epochs, cfg.arch, cfg.weights, cfg.image_size) == (15, "resnet50", "auto", 224)
+    assert (cfg.clean_size, cfg.batch_size, cfg.lr, cfg.weight_decay) == (256, 64, 1e-3, 1e-4)
+    assert (cfg.trainable_layers, cfg.label_smoothing, cfg.patience) == (1, 0.1, 5)
+    assert cfg.register is True and cfg.model_name == "marketplace-classifier"
+
+
+def test_mlproject_style_numbers_parse():
+    cfg = parse_config(["--epochs", "15.0", "--trainable-layers", "2.0", "--register", "false"])
+    assert (cfg.epochs, cfg.trainable_layers, cfg.register) == (15, 2, False)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0", 0), ("1", 1), ("4", 4), ("all", 5), ("9", 5)])
+def test_trainable_layers_parse(text, expected):
+    assert parse_trainable_layers(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "1.5", "some"])
+def test_trainable_layers_reject_nonsense(text):
+    with pytest.raises(StepError, match="trainable-layers"):
+        parse_trainable_layers(text)
+
+
+@pytest.mark.parametrize(
+    ("layers", "trained"),
+    [
+        (0, {"fc"}),
+        (1, {"fc", "layer4"}),
+        (2, {"fc", "layer4", "layer3"}),
+        (5, {"fc", "layer4", "layer3", "layer2", "layer1", "conv1", "bn1"}),
+    ],
+)
+def test_freeze_trains_the_blocks_nearest_the_head(layers, trained):
+    net = build_network("resnet18", 3)
+    freeze(net, layers)
+    with_grad = {name.split(".")[0] for name, p in net.named_parameters() if p.requires_grad}
+    assert with_grad == trained
+    set_train_mode(net, layers)
+    assert net.layer4.training == ("layer4" in trained)
+    assert not net.layer1.training or "layer1" in trained  # frozen BatchNorm stays in eval
+
+
+# ---------------------------------------------------------------------- weights
+
+
+def test_weights_file_loads_the_backbone_and_replaces_a_different_head(resnet18_weights):
+    net, used = build_model("resnet18", 3, str(resnet18_weights))
+    saved = torch.load(resnet18_weights, weights_only=True)
+    assert used == f"file:{resnet18_weights}"
+    assert torch.equal(net.state_dict()["layer3.0.conv1.weight"], saved["layer3.0.conv1.weight"])
+    assert net.fc.out_features == 3
+
+
+def test_weights_file_for_another_arch_is_refused(resnet18_weights):
+    with pytest.raises(StepError, match="do not fit resnet34"):
+        build_model("resnet34", 3, str(resnet18_weights))
+
+
+def test_auto_weights_fall_back_to_random_when_imagenet_cannot_be_had(monkeypatch, caplog):
+    def offline(arch, *, download):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr("steps.training.model._imagenet_state", offline)
+    state, used = resolve_weights("auto", "resnet18")
+    assert state is None and used.startswith("random")
+    assert "random initialisation" in caplog.text
+    with pytest.raises(StepError, match="ImageNet weights for resnet18 could not be had"):
+        resolve_weights("imagenet", "resnet18")
+    assert resolve_weights("none", "resnet18") == (None, "none")
+
+
+# ---------------------------------------------------------------------- transforms
+
+
+def test_train_preset_makes_normalised_per_image_crops():
+    images = torch.full((4, 3, 40, 40), 128, dtype=torch.uint8)
+    images[:, :, :, :20] = 0  # left half black: crops and flips move the edge
+    augment = train_transform(32)
+    first = augment(images, torch.Generator().manual_seed(0))
+    again = augment(images, torch.Generator().manual_seed(0))
+    assert first.shape == (4, 3, 32, 32) and first.dtype == torch.float32
+    assert torch.equal(first, again)  # seeded: a resumed epoch sees the same augmentation
+    assert not torch.allclose(first[0], first[1])  # each image gets its own crop
+    assert float(first.min()) > -2.2 and float(first.max()) < 2.7  # ImageNet mean/std
+
+
+def test_eval_cache_is_the_served_preprocessing(tiny_clean):
+    data = load_clean_data(tiny_clean, SIZE)
+    path = data.paths(data.split("test"))[0]
+    cached = eval_batch(decode_images([path], 24))[0]
+    assert torch.allclose(cached, eval_transform(24)(path.read_bytes()), atol=1e-6)
+
+
+# ---------------------------------------------------------------------- the loop
+
+
+@pytest.mark.slow
+def test_overfits_one_batch(tiny_clean):
+    torch.manual_seed(0)
+    data = load_clean_data(tiny_clean, SIZE)
+    batch = data.split("train").groupby("label").head(2)
+    images = decode_images(data.paths(batch), SIZE)
+    labels = torch.tensor(batch["label"].to_numpy())
+    net = build_network("resnet18", len(CATEGORIES))
+    source = BatchSource(images, labels, len(labels), CPU.device, transform=stages.eval_images)
+    optimizer = loop.build_optimizer(list(net.parameters()), 2e-3, 0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    criterion = torch.nn.CrossEntropyLoss()
+    net.train()
+    results = [
+        train_one_epoch(net, source, optimizer, scheduler, criterion, CPU, epoch)
+        for epoch in range(15)
+    ]
+    assert results[-1].loss < 0.05 < results[0].loss
+    assert results[-1].accuracy == 1.0
+
+
+def test_head_only_computes_backbone_features_once_per_image(tiny_clean, monkeypatch):
+    data = load_clean_data(tiny_clean, SIZE)
+    cfg = TrainConfig(
+        clean=tiny_clean,
+        arch="resnet18",
+        image_size=SIZE,
+        clean_size=SIZE,
+        trainable_layers=0,
+        batch_size=8,
+        num_workers=1,
+    )
+    net = build_network("resnet18", len(CATEGORIES))
+    freeze(net, 0)
+    seen = []
+
+    def counting(module, images):
+        seen.append(len(images))
+        return forward_features(module, images)
+
+    monkeypatch.setattr(stages, "forward_features", counting)
+    stage = stages.build_stage(net, data, cfg, CPU)
+    optimizer = loop.build_optimizer(list(net.fc.parameters()), 1e-2, 0.0)
+    records = loop.fit(
+        stage,
+        optimizer,
+        loop.build_scheduler(optimizer, 6 * len(stage.train)),
+        torch.nn.CrossEntropyLoss(),
+        EarlyStopping(0),
+        CPU,
+        first_epoch=1,
+        epochs=6,
+    )
+    assert len(records) == 6
+    assert sum(seen) == len(data.split("train")) + len(data.split("val"))  # not x 6 epochs
+    assert records[-1].train.loss < records[0].train.loss
+
+
+def test_early_stopping_waits_patience_epochs():
+    stopper = EarlyStopping(patience=2)
+    assert stopper.update(1.0, 1) and not stopper.should_stop
+    assert not stopper.update(1.1, 2) and not stopper.should_stop
+    assert not stopper.update(1.2, 3) and stopper.should_stop
+    assert stopper.best_epoch == 1
+
+
+# ---------------------------------------------------------------------- the step
+
+
+@pytest.mark.slow
+def test_smoke_run_logs_every_epoch_registers_and_serves(tiny_clean, resnet18_weights, tracking):
+    main(tiny_args(tiny_clean, "--epochs", "2", "--weights", str(resnet18_weights)))
+
+    client = mlflow.MlflowClient()
+    [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED"
+    for key in EPOCH_METRICS:
+        assert metric_steps(client, run_id, key) == [1, 2], key
+    losses = [m.value for m in client.get_metric_history(run_id, "train_loss")]
+    assert losses[1] < losses[0]
+    for key in ("test_accuracy", "test_top3_accuracy", "test_macro_f1"):
+        assert 0.0 <= run.data.metrics[key] <= 1.0
+    assert run.data.params["arch"] == "resnet18"
+    assert run.data.params["weights_used"] == f"file:{resnet18_weights}"
+    assert run.data.tags["weights_used"] == f"file:{resnet18_weights}"
+    contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
+    assert contexts == {"train", "val", "test"}
+    artifacts = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    assert artifacts == {"checkpoints/last.pt", "checkpoints/best.pt"}
+    evaluation = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in evaluation
+    assert "evaluation/classification_report.json" in evaluation
+
+    [version] = client.search_model_versions("name = 'marketplace-classifier'")
+    assert version.run_id == run_id
+    assert float(version.tags["test_accuracy"]) == pytest.approx(run.data.metrics["test_accuracy"])
+    assert len(version.tags["data_digest"]) == 16
+    assert client.get_registered_model("marketplace-classifier").aliases == {}
+
+    model = mlflow.pyfunc.load_model(f"models:/marketplace-classifier/{version.version}")
+    data = load_clean_data(tiny_clean, SIZE)
+    test = data.split("test")
+    images = [p.read_bytes() for p in data.paths(test)]
+    out = model.predict(pd.DataFrame({"image": images}))
+    accuracy = float((out["category"] == test["label"].map(CATEGORIES.__getitem__)).mean())
+    assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=0.1)
+
+
+@pytest.mark.slow
+def test_resume_continues_the_interrupted_run(tiny_clean, tracking, monkeypatch):
+    real_epoch = loop.train_one_epoch
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        if args[6] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_one_epoch", interrupted_in_epoch_2)
+    with pytest.raises(SystemExit) as stopped:
+        main(tiny_args(tiny_clean, "--epochs", "3", "--weights", "none", "--register", "false"))
+    assert stopped.value.code == 130
+    [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+    client = mlflow.MlflowClient()
+    assert run.info.status == "FAILED"
+    assert metric_steps(client, run.info.run_id, "val_loss") == [1]  # only epoch 2 is lost
+
+    monkeypatch.setattr(loop, "train_one_epoch", real_epoch)
+    outcome = train(
+        parse_config(tiny_args(tiny_clean, "--resume", run.info.run_id, "--epochs", "9"))
+    )
+
+    assert outcome.run_id == run.info.run_id
+    assert [r.epoch for r in outcome.records] == [2, 3]  # epochs come from the checkpoint
+    for key in EPOCH_METRICS:
+        assert metric_steps(client, run.info.run_id, key) == [1, 2, 3], key
+    finished = client.get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED"
+    assert mlflow.MlflowClient().search_model_versions("name = 'marketplace-classifier'") == []
+    assert "test_accuracy" in finished.data.metrics
+    assert len(mlflow.search_runs(experiment_names=["tests"], output_format="list")) == 1
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tiny_clean, tracking):
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "steps.train",
+        *tiny_args(tiny_clean, "--epochs", "2", "--weights", "none", "--register", "false"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")  # rank 0 only
+    assert run.data.tags["world_size"] == "2"
+    assert metric_steps(mlflow.MlflowClient(), run.info.run_id, "train_loss") == [1, 2]
+    assert "test_accuracy" in run.data.metrics
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    return last
+
+
+def test_no_clean_data_says_which_step_to_run(tmp_path, tracking, capsys):
+    message = one_line_error(capsys, ["--clean", str(tmp_path / "nothing")])
+    assert "clean_tabular" in message and "clean_images" in message
+
+
+def test_missing_image_size_folder_names_the_sizes_there(tiny_clean, tracking, capsys):
+    message = one_line_error(capsys, ["--clean", str(tiny_clean), "--clean-size", "256"])
+    assert "--size 256" in message and "found: 32" in message
+
+
+def test_unknown_arch(tiny_clean, tracking, capsys):
+    message = one_line_error(capsys, tiny_args(tiny_clean, "--arch", "vgg16"))
+    assert "resnet18, resnet34, resnet50" in message
+
+
+def test_weights_that_do_not_fit_the_arch(tiny_clean, resnet18_weights, tracking, capsys):
+    argv = tiny_args(tiny_clean, "--arch", "resnet50", "--weights", str(resnet18_weights))
+    message = one_line_error(capsys, argv)
+    assert "do not fit resnet50" in message and "--arch" in message
+
+
+def test_epochs_below_one(tiny_clean, tracking, capsys):
+    message = one_line_error(capsys, tiny_args(tiny_clean, "--epochs", "0"))
+    assert "--epochs" in message and ">= 1" in message
+
+
+def test_tracking_server_down(tiny_clean, tracking, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    message = one_line_error(capsys, tiny_args(tiny_clean, "--epochs", "1"))
+    assert "cannot reach the MLflow tracking server" in message
+
+
+def test_resume_of_an_unknown_run(tiny_clean, tracking, capsys):
+    message = one_line_error(capsys, tiny_args(tiny_clean, "--resume", "0123456789abcdef"))
+    assert "--resume" in message
+
+
+@pytest.mark.slow
+def test_bad_input_exits_2_with_one_line_in_a_real_process(tmp_path, tracking):
+    done = subprocess.run(
+        [sys.executable, "-m", "steps.train", "--clean", str(tmp_path), "--epochs", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("error: argument --epochs")
