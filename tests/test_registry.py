@@ -731,11 +731,6 @@ def test_promote_and_rollback_against_an_mlflow_server(tmp_path: Path, monkeypat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="MLproject wraps {reason} and {by} in double quotes, but mlflow run already "
-    "shell-quotes values: reason arrives as 'entry point' with its quotes, by as ''",
-)
 def test_mlflow_run_promote_entry_point(client, tmp_path: Path) -> None:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": client.tracking_uri, "PATH": path}
