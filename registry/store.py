@@ -53,6 +53,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"no tracking store at {database} ({uri}): run from the project folder, where "
             "training created mlflow.db, or set MLFLOW_TRACKING_URI"
         )
+    check_server(uri, timeout)
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`RegistryError` at once when an HTTP tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
     try:

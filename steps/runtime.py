@@ -11,12 +11,13 @@ import argparse
 import logging
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+from registry.store import RegistryError, check_server, tracking_uri
+
+__all__ = ["RegistryError", "StepError", "cli", "start_run", "tracking_uri"]
+
 DEFAULT_EXPERIMENT = "marketplace-search"
 EXIT_USER_ERROR = 2
 
@@ -38,29 +39,16 @@ def configure_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def tracking_uri() -> str:
-    """The tracking URI in force: MLFLOW_TRACKING_URI, else the embedded sqlite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
 def check_tracking_server(uri: str | None = None, timeout: float = 5.0) -> None:
     """Fail fast, with a clear message, when an HTTP tracking server does not answer.
 
     MLflow's own client retries for minutes before it gives up; a step should say at once
     that the server is down and how to start it.
     """
-    uri = uri or tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
-            reply.read()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise StepError(
-            f"cannot reach the MLflow tracking server at {uri} ({reason}): start it with "
-            "`make stack`, or unset MLFLOW_TRACKING_URI to use the local sqlite store"
-        ) from None
+        check_server(uri or tracking_uri(), timeout)
+    except RegistryError as exc:
+        raise StepError(str(exc)) from None
 
 
 def start_run(run_name: str, **kwargs):
@@ -133,7 +121,7 @@ def cli(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequence[st
         configure_logging(verbose=bool(os.environ.get("STEPS_VERBOSE")))
         try:
             main(argv)
-        except StepError as exc:
+        except (StepError, RegistryError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
