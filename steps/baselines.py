@@ -1,0 +1,888 @@
+"""baselines: scikit-learn floors for price regression and image classification, in MLflow.
+
+Every model is fitted on the train split of the clean data and scored on its test split (the
+split the ResNet uses), so the deep model's gain over these floors is measured, not assumed.
+
+* Price (products whose ``price_flag`` is ``ok``), target log price (``log1p`` of pounds):
+  a median ``DummyRegressor``; ridge regression on TF-IDF of name and description plus
+  one-hot root category, sub-category and county; a ``HistGradientBoostingRegressor`` on
+  the same features (text capped to the commonest terms, dense). Each is one ``Pipeline``
+  that takes the raw columns and predicts pounds.
+* Images (root category): a most-frequent ``DummyClassifier``; logistic regression on
+  :class:`steps.image_features.ImageFeatures` (downsized pixels, colour histogram, coarse
+  HOG). The pipeline takes a column ``image`` of JPEG/PNG bytes, as the deep model does.
+
+Splits: images use ``images.parquet``'s ``split``. Products take the split of their images;
+a product without images gets one from a hash of its id (SHA-256), with the split
+fractions seen among products that have images, so it is the same on every run.
+
+With ``--search true`` the ridge ``alpha`` and the logistic-regression ``C`` and feature
+size are chosen on the validation split, each candidate a nested run of its model's run.
+
+Reads: ``<clean>/products.parquet``, ``images.parquet``, ``categories.json``,
+``images/<image-size>/<image_id>.jpg``. Writes: one MLflow run ``baselines`` with a child
+run per model (params, val/test metrics, plots, the model logged with ``mlflow.sklearn``)
+and ``results.json`` / ``results.md`` on the parent (``python -m steps.baselines_report``
+prints the table again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from steps.runtime import StepError, cli, positive_int, start_run, str_to_bool, whole_number
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+PRICE_COLUMNS = ["name", "description", "root_category", "sub_category", "county"]
+TEXT_COLUMNS = ["name", "description"]
+CATEGORY_COLUMNS = ["root_category", "sub_category", "county"]
+IMAGE_COLUMN = "image"
+PRODUCT_REQUIRED = ["product_id", "price", "price_flag", *PRICE_COLUMNS]
+IMAGE_REQUIRED = ["image_id", "product_id", "root_category", "split"]
+
+RIDGE_ALPHA = 1.0
+RIDGE_ALPHA_GRID = (0.3, 1.0, 3.0, 10.0)
+LOGREG_C = 0.01
+LOGREG_C_GRID = (0.003, 0.01, 0.03)
+LOGREG_MAX_ITER = 300
+HGB_PARAMS = {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 31, "min_samples_leaf": 10}
+HGB_MAX_TERMS = 100  # text terms per column for the (dense) gradient-boosted model
+MIN_TRAIN_ROWS = 10
+MIN_EVAL_ROWS = 1
+MIN_CLASSES = 2
+TOP_K = 3
+EXAMPLE_ROWS = 3
+
+# Types that skops (the default sklearn serialisation in MLflow 3) must be told to trust:
+# each is ours or a plain numpy/scikit-learn object.
+SKOPS_TRUSTED_TYPES = [
+    "numpy.dtype",
+    "numpy.ravel",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "steps.image_features.ImageFeatures",
+]
+
+
+@dataclass
+class CleanData:
+    """What this step reads from a clean folder."""
+
+    folder: Path
+    products: pd.DataFrame
+    images: pd.DataFrame
+    categories: list[str]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Candidate:
+    """One fitted model with its hyperparameters and validation metrics."""
+
+    params: dict[str, Any]
+    model: Any
+    val_metrics: dict[str, float]
+
+
+@dataclass
+class Result:
+    """One logged baseline, as it goes into results.json."""
+
+    task: str
+    model: str
+    run_id: str
+    params: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# --- reading the clean data -----------------------------------------------------------------
+
+
+def load_clean(folder: Path) -> CleanData:
+    """Read products, images and categories; a StepError names the step to run when missing."""
+    folder = Path(folder)
+    needed = ["products.parquet", "images.parquet", "categories.json"]
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise StepError(
+            f"no clean data in {folder} (missing {', '.join(missing)}): run the clean_tabular "
+            f"step first (`mlflow run . -e clean_tabular -P out={folder} --env-manager local`), "
+            "then clean_images"
+        )
+    products = pd.read_parquet(folder / "products.parquet")
+    images = pd.read_parquet(folder / "images.parquet")
+    _require_columns(products, PRODUCT_REQUIRED, folder / "products.parquet")
+    _require_columns(images, IMAGE_REQUIRED, folder / "images.parquet")
+    try:
+        categories = json.loads((folder / "categories.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StepError(
+            f"{folder / 'categories.json'} is not JSON ({exc}): run clean_tabular again"
+        ) from None
+    report_path = folder / "report.json"
+    try:
+        report = (
+            json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
+        )
+    except json.JSONDecodeError:
+        report = {}  # only the split fractions come from it, and they have a fallback
+    return CleanData(folder, products, images, [str(name) for name in categories], report)
+
+
+def _require_columns(table: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
+    absent = [column for column in columns if column not in table.columns]
+    if absent:
+        raise StepError(
+            f"{path} lacks column(s) {', '.join(absent)}: it was not written by this project's "
+            "clean_tabular; run `mlflow run . -e clean_tabular --env-manager local` again"
+        )
+
+
+def hash_split(key: str, val_frac: float, test_frac: float) -> str:
+    """A split for ``key`` from its SHA-256: the same on every run and machine."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    if position < test_frac:
+        return "test"
+    if position < test_frac + val_frac:
+        return "val"
+    return "train"
+
+
+def split_fractions(clean: CleanData) -> tuple[float, float]:
+    """(val, test) fractions: clean_tabular's, from report.json, else those seen in images."""
+    params = clean.report.get("params", {}) if isinstance(clean.report, dict) else {}
+    if "val_frac" in params and "test_frac" in params:
+        return float(params["val_frac"]), float(params["test_frac"])
+    seen = (
+        clean.images.groupby("product_id", sort=False)["split"].first().value_counts(normalize=True)
+    )
+    return float(seen.get("val", 0.15)), float(seen.get("test", 0.15))
+
+
+def product_splits(products: pd.DataFrame, clean: CleanData) -> pd.Series:
+    """Each product's split: its images' split, else :func:`hash_split` (see module doc)."""
+    from_images = clean.images.groupby("product_id", sort=False)["split"].first()
+    val_frac, test_frac = split_fractions(clean)
+    ids = products["product_id"].astype(str)
+    known = ids.map(from_images)
+    guessed = ids.map(lambda key: hash_split(key, val_frac, test_frac))
+    return known.fillna(guessed).astype(str).rename("split")
+
+
+def price_table(clean: CleanData) -> pd.DataFrame:
+    """Products with a valid price: PRICE_COLUMNS, ``price`` (pounds) and ``split``."""
+    products = clean.products
+    valid = (
+        (products["price_flag"] == "ok") & np.isfinite(products["price"]) & (products["price"] > 0)
+    )
+    table = products.loc[valid, ["product_id", *PRICE_COLUMNS, "price"]].copy()
+    table["split"] = product_splits(table, clean).to_numpy()
+    return table.reset_index(drop=True)
+
+
+def image_table(clean: CleanData, image_size: int) -> pd.DataFrame:
+    """Images with their cleaned JPEG bytes in column ``image``, plus label and split."""
+    folder = clean.folder / "images" / str(image_size)
+    if not folder.is_dir():
+        sizes = sorted(p.name for p in (clean.folder / "images").glob("*") if p.is_dir())
+        hint = f" (cleaned sizes here: {', '.join(sizes)}; pass --image-size)" if sizes else ""
+        raise StepError(
+            f"no cleaned images in {folder}{hint}: run `mlflow run . -e clean_images "
+            f"-P out={clean.folder} -P size={image_size} --env-manager local` first"
+        )
+    table = clean.images[["image_id", "product_id", "root_category", "split"]].copy()
+    paths = [folder / f"{image_id}.jpg" for image_id in table["image_id"]]
+    present = np.array([path.is_file() for path in paths], dtype=bool)
+    if not present.all():
+        log.warning(
+            "%d of %d images have no file in %s (clean_images not run on all?): left out",
+            int((~present).sum()),
+            len(paths),
+            folder,
+        )
+    table = table.loc[present].reset_index(drop=True)
+    table[IMAGE_COLUMN] = [path.read_bytes() for path, ok in zip(paths, present, strict=True) if ok]
+    return table
+
+
+def check_rows(table: pd.DataFrame, task: str, target: str | None = None) -> dict[str, int]:
+    """Rows per split; a StepError when a split (or, with ``target``, the classes) is too small."""
+    counts = {split: int((table["split"] == split).sum()) for split in SPLITS}
+    needs = {"train": MIN_TRAIN_ROWS, "val": MIN_EVAL_ROWS, "test": MIN_EVAL_ROWS}
+    short = [
+        f"{split} has {counts[split]} (needs {needs[split]})"
+        for split in SPLITS
+        if counts[split] < needs[split]
+    ]
+    if short:
+        raise StepError(
+            f"too few rows for the {task} baselines: {'; '.join(short)}. Use a bigger export, "
+            "or clean it again with larger --val-frac/--test-frac"
+        )
+    if target is not None:
+        train = table.loc[table["split"] == "train", target]
+        if train.nunique() < MIN_CLASSES:
+            raise StepError(
+                f"too few classes for the {task} baselines: the train split has "
+                f"{train.nunique()} (needs {MIN_CLASSES}). Use a bigger export"
+            )
+        unseen = sorted(set(table[target]) - set(train))
+        if unseen:
+            log.warning("%s: no train rows for %s; those rows can never be right", task, unseen)
+    return counts
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def _text_features(max_features: int | None):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    return make_pipeline(
+        SimpleImputer(strategy="constant", fill_value=""),  # a missing description is empty
+        FunctionTransformer(np.ravel),  # (n, 1) -> (n,): TfidfVectorizer wants documents
+        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=max_features),
+    )
+
+
+def price_features(max_terms: int | None = None, dense: bool = False):
+    """TF-IDF of name and description, one-hot categories: raw columns -> features."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder
+
+    return ColumnTransformer(
+        [
+            *((column, _text_features(max_terms), [column]) for column in TEXT_COLUMNS),
+            ("categories", OneHotEncoder(handle_unknown="ignore"), CATEGORY_COLUMNS),
+        ],
+        sparse_threshold=0.0 if dense else 0.3,
+    )
+
+
+def _log_target(regressor):
+    from sklearn.compose import TransformedTargetRegressor
+
+    return TransformedTargetRegressor(regressor=regressor, func=np.log1p, inverse_func=np.expm1)
+
+
+def build_price_model(kind: str, *, alpha: float = RIDGE_ALPHA, seed: int = 0):
+    """A Pipeline from raw product columns to pounds, fitted on log price."""
+    from sklearn.dummy import DummyRegressor
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+
+    if kind == "dummy":
+        return Pipeline([("model", _log_target(DummyRegressor(strategy="median")))])
+    if kind == "ridge":
+        return Pipeline(
+            [("features", price_features()), ("model", _log_target(Ridge(alpha=alpha)))]
+        )
+    if kind == "hgb":
+        model = HistGradientBoostingRegressor(**HGB_PARAMS, random_state=seed)
+        return Pipeline(
+            [("features", price_features(HGB_MAX_TERMS, dense=True)), ("model", _log_target(model))]
+        )
+    raise ValueError(f"unknown price model {kind!r}")
+
+
+def build_image_model(kind: str, *, feature_size: int = 16, C: float = LOGREG_C, seed: int = 0):
+    """A Pipeline from a column of image bytes to a root category."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from steps.image_features import ImageFeatures
+
+    if kind == "dummy":
+        return Pipeline([("model", DummyClassifier(strategy="most_frequent"))])
+    if kind == "logreg":
+        return Pipeline(
+            [
+                ("features", ImageFeatures(size=feature_size)),
+                ("scale", StandardScaler()),
+                ("model", LogisticRegression(C=C, max_iter=LOGREG_MAX_ITER, random_state=seed)),
+            ]
+        )
+    raise ValueError(f"unknown image model {kind!r}")
+
+
+# --- metrics and plots ----------------------------------------------------------------------
+
+
+def price_metrics(
+    true_pounds: np.ndarray, predicted_pounds: np.ndarray, prefix: str
+) -> dict[str, float]:
+    """RMSE and MAE in pounds, R² on log price (``log1p``)."""
+    from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+
+    true = np.asarray(true_pounds, dtype=float)
+    predicted = np.clip(np.asarray(predicted_pounds, dtype=float), 0.0, None)
+    return {
+        f"{prefix}_rmse": float(root_mean_squared_error(true, predicted)),
+        f"{prefix}_mae": float(mean_absolute_error(true, predicted)),
+        f"{prefix}_r2_log": float(r2_score(np.log1p(true), np.log1p(predicted))),
+    }
+
+
+def top_k_accuracy(
+    true: Sequence[str], probabilities: np.ndarray, classes: Sequence[str], k: int
+) -> float:
+    """Share of rows whose true class is among the ``k`` most probable (unseen classes: miss)."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]  # (N, k)
+    top = np.asarray(classes, dtype=object)[order]
+    return float(np.mean([label in row for label, row in zip(true, top, strict=True)]))
+
+
+def image_metrics(
+    true: Sequence[str], probabilities: np.ndarray, classes: Sequence[str], prefix: str
+) -> dict[str, float]:
+    """Accuracy, macro-F1 and top-3 accuracy from class probabilities."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    predicted = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
+    true = np.asarray(true, dtype=object)
+    return {
+        f"{prefix}_accuracy": float(accuracy_score(true, predicted)),
+        f"{prefix}_macro_f1": float(f1_score(true, predicted, average="macro", zero_division=0)),
+        f"{prefix}_top{TOP_K}_accuracy": top_k_accuracy(true, probabilities, classes, TOP_K),
+    }
+
+
+def plot_predicted_vs_true(true_pounds: np.ndarray, predicted_pounds: np.ndarray, title: str):
+    """Scatter of predicted against true price on log axes, with the y = x line."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 6), dpi=100)
+    axes = figure.subplots()
+    true = np.asarray(true_pounds, dtype=float)
+    predicted = np.clip(np.asarray(predicted_pounds, dtype=float), 0.01, None)
+    axes.scatter(true, predicted, s=8, alpha=0.5)
+    low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+    axes.plot([low, high], [low, high], color="black", linewidth=1, label="y = x")
+    axes.set(xscale="log", yscale="log", xlabel="true price (£)", ylabel="predicted price (£)")
+    axes.set_title(title)
+    axes.legend(loc="upper left")
+    figure.tight_layout()
+    return figure
+
+
+def plot_confusion(
+    true: Sequence[str], predicted: Sequence[str], categories: Sequence[str], title: str
+):
+    """Confusion-matrix figure (counts) over all categories, in categories.json order."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    figure = Figure(figsize=(11, 10), dpi=100)
+    axes = figure.subplots()
+    ConfusionMatrixDisplay.from_predictions(
+        np.asarray(true, dtype=object),
+        np.asarray(predicted, dtype=object),
+        labels=list(categories),
+        ax=axes,
+        xticks_rotation="vertical",
+        colorbar=False,
+    )
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+# --- MLflow logging -------------------------------------------------------------------------
+
+
+def pip_requirements(images: bool) -> list[str]:
+    """Pinned requirements of a logged baseline (given, so MLflow need not infer them)."""
+    from importlib.metadata import version
+
+    packages = ["mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy"]
+    if images:
+        packages.append("pillow")
+    return [f"{name}=={version(name)}" for name in packages]
+
+
+def _code_package(target: Path) -> list[str]:
+    """Copy the modules an image model needs, as packages, into ``target``; their paths.
+
+    The model pickles ``steps.image_features.ImageFeatures``, which uses
+    ``registry.imaging``: these two modules (and empty package markers) travel with the
+    model as ``code_paths``, so it loads where this repository is not installed.
+    """
+    from registry import imaging
+    from steps import image_features
+
+    paths = []
+    for package, module in (("steps", image_features), ("registry", imaging)):
+        folder = target / package
+        folder.mkdir(parents=True)
+        (folder / "__init__.py").write_text(
+            f'"""{package} (only what a baseline model needs)."""\n'
+        )
+        shutil.copy2(module.__file__, folder / Path(module.__file__).name)
+        paths.append(str(folder))
+    return paths
+
+
+def log_sklearn_model(model, example: pd.DataFrame, *, images: bool) -> None:
+    """Log ``model`` with mlflow.sklearn: signature, input example, pinned requirements."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.predict(example))
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(images),
+            code_paths=_code_package(Path(tmp)) if images else None,
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        )
+
+
+def log_datasets(table: pd.DataFrame, source: Path, name: str, target: str) -> None:
+    """Log each split of ``table`` (without image bytes) as an MLflow dataset input."""
+    import mlflow
+
+    columns = [column for column in table.columns if column != IMAGE_COLUMN]
+    for split in SPLITS:
+        part = table.loc[table["split"] == split, columns].reset_index(drop=True)
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": harmless
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(
+                part, source=str(source), name=f"{name}-{split}", targets=target
+            )
+        mlflow.log_input(dataset, context=split)
+
+
+def _format_params(params: dict[str, Any]) -> str:
+    return " ".join(
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in params.items()
+    )
+
+
+def search(
+    name: str,
+    grid: Sequence[dict[str, Any]],
+    fit: Callable[[dict[str, Any]], Candidate],
+    rank_metric: str,
+    higher_is_better: bool,
+) -> Candidate:
+    """Fit every candidate of ``grid`` (each a nested run when there are several); the best."""
+    import mlflow
+
+    candidates = []
+    for params in grid:
+        if len(grid) == 1:
+            candidates.append(fit(params))
+            break
+        with mlflow.start_run(run_name=f"{name} {_format_params(params)}", nested=True):
+            mlflow.set_tags({"search": name, "rank_metric": rank_metric})
+            candidate = fit(params)
+            mlflow.log_params(candidate.params)
+            mlflow.log_metrics(candidate.val_metrics)
+        candidates.append(candidate)
+        log.info(
+            "%s %s: %s=%.4f",
+            name,
+            _format_params(params),
+            rank_metric,
+            candidate.val_metrics[rank_metric],
+        )
+    sign = -1.0 if higher_is_better else 1.0
+    best = min(candidates, key=lambda c: sign * c.val_metrics[rank_metric])  # first of ties
+    if len(grid) > 1:
+        log.info("%s: best on val %s", name, _format_params(best.params))
+    return best
+
+
+# --- the two tasks --------------------------------------------------------------------------
+
+
+def _split(table: pd.DataFrame, split: str) -> pd.DataFrame:
+    return table.loc[table["split"] == split].reset_index(drop=True)
+
+
+def run_price_baselines(
+    table: pd.DataFrame, source: Path, *, do_search: bool, seed: int
+) -> list[Result]:
+    """Fit, score and log the three price models, each in its own nested run."""
+    import mlflow
+
+    parts = {split: _split(table, split) for split in SPLITS}
+    train = parts["train"]
+
+    def fit(kind: str) -> Callable[[dict[str, Any]], Candidate]:
+        def fit_one(params: dict[str, Any]) -> Candidate:
+            model = build_price_model(kind, seed=seed, **params)
+            model.fit(train[PRICE_COLUMNS], train["price"])
+            predicted = model.predict(parts["val"][PRICE_COLUMNS])
+            return Candidate(
+                dict(params), model, price_metrics(parts["val"]["price"], predicted, "val")
+            )
+
+        return fit_one
+
+    grids: dict[str, list[dict[str, Any]]] = {
+        "dummy": [{}],
+        "ridge": [{"alpha": a} for a in (RIDGE_ALPHA_GRID if do_search else (RIDGE_ALPHA,))],
+        "hgb": [{}],
+    }
+    fixed = {
+        "dummy": {"strategy": "median"},
+        "ridge": {},
+        "hgb": {**HGB_PARAMS, "max_terms": HGB_MAX_TERMS},
+    }
+    results = []
+    for kind, grid in grids.items():
+        run_name = f"price-{kind}"
+        with mlflow.start_run(run_name=run_name, nested=True) as run:
+            mlflow.set_tags({"task": "price", "model": kind})
+            log_datasets(table, source, "products", "price")
+            best = search(run_name, grid, fit(kind), "val_rmse", higher_is_better=False)
+            params = {**fixed[kind], **best.params, "target": "log1p(price)"}
+            mlflow.log_params({**params, "search": len(grid) > 1})
+            test = parts["test"]
+            predicted = best.model.predict(test[PRICE_COLUMNS])
+            metrics = {**best.val_metrics, **price_metrics(test["price"], predicted, "test")}
+            metrics.update({f"{split}_rows": float(len(parts[split])) for split in SPLITS})
+            mlflow.log_metrics(metrics)
+            mlflow.log_figure(
+                plot_predicted_vs_true(test["price"], predicted, f"{run_name}: test split"),
+                "pred_vs_true.png",
+            )
+            log_sklearn_model(best.model, test[PRICE_COLUMNS].head(EXAMPLE_ROWS), images=False)
+            log.info(
+                "%s: test RMSE £%.2f, MAE £%.2f, R² (log) %.3f",
+                run_name,
+                metrics["test_rmse"],
+                metrics["test_mae"],
+                metrics["test_r2_log"],
+            )
+        results.append(Result("price", kind, run.info.run_id, params, metrics))
+    return results
+
+
+def image_feature_cache(
+    parts: dict[str, pd.DataFrame], sizes: Sequence[int]
+) -> dict[int, dict[str, np.ndarray]]:
+    """ImageFeatures of every split at every feature size, computed once for the search."""
+    from steps.image_features import ImageFeatures
+
+    cache = {}
+    for size in sizes:
+        features = ImageFeatures(size=size)
+        cache[size] = {
+            split: features.transform(part[[IMAGE_COLUMN]]) for split, part in parts.items()
+        }
+        log.info("image features at size %d: %d numbers per image", size, features.n_features)
+    return cache
+
+
+def run_image_baselines(
+    table: pd.DataFrame,
+    categories: list[str],
+    source: Path,
+    *,
+    feature_size: int,
+    do_search: bool,
+    seed: int,
+) -> list[Result]:
+    """Fit, score and log the two image models, each in its own nested run."""
+    import mlflow
+
+    parts = {split: _split(table, split) for split in SPLITS}
+    sizes = sorted({max(4, feature_size // 2), feature_size}) if do_search else [feature_size]
+    cache = image_feature_cache(parts, sizes)
+    y = {split: part["root_category"].to_numpy(dtype=object) for split, part in parts.items()}
+
+    def fit(kind: str) -> Callable[[dict[str, Any]], Candidate]:
+        def fit_one(params: dict[str, Any]) -> Candidate:
+            model = build_image_model(kind, seed=seed, **params)
+            if kind == "dummy":
+                model.fit(parts["train"][[IMAGE_COLUMN]], y["train"])
+                probabilities = model.predict_proba(parts["val"][[IMAGE_COLUMN]])
+            else:  # the features are stateless: fit the rest of the pipeline on cached ones
+                features = cache[params["feature_size"]]
+                model[0].fit(None)
+                model[1:].fit(features["train"], y["train"])
+                probabilities = model[1:].predict_proba(features["val"])
+            metrics = image_metrics(y["val"], probabilities, model.classes_, "val")
+            return Candidate(dict(params), model, metrics)
+
+        return fit_one
+
+    grids: dict[str, list[dict[str, Any]]] = {
+        "dummy": [{}],
+        "logreg": [
+            {"feature_size": size, "C": c}
+            for size in sizes
+            for c in (LOGREG_C_GRID if do_search else (LOGREG_C,))
+        ],
+    }
+    results = []
+    for kind, grid in grids.items():
+        run_name = f"image-{kind}"
+        with mlflow.start_run(run_name=run_name, nested=True) as run:
+            mlflow.set_tags({"task": "image", "model": kind})
+            log_datasets(table, source, "images", "root_category")
+            best = search(run_name, grid, fit(kind), "val_accuracy", higher_is_better=True)
+            params = {"strategy": "most_frequent"} if kind == "dummy" else dict(best.params)
+            mlflow.log_params({**params, "search": len(grid) > 1})
+            if kind == "logreg":
+                probabilities = best.model[1:].predict_proba(cache[params["feature_size"]]["test"])
+            else:
+                probabilities = best.model.predict_proba(parts["test"][[IMAGE_COLUMN]])
+            classes = list(best.model.classes_)
+            predicted = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
+            metrics = {
+                **best.val_metrics,
+                **image_metrics(y["test"], probabilities, classes, "test"),
+            }
+            metrics.update({f"{split}_rows": float(len(parts[split])) for split in SPLITS})
+            mlflow.log_metrics(metrics)
+            log_classification_report(y["test"], predicted)
+            mlflow.log_figure(
+                plot_confusion(y["test"], predicted, categories, f"{run_name}: test split"),
+                "confusion_matrix.png",
+            )
+            log_sklearn_model(
+                best.model, parts["test"][[IMAGE_COLUMN]].head(EXAMPLE_ROWS), images=True
+            )
+            log.info(
+                "%s: test accuracy %.3f, macro-F1 %.3f, top-%d %.3f",
+                run_name,
+                metrics["test_accuracy"],
+                metrics["test_macro_f1"],
+                TOP_K,
+                metrics[f"test_top{TOP_K}_accuracy"],
+            )
+        results.append(Result("image", kind, run.info.run_id, params, metrics))
+    return results
+
+
+def log_classification_report(true: np.ndarray, predicted: np.ndarray) -> None:
+    """The per-class report on the test split, as JSON and as text."""
+    import mlflow
+    from sklearn.metrics import classification_report
+
+    labels = sorted(set(true) | set(predicted))
+    mlflow.log_dict(
+        classification_report(true, predicted, labels=labels, output_dict=True, zero_division=0),
+        "classification_report.json",
+    )
+    mlflow.log_text(
+        classification_report(true, predicted, labels=labels, zero_division=0, digits=3),
+        "classification_report.txt",
+    )
+
+
+# --- the summary ----------------------------------------------------------------------------
+
+PRICE_TABLE = (
+    ("test_rmse", "test RMSE (£)", "{:.2f}"),
+    ("test_mae", "test MAE (£)", "{:.2f}"),
+    ("test_r2_log", "test R² (log price)", "{:.3f}"),
+)
+IMAGE_TABLE = (
+    ("test_accuracy", "test accuracy", "{:.3f}"),
+    ("test_macro_f1", "test macro-F1", "{:.3f}"),
+    (f"test_top{TOP_K}_accuracy", f"test top-{TOP_K} accuracy", "{:.3f}"),
+)
+MODEL_NAMES = {
+    ("price", "dummy"): "median (DummyRegressor)",
+    ("price", "ridge"): "ridge on TF-IDF + one-hot",
+    ("price", "hgb"): "HistGradientBoosting on TF-IDF + one-hot",
+    ("image", "dummy"): "most frequent (DummyClassifier)",
+    ("image", "logreg"): "logistic regression on pixels + colour + HOG",
+}
+TABLE_PARAMS = {"ridge": ("alpha",), "logreg": ("feature_size", "C")}
+
+
+def summary(
+    results: Sequence[Result], rows: dict[str, dict[str, int]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """What results.json holds: the settings, rows per split and every model's metrics."""
+    return {
+        "clean": str(args.clean),
+        "image_size": args.image_size,
+        "feature_size": args.feature_size,
+        "search": args.search,
+        "seed": args.seed,
+        "rows": rows,
+        "models": [
+            {
+                "task": r.task,
+                "model": r.model,
+                "run_id": r.run_id,
+                "params": r.params,
+                "metrics": r.metrics,
+            }
+            for r in results
+        ],
+    }
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The README's results tables from a results.json dict; the same input, the same text."""
+    lines = []
+    rows = results.get("rows", {})
+    for task, columns, title in (
+        ("price", PRICE_TABLE, "Price regression"),
+        ("image", IMAGE_TABLE, "Image classification"),
+    ):
+        models = [m for m in results["models"] if m["task"] == task]
+        if not models:
+            continue
+        counts = rows.get(task, {})
+        sizes = ", ".join(f"{split} {counts[split]}" for split in SPLITS if split in counts)
+        lines.append(f"**{title}** ({sizes} rows)\n")
+        lines.append("| model | params | " + " | ".join(header for _, header, _ in columns) + " |")
+        lines.append("|---|---|" + "---:|" * len(columns))
+        for model in models:
+            name = MODEL_NAMES.get((task, model["model"]), model["model"])
+            keys = TABLE_PARAMS.get(model["model"], ())
+            params = ", ".join(
+                f"{k}={model['params'][k]:g}"
+                if isinstance(model["params"][k], float)
+                else f"{k}={model['params'][k]}"
+                for k in keys
+                if k in model["params"]
+            )
+            cells = [
+                fmt.format(model["metrics"][key]) if key in model["metrics"] else ""
+                for key, _, fmt in columns
+            ]
+            lines.append(f"| {name} | {params or '-'} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- the step -------------------------------------------------------------------------------
+
+
+def log_new_params(run_id: str, params: dict[str, Any]) -> None:
+    """Log the params ``run_id`` lacks: under ``mlflow run`` the project has logged its own
+    (``search`` as ``true``, say), and MLflow refuses to change a param's value."""
+    import mlflow
+
+    logged = mlflow.get_run(run_id).data.params
+    mlflow.log_params({key: value for key, value in params.items() if key not in logged})
+
+
+def one_blas_thread():
+    """A context in which numpy/scipy BLAS runs on one thread.
+
+    The matrices here are small: several BLAS threads gain little, and on a busy machine
+    they fight for the cores and make logistic regression ten times slower.
+    """
+    import scipy.linalg  # noqa: F401 (load scipy's own BLAS so the limit reaches it too)
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m steps.baselines", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--clean", type=Path, default=Path("data/clean"), help="the clean data folder"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=256,
+        help="which cleaned image size to read (images/<size>/)",
+    )
+    parser.add_argument(
+        "--feature-size",
+        type=positive_int,
+        default=16,
+        help="side of the downsized image whose pixels are features",
+    )
+    parser.add_argument(
+        "--search",
+        type=str_to_bool,
+        default=True,
+        help="choose alpha, C and feature size on the val split (nested runs)",
+    )
+    parser.add_argument("--seed", type=whole_number, default=0, help="random seed")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = get_args_parser().parse_args(argv)
+    if args.feature_size < 4:
+        raise StepError(f"--feature-size must be at least 4 pixels, got {args.feature_size}")
+    clean = load_clean(args.clean)
+    prices = price_table(clean)
+    images = image_table(clean, args.image_size)
+    rows = {
+        "price": check_rows(prices, "price"),
+        "image": check_rows(images, "image", "root_category"),
+    }
+
+    import mlflow
+
+    with one_blas_thread(), start_run("baselines") as parent:
+        mlflow.set_tag("step", "baselines")
+        log_new_params(
+            parent.info.run_id,
+            {
+                "clean": str(args.clean),
+                "image_size": args.image_size,
+                "feature_size": args.feature_size,
+                "search": args.search,
+                "seed": args.seed,
+            },
+        )
+        results = run_price_baselines(
+            prices, args.clean / "products.parquet", do_search=args.search, seed=args.seed
+        )
+        results += run_image_baselines(
+            images,
+            clean.categories,
+            args.clean / "images.parquet",
+            feature_size=args.feature_size,
+            do_search=args.search,
+            seed=args.seed,
+        )
+        report = summary(results, rows, args)
+        mlflow.log_dict(report, "results.json")
+        table = results_markdown(report)
+        mlflow.log_text(table, "results.md")
+        for result in results:
+            for key in ("test_rmse", "test_r2_log", "test_accuracy", "test_macro_f1"):
+                if key in result.metrics:
+                    mlflow.log_metric(f"{result.task}_{result.model}_{key}", result.metrics[key])
+    print(table)
+    return report
+
+
+run = cli(main)
+
+if __name__ == "__main__":
+    run()
