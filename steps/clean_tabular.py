@@ -37,7 +37,7 @@ from PIL import Image
 
 from registry.imaging import open_image
 from steps.clean_images import list_images
-from steps.runtime import StepError, cli, start_run
+from steps.runtime import StepError, cli, log_params, start_run
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +472,7 @@ def log_to_mlflow(
     import mlflow.data
 
     with start_run("clean_tabular"):
-        mlflow.log_params(params)
+        log_params(params)
         mlflow.log_metrics(flat_metrics(report))
         for path in paths.values():
             mlflow.log_artifact(str(path), artifact_path="clean")

@@ -42,7 +42,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from steps.runtime import StepError, cli, non_negative_int, positive_int, start_run
+from steps.runtime import StepError, cli, log_params, non_negative_int, positive_int, start_run
 
 log = logging.getLogger(__name__)
 
@@ -593,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import mlflow
 
     with start_run("demo_data"):
-        mlflow.log_params({"out": str(args.out), "products": args.products, "seed": args.seed})
+        log_params({"out": str(args.out), "products": args.products, "seed": args.seed})
         counts = make_export(args.out, args.products, args.seed, args.workers)
         mlflow.log_metrics({k: float(v) for k, v in counts.items()})
 

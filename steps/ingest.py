@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from steps.runtime import StepError, cli, positive_int, start_run
+from steps.runtime import StepError, cli, log_params, positive_int, start_run
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ def ingest(source: str, out: Path, *, workers: int = 16) -> dict:
     with start_run("ingest") as active:
         import mlflow
 
-        mlflow.log_params({"source": source, "out": str(out), "workers": workers})
+        log_params({"source": source, "out": str(out), "workers": workers})
         out.mkdir(parents=True, exist_ok=True)
         failures = run_parallel(fetch, fetch_one, out, workers)
         failed = {path for path, _ in failures}

@@ -26,6 +26,7 @@ from pathlib import Path
 from steps.runtime import (
     StepError,
     cli,
+    log_params,
     non_negative_int,
     positive_int,
     start_run,
@@ -270,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     code = code_digest()
     with start_run("main") as run:
-        mlflow.log_params(vars(args))
+        log_params(vars(args))
         parent, experiment = run.info.run_id, run.info.experiment_id
         client = MlflowClient()
         run_ids: dict[str, str] = {}

@@ -11,12 +11,12 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from registry.store import RegistryError, check_server, tracking_uri
 
-__all__ = ["RegistryError", "StepError", "cli", "start_run", "tracking_uri"]
+__all__ = ["RegistryError", "StepError", "cli", "log_params", "start_run", "tracking_uri"]
 
 DEFAULT_EXPERIMENT = "marketplace-search"
 EXIT_USER_ERROR = 2
@@ -65,6 +65,22 @@ def start_run(run_name: str, **kwargs):
     if "MLFLOW_RUN_ID" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
     return mlflow.start_run(run_name=run_name, **kwargs)
+
+
+def log_params(params: Mapping[str, object]) -> None:
+    """Log the params the active run does not have yet.
+
+    ``mlflow run`` logs the entry point's parameters as it received them (``true``,
+    ``100000``); logging them again as Python values (``True``, ``100000.0``) would be a
+    change of value, which MLflow refuses.
+    """
+    import mlflow
+
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    fresh = {key: value for key, value in params.items() if key not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
 
 
 def existing_dir(value: str) -> Path:
