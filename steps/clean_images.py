@@ -22,14 +22,17 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from registry.imaging import load_normalized
-from steps.runtime import StepError, check_tracking_server, cli, start_run
+from steps.runtime import StepError, check_tracking_server, cli, log_params, start_run
 
 log = logging.getLogger(__name__)
 
@@ -101,29 +104,53 @@ def chunked(items: Sequence[Job], size: int) -> Iterator[Sequence[Job]]:
         yield items[start : start + size]
 
 
-def run_jobs(jobs: Sequence[Job], size: int, workers: int) -> Iterator[Outcome]:
-    """Normalise ``jobs`` on ``workers`` processes (in this process when 1), yielding outcomes.
+def pool_context() -> multiprocessing.context.BaseContext:
+    """``fork`` when this process runs a single thread, else ``spawn``.
 
-    Chunks are submitted a few per worker at a time, so memory stays flat for any number of
-    images and an interrupt stops promptly.
+    A forked worker starts at once with everything already imported; forking a process
+    that runs other threads (MLflow's, a progress bar's monitor) can copy a lock mid-hold,
+    so then workers are spawned, paying a fresh interpreter each.
     """
-    if workers == 1 or len(jobs) <= CHUNK:
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[Executor | None]:
+    """A started process pool of ``workers``, or None to work in this process (``workers`` 1)."""
+    if workers <= 1:
+        yield None
+        return
+    context = pool_context()
+    log.debug("starting %d %s workers", workers, context.get_start_method())
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pool.submit(int).result()  # start every worker now, before any other thread exists
+        yield pool
+
+
+def run_jobs(
+    jobs: Sequence[Job], size: int, pool: Executor | None, workers: int = 1
+) -> Iterator[Outcome]:
+    """Normalise ``jobs`` on ``pool`` (in this process when None), yielding outcomes.
+
+    Chunks are submitted a few per worker (``workers``) at a time, so memory stays flat for
+    any number of images and an interrupt stops promptly.
+    """
+    if pool is None:
         for chunk in chunked(jobs, CHUNK):
             yield from normalize_chunk(chunk, size)
         return
-    # spawn, not fork: the parent may hold threads (MLflow, tqdm) that fork would copy mid-lock
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending = set()
-        chunks = chunked(jobs, CHUNK)
-        for chunk in chunks:
-            pending.add(pool.submit(normalize_chunk, chunk, size))
-            if len(pending) >= 4 * workers:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield from future.result()
-        for future in pending:
-            yield from future.result()
+    pending: set[Future[list[Outcome]]] = set()
+    in_flight = 4 * max(workers, 1)
+    for chunk in chunked(jobs, CHUNK):
+        pending.add(pool.submit(normalize_chunk, chunk, size))
+        if len(pending) >= in_flight:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield from future.result()
+    for future in pending:
+        yield from future.result()
 
 
 def check_inputs(raw: Path, out: Path, size: int, workers: int) -> Path:
@@ -179,8 +206,12 @@ def clean_images(
     started = time.perf_counter()
     failures: list[dict[str, str]] = []
     done = 0
-    with tqdm(total=len(jobs), unit="img", desc=f"clean_images {size}px", disable=None) as bar:
-        for image_id, error in run_jobs(jobs, size, workers):
+    processes = workers if len(jobs) > CHUNK else 1  # a pool is not worth one chunk
+    with (
+        worker_pool(processes) as pool,
+        tqdm(total=len(jobs), unit="img", desc=f"clean_images {size}px", disable=None) as bar,
+    ):
+        for image_id, error in run_jobs(jobs, size, pool, processes):
             if error is None:
                 done += 1
             else:
@@ -212,7 +243,7 @@ def log_to_mlflow(stats: dict[str, Any], *, size: int, workers: int, raw: Path, 
     import mlflow
 
     with start_run("clean_images"):
-        mlflow.log_params({"size": size, "workers": workers, "raw": str(raw), "out": str(out)})
+        log_params({"size": size, "workers": workers, "raw": str(raw), "out": str(out)})
         mlflow.log_metrics(
             {
                 key: stats[key]

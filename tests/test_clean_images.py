@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +172,9 @@ def test_a_crash_mid_run_is_resumed(tmp_path: Path, monkeypatch) -> None:
     assert stats["done"] == 9 - 2 - 1  # 9 image files, 2 done before the crash, 1 broken
 
 
-def test_process_pool_gives_the_same_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_process_pool_gives_the_same_bytes(tmp_path: Path, monkeypatch, method: str) -> None:
+    monkeypatch.setattr(step, "pool_context", lambda: multiprocessing.get_context(method))
     raw = make_raw(tmp_path / "raw", count=step.CHUNK + 8)  # more than one chunk: the pool
     serial = clean_images(raw, tmp_path / "one", size=SIZE, workers=1, log_run=False)
     pooled = clean_images(raw, tmp_path / "two", size=SIZE, workers=2, log_run=False)
@@ -179,6 +183,19 @@ def test_process_pool_gives_the_same_bytes(tmp_path: Path) -> None:
     one, two = outputs(tmp_path / "one"), outputs(tmp_path / "two")
     assert set(one) == set(two)
     assert all(one[stem].read_bytes() == two[stem].read_bytes() for stem in one)
+
+
+def test_workers_are_forked_only_from_a_single_thread() -> None:
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert step.pool_context().get_start_method() == "spawn"
+    finally:
+        stop.set()
+        other.join()
+    if threading.active_count() == 1 and sys.platform.startswith("linux"):
+        assert step.pool_context().get_start_method() == "fork"
 
 
 def test_list_images_one_per_id(tmp_path: Path) -> None:
