@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steps.runtime import StepError, cli, positive_int, start_run, str_to_bool, whole_number
+from steps.runtime import StepError, cli, non_negative_int, positive_int, start_run, str_to_bool
 
 log = logging.getLogger(__name__)
 
@@ -829,7 +829,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=True,
         help="choose alpha, C and feature size on the val split (nested runs)",
     )
-    parser.add_argument("--seed", type=whole_number, default=0, help="random seed")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     return parser
 
 
