@@ -11,8 +11,9 @@ Writes:
     <out>/images/report_<size>.json      the run's counts and the list of failures
 Images already done (output present, non-empty and not older than its input) are skipped, so
 an interrupted run resumes. A broken file is counted and listed, never fatal.
-Logs one MLflow run ``clean_images``: params size and workers; metrics done, failed, skipped,
-seconds, images_per_second; the failures list as ``failures.json``.
+Logs one MLflow run ``clean_images``: params size, workers (as asked, 0 = every core) and
+processes (as used), raw, out; metrics done, failed, skipped, total, seconds,
+images_per_second; the failures list as ``failures.json``.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def clean_images(
 
     raw, out = Path(raw), Path(out)
     images_dir = check_inputs(raw, out, size, workers)
-    workers = workers or os.cpu_count() or 1
+    cores = workers or os.cpu_count() or 1
     if log_run:
         check_tracking_server()  # fail before the work, not after it
     target_dir = out / IMAGES_DIR / str(size)
@@ -206,7 +207,7 @@ def clean_images(
     started = time.perf_counter()
     failures: list[dict[str, str]] = []
     done = 0
-    processes = workers if len(jobs) > CHUNK else 1  # a pool is not worth one chunk
+    processes = cores if len(jobs) > CHUNK else 1  # a pool is not worth one chunk
     with (
         worker_pool(processes) as pool,
         tqdm(total=len(jobs), unit="img", desc=f"clean_images {size}px", disable=None) as bar,
@@ -232,18 +233,26 @@ def clean_images(
         "images_per_second": round(done / seconds, 2) if seconds > 0 and done else 0.0,
         "failures": failures,
     }
-    report = {**stats, "size": size, "workers": workers, "raw": str(raw), "out": str(target_dir)}
+    report = {
+        **stats,
+        "size": size,
+        "processes": processes,
+        "raw": str(raw),
+        "out": str(target_dir),
+    }
     (out / IMAGES_DIR / f"report_{size}.json").write_text(json.dumps(report, indent=2))
     if log_run:
-        log_to_mlflow(stats, size=size, workers=workers, raw=raw, out=out)
+        params = {"size": size, "workers": workers, "processes": processes}
+        log_to_mlflow(stats, {**params, "raw": str(raw), "out": str(out)})
     return stats
 
 
-def log_to_mlflow(stats: dict[str, Any], *, size: int, workers: int, raw: Path, out: Path) -> None:
+def log_to_mlflow(stats: dict[str, Any], params: dict[str, Any]) -> None:
+    """One ``clean_images`` run: params, the counts and speed as metrics, the failures list."""
     import mlflow
 
     with start_run("clean_images"):
-        log_params({"size": size, "workers": workers, "raw": str(raw), "out": str(out)})
+        log_params(params)
         mlflow.log_metrics(
             {
                 key: stats[key]

@@ -227,7 +227,8 @@ def test_the_run_is_logged(tmp_path: Path, tracking: str) -> None:
     clean_images(raw, tmp_path / "clean", size=SIZE, workers=1)
     run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
     assert run.info.run_name == "clean_images"
-    assert run.data.params["size"] == str(SIZE) and run.data.params["workers"] == "1"
+    params = run.data.params
+    assert params["size"] == str(SIZE) and params["workers"] == "1" and params["processes"] == "1"
     metrics = run.data.metrics
     assert metrics["done"] == 5 and metrics["failed"] == 1 and metrics["skipped"] == 0
     assert {"seconds", "images_per_second"} <= set(metrics)
