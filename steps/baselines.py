@@ -43,7 +43,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steps.runtime import StepError, cli, non_negative_int, positive_int, start_run, str_to_bool
+from steps.runtime import (
+    StepError,
+    cli,
+    log_params,
+    non_negative_int,
+    positive_int,
+    start_run,
+    str_to_bool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -783,15 +791,6 @@ def results_markdown(results: dict[str, Any]) -> str:
 # --- the step -------------------------------------------------------------------------------
 
 
-def log_new_params(run_id: str, params: dict[str, Any]) -> None:
-    """Log the params ``run_id`` lacks: under ``mlflow run`` the project has logged its own
-    (``search`` as ``true``, say), and MLflow refuses to change a param's value."""
-    import mlflow
-
-    logged = mlflow.get_run(run_id).data.params
-    mlflow.log_params({key: value for key, value in params.items() if key not in logged})
-
-
 def one_blas_thread():
     """A context in which numpy/scipy BLAS runs on one thread.
 
@@ -847,10 +846,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     import mlflow
 
-    with one_blas_thread(), start_run("baselines") as parent:
+    with one_blas_thread(), start_run("baselines"):
         mlflow.set_tag("step", "baselines")
-        log_new_params(
-            parent.info.run_id,
+        log_params(
             {
                 "clean": str(args.clean),
                 "image_size": args.image_size,
