@@ -143,6 +143,9 @@ def cli(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequence[st
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
+        except BrokenPipeError:  # `... | head` closed the pipe: not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(0) from None
         except Exception as exc:  # an unreachable store surfaces as many exception types
             message = _connection_problem(exc)
             if message is None:
