@@ -22,7 +22,8 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
     for variable in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-        monkeypatch.delenv(variable, raising=False)
+        monkeypatch.setenv(variable, "")  # recorded, so teardown also removes what mlflow sets
+        monkeypatch.delenv(variable)
     mlflow.set_tracking_uri(uri)
     yield uri
     while mlflow.active_run():
@@ -46,6 +47,11 @@ def demo_clean(demo_raw: Path) -> Path:
     from steps.clean_tabular import clean_tabular
 
     clean = demo_raw.parent / "clean"
-    clean_tabular(demo_raw, clean)
-    clean_images(demo_raw, clean, size=DEMO_CLEAN_SIZE)
+    with pytest.MonkeyPatch.context() as patch:  # log to a store of its own, not ./mlflow.db
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{demo_raw.parent / 'mlflow.db'}")
+        for variable in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+            patch.setenv(variable, "")
+            patch.delenv(variable)
+        clean_tabular(demo_raw, clean)
+        clean_images(demo_raw, clean, size=DEMO_CLEAN_SIZE)
     return clean
