@@ -42,22 +42,11 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from steps.clean_tabular import IMAGE_COLUMNS, PRODUCT_COLUMNS
 from steps.runtime import StepError, cli, log_params, non_negative_int, positive_int, start_run
 
 log = logging.getLogger(__name__)
 
-PRODUCT_COLUMNS = [
-    "id",
-    "product_name",
-    "category",
-    "product_description",
-    "price",
-    "location",
-    "url",
-    "page_id",
-    "create_time",
-]
-IMAGE_COLUMNS = ["id", "product_id", "bucket_link", "image_ref", "create_time"]
 IMAGE_SIZES = [(768, 1024), (1024, 768), (600, 800), (1024, 1024), (800, 600), (640, 480)]
 JPEG_QUALITY = 85
 MARKER = ".demo_data.json"  # written beside the export: says it is synthetic, and how it was made
