@@ -37,7 +37,7 @@ from PIL import Image
 
 from registry.imaging import open_image
 from steps.clean_images import list_images
-from steps.runtime import StepError, cli, log_params, start_run
+from steps.runtime import StepError, check_tracking_server, cli, log_params, start_run
 
 log = logging.getLogger(__name__)
 
@@ -562,6 +562,7 @@ def clean_tabular(
     """Clean ``raw`` into ``out`` (see the module docstring), log the run, return the report."""
     raw, out = Path(raw), Path(out)
     check_paths(raw, out)
+    check_tracking_server()  # fail before the work, not after it
     tables = build_clean_tables(
         raw, val_frac=val_frac, test_frac=test_frac, max_price=max_price, seed=seed
     )
@@ -644,7 +645,7 @@ def _positive_float(value: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from steps.runtime import whole_number
+    from steps.runtime import non_negative_int
 
     parser = argparse.ArgumentParser(
         prog="python -m steps.clean_tabular",
@@ -661,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=100_000.0,
         help="prices above this (pounds) are flagged implausible and set to NaN",
     )
-    parser.add_argument("--seed", type=whole_number, default=0, help="seed of the split")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split")
     return parser
 
 

@@ -624,6 +624,18 @@ def test_out_inside_raw_is_refused(tmp_path: Path) -> None:
     assert tree_digest(raw) == before
 
 
+def test_tracking_server_down_fails_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.servers import closed_endpoint
+
+    raw = balanced_export(tmp_path / "raw", per_category=1)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_endpoint())
+    with pytest.raises(StepError, match="cannot reach the MLflow tracking server"):
+        clean_tabular(raw, tmp_path / "clean")
+    assert not (tmp_path / "clean").exists()
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
@@ -688,6 +700,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         pytest.param(["--raw", "/nonexistent/raw", "--out", "{tmp}/clean"], id="no-raw"),
         pytest.param(["--raw", "{tmp}", "--out", "{tmp}/clean"], id="no-csv"),
         pytest.param(["--raw", "{tmp}", "--out", "{tmp}/x", "--val-frac", "2"], id="bad-frac"),
+        pytest.param(["--raw", "{tmp}", "--out", "{tmp}/x", "--seed", "-1"], id="negative-seed"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> None:
