@@ -190,10 +190,15 @@ def clean_images(
     cores = workers or os.cpu_count() or 1
     if log_run:
         check_tracking_server()  # fail before the work, not after it
+    sources = list_images(images_dir)
+    if not sources:
+        raise StepError(
+            f"no image files in {images_dir} (expected {', '.join(IMAGE_SUFFIXES)}); "
+            "check the export or --raw"
+        )
     target_dir = out / IMAGES_DIR / str(size)
     target_dir.mkdir(parents=True, exist_ok=True)
 
-    sources = list_images(images_dir)
     jobs: list[Job] = []
     for source in sources:
         target = target_dir / f"{source.stem}.jpg"

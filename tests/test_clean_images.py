@@ -241,6 +241,7 @@ def test_the_run_is_logged(tmp_path: Path, tracking: str) -> None:
     [
         ("no_raw", "not found"),
         ("no_images", "images"),
+        ("empty_images", "no image files"),
         ("small", "at least 8"),
         ("out_is_raw", "inside the raw folder"),
         ("out_in_raw", "inside the raw folder"),
@@ -252,12 +253,15 @@ def test_bad_input_is_a_step_error(tmp_path: Path, case: str, message: str) -> N
         raw.mkdir()
     if case not in ("no_raw", "no_images"):
         (raw / "images").mkdir()
+    if case == "empty_images":
+        (raw / "images" / "notes.txt").write_text("not an image")
     out = {"out_is_raw": raw, "out_in_raw": raw / "clean"}.get(case, tmp_path / "clean")
     size = 4 if case == "small" else SIZE
     with pytest.raises(StepError, match=message) as error:
         clean_images(raw, out, size=size, workers=1, log_run=False)
     assert "\n" not in str(error.value)
     assert not (raw / "clean").exists()
+    assert not (tmp_path / "clean").exists()
 
 
 def step_env(tmp_path: Path) -> dict[str, str]:
