@@ -379,18 +379,26 @@ def _train(cfg: TrainConfig, ctx: Context) -> TrainOutcome | None:
         )
         if ctx.is_main:
             mlflow.log_metric("setup_seconds", stage.setup_seconds, step=first_epoch - 1)
-        records = fit(
-            stage,
-            optimizer,
-            scheduler,
-            torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-            stopper,
-            ctx,
-            first_epoch=first_epoch,
-            epochs=cfg.epochs,
-            scaler=scaler,
-            on_epoch_end=epoch_logger if ctx.is_main else None,
-        )
+        try:
+            records = fit(
+                stage,
+                optimizer,
+                scheduler,
+                torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                stopper,
+                ctx,
+                first_epoch=first_epoch,
+                epochs=cfg.epochs,
+                scaler=scaler,
+                on_epoch_end=epoch_logger if ctx.is_main else None,
+            )
+        except KeyboardInterrupt:
+            if ctx.is_main:
+                log.warning(
+                    "interrupted: continue with `python -m steps.train --resume %s`",
+                    run.info.run_id,
+                )
+            raise
         barrier(ctx)
         if not ctx.is_main:
             return None

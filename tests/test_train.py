@@ -365,6 +365,8 @@ def test_resume_continues_the_interrupted_run(tiny_clean, tracking, monkeypatch)
     assert mlflow.MlflowClient().search_model_versions("name = 'marketplace-classifier'") == []
     assert "test_accuracy" in finished.data.metrics
     assert len(mlflow.search_runs(experiment_names=["tests"], output_format="list")) == 1
+    with pytest.raises(StepError, match="nothing to resume"):
+        train(parse_config(tiny_args(tiny_clean, "--resume", run.info.run_id)))
 
 
 @pytest.mark.slow

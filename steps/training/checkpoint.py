@@ -78,12 +78,17 @@ def fetch_checkpoint(run_id: str, name: str = LAST) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
     try:
-        mlflow.tracking.MlflowClient().get_run(run_id)
+        run = mlflow.tracking.MlflowClient().get_run(run_id)
     except MlflowException:
         raise StepError(
             f"no run {run_id!r} in the tracking store {mlflow.get_tracking_uri()}: pass "
             "--resume with the id of an interrupted train run (see `mlflow ui`)"
         ) from None
+    if name == LAST and run.info.status == "FINISHED":
+        raise StepError(
+            f"run {run_id} finished: there is nothing to resume; start a new run, or pass "
+            f"--weights runs:/{run_id}/{CHECKPOINT_DIR}/{BEST} to start from its best weights"
+        )
     with tempfile.TemporaryDirectory(prefix="resume-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(

@@ -1,0 +1,280 @@
+"""Benchmark: our training loop against a straightforward one, same data, same model.
+
+The straightforward loop, as most transfer-learning scripts are written: a ``Dataset`` that
+opens each cleaned JPEG with Pillow, torchvision's transforms (``RandomResizedCrop(scale=
+(0.6, 1))``, ``RandomHorizontalFlip``, ``ColorJitter(0.2, 0.2, 0.2)``, ``ToTensor``,
+``Normalize``) in a ``DataLoader`` (``--num-workers`` processes, shuffled), and a plain step
+(``model.train()``, forward, loss, backward, AdamW) every epoch. Ours: ``steps.training``'s
+stages and ``train_one_epoch`` as ``steps.train`` runs them (each JPEG decoded once into
+memory; head only: backbone features computed once; fine-tuning: batched augmentation on
+the device, frozen blocks in eval mode).
+
+Both train the same network (same arch, same frozen blocks, same batch size) on the same
+train split for the same number of epochs; validation is left out of both. Images per
+second = epochs x train images / wall seconds, everything included (our decoding and
+feature pass, the baseline's worker start-up).
+
+    .venv/bin/python bench/train.py                        # a demo export, made here
+    .venv/bin/python bench/train.py --clean data/clean --clean-size 256 --image-size 224
+
+Writes bench/results/train.json and prints the figures. Nothing is logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # runnable as `python bench/train.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+from registry.model import build_network  # noqa: E402
+from steps.training import stages  # noqa: E402
+from steps.training.config import TrainConfig  # noqa: E402
+from steps.training.data import load_clean_data  # noqa: E402
+from steps.training.distributed import setup  # noqa: E402
+from steps.training.loop import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
+from steps.training.model import freeze, parse_trainable_layers  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "train.json"
+TARGETS = {"head_only": 5.0, "fine_tuning": 1.2}
+
+log = logging.getLogger("bench.train")
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its reaped children (loader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+# ---------------------------------------------------------------- the plain loop
+
+
+class JpegDataset(torch.utils.data.Dataset):
+    """Cleaned JPEGs and labels; each item opened, decoded and transformed on access."""
+
+    def __init__(self, paths: list[Path], labels: list[int], transform) -> None:
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB")), self.labels[index]
+
+
+def plain_transform(image_size: int):
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.RandomResizedCrop(image_size, scale=(0.6, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(0.2, 0.2, 0.2),
+            T.ToTensor(),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+
+
+def run_plain(cfg: TrainConfig, paths, labels, epochs: int) -> tuple[float, float]:
+    """Wall and CPU seconds for ``epochs`` epochs of the straightforward loop."""
+    torch.manual_seed(cfg.seed)
+    net = build_network(cfg.arch, int(max(labels)) + 1)
+    freeze(net, cfg.trainable_layers)
+    dataset = JpegDataset(paths, labels, plain_transform(cfg.image_size))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    start, cpu = time.perf_counter(), cpu_seconds()
+    net.train()
+    for _ in range(epochs):
+        for images, targets in loader:
+            loss = criterion(net(images), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    del loader  # stops and reaps the workers, so that their CPU time is counted
+    return time.perf_counter() - start, cpu_seconds() - cpu
+
+
+# ---------------------------------------------------------------- our loop
+
+
+def run_ours(cfg: TrainConfig, epochs: int) -> tuple[float, float, float]:
+    """Wall seconds for ``epochs`` epochs of our loop, the one-off setup in them, CPU seconds."""
+    ctx = setup()
+    torch.manual_seed(cfg.seed)
+    start, cpu = time.perf_counter(), cpu_seconds()
+    data = load_clean_data(cfg.clean, cfg.clean_size)
+    net = build_network(cfg.arch, len(data.categories))
+    freeze(net, cfg.trainable_layers)
+    net.to(ctx.device)
+    stage = stages.build_stage(net, data, cfg, ctx)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, cfg.lr, cfg.weight_decay)
+    scheduler = build_scheduler(optimizer, epochs * len(stage.train))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    for epoch in range(1, epochs + 1):
+        stage.train_mode()
+        train_one_epoch(stage.module, stage.train, optimizer, scheduler, criterion, ctx, epoch)
+    if ctx.cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, stage.setup_seconds, cpu_seconds() - cpu
+
+
+# ---------------------------------------------------------------- the bench
+
+
+def demo_clean(folder: Path, products: int, size: int) -> Path:
+    """A demo export made and cleaned in ``folder`` (when no --clean is given)."""
+    from steps.clean_images import clean_images
+    from steps.clean_tabular import clean_tabular
+    from steps.demo_data import make_export
+
+    log.info("making a %d-product demo export in %s", products, folder)
+    make_export(folder / "raw", products=products, seed=0)
+    clean_tabular(folder / "raw", folder / "clean")
+    clean_images(folder / "raw", folder / "clean", size=size)
+    return folder / "clean"
+
+
+def compare(cfg: TrainConfig, epochs: int, plain_epochs: int) -> dict:
+    data = load_clean_data(cfg.clean, cfg.clean_size)
+    train = data.split("train")
+    paths, labels = data.paths(train), train["label"].tolist()
+    images = len(paths)
+    load = os.getloadavg()[0]
+    ours_seconds, setup_seconds, ours_cpu = run_ours(cfg, epochs)
+    plain_seconds, plain_cpu = run_plain(cfg, paths, labels, plain_epochs)
+    ours = epochs * images / ours_seconds
+    plain = plain_epochs * images / plain_seconds
+    cpu_ratio = (plain_cpu / (plain_epochs * images)) / (ours_cpu / (epochs * images))
+    return {
+        "trainable_layers": cfg.trainable_layers,
+        "train_images": images,
+        "load_average_before": round(load, 2),
+        "epochs": epochs,
+        "ours_seconds": round(ours_seconds, 2),
+        "ours_cpu_seconds": round(ours_cpu, 2),
+        "ours_setup_seconds": round(setup_seconds, 2),
+        "ours_images_per_second": round(ours, 1),
+        "plain_epochs": plain_epochs,
+        "plain_seconds": round(plain_seconds, 2),
+        "plain_cpu_seconds": round(plain_cpu, 2),
+        "plain_images_per_second": round(plain, 1),
+        "speedup": round(ours / plain, 2),
+        "cpu_ratio": round(cpu_ratio, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clean", type=Path, help="cleaned data (default: a demo export)")
+    parser.add_argument("--clean-size", type=int, default=96)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=2, help="the plain DataLoader's")
+    parser.add_argument("--products", type=int, default=2000, help="demo export size")
+    parser.add_argument("--head-epochs", type=int, default=15)
+    parser.add_argument(
+        "--head-plain-epochs",
+        type=int,
+        default=3,
+        help="the plain loop's cost per epoch is constant: fewer epochs suffice",
+    )
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument(
+        "--finetune-layers", default="1", help="--trainable-layers when fine-tuning"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        clean = args.clean or demo_clean(Path(tmp), args.products, args.clean_size)
+        base = TrainConfig(
+            clean=clean,
+            arch=args.arch,
+            weights="none",
+            image_size=args.image_size,
+            clean_size=args.clean_size,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+        )
+        runs = {}
+        log.info("head only: %d epochs (plain loop: %d)", args.head_epochs, args.head_plain_epochs)
+        runs["head_only"] = compare(
+            replace(base, trainable_layers=0), args.head_epochs, args.head_plain_epochs
+        )
+        layers = parse_trainable_layers(args.finetune_layers)
+        log.info("fine-tuning (trainable layers %d): %d epochs", layers, args.finetune_epochs)
+        runs["fine_tuning"] = compare(
+            replace(base, trainable_layers=layers), args.finetune_epochs, args.finetune_epochs
+        )
+
+    device = setup().describe()
+    result = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "device": device,
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        "settings": {
+            "data": "demo export" if args.clean is None else str(args.clean),
+            "arch": args.arch,
+            "image_size": args.image_size,
+            "clean_size": args.clean_size,
+            "batch_size": args.batch_size,
+            "plain_num_workers": args.num_workers,
+        },
+        "runs": runs,
+        "targets": TARGETS,
+        "met": {k: runs[k]["speedup"] >= TARGETS[k] for k in TARGETS},
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    header = f"{'mode':<12} {'ours img/s':>11} {'plain img/s':>12} {'speedup':>8} {'CPU ratio':>10}"
+    print(f"\n{header} {'target':>7}")
+    for name, run in runs.items():
+        print(
+            f"{name:<12} {run['ours_images_per_second']:>11.1f} "
+            f"{run['plain_images_per_second']:>12.1f} {run['speedup']:>7.2f}x "
+            f"{run['cpu_ratio']:>9.2f}x {TARGETS[name]:>6.1f}x"
+        )
+    print(f"\n{device}; written to {args.results}")
+
+
+if __name__ == "__main__":
+    main()
