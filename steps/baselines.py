@@ -264,8 +264,11 @@ def _text_features(max_features: int | None):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer
 
+    # A missing description is empty text, whether it arrives as NaN (pandas' str dtype,
+    # parquet) or as None (a one-row frame, JSON null): one imputer for each.
     return make_pipeline(
-        SimpleImputer(strategy="constant", fill_value=""),  # a missing description is empty
+        SimpleImputer(strategy="constant", fill_value=""),
+        SimpleImputer(missing_values=None, strategy="constant", fill_value=""),
         FunctionTransformer(np.ravel),  # (n, 1) -> (n,): TfidfVectorizer wants documents
         TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=max_features),
     )

@@ -155,6 +155,37 @@ def test_price_metrics_are_in_pounds_and_r2_on_log_price() -> None:
     assert price_metrics(np.array([5.0, 50.0]), np.array([5.0, 50.0]), "val")["val_r2_log"] == 1.0
 
 
+@pytest.mark.parametrize("kind", ["ridge", "hgb"])
+def test_price_models_take_a_missing_description_as_none_or_nan(kind: str) -> None:
+    """One product without a description: None in a one-row frame, NaN in pandas' str dtype."""
+    words = ["oak", "table", "sofa", "ps5", "boxed", "used", "lamp", "chair"]
+    rows = 40
+    train = pd.DataFrame(
+        {
+            "name": [f"{words[i % 8]} {words[(i * 3) % 8]}" for i in range(rows)],
+            "description": [None if i % 5 == 0 else f"{words[i % 7]} item" for i in range(rows)],
+            "root_category": ["Home & Garden", "Appliances"] * (rows // 2),
+            "sub_category": ["Tables", "Lamps"] * (rows // 2),
+            "county": ["Berkshire"] * rows,
+        }
+    )
+    model = step.build_price_model(kind).fit(train, np.linspace(5.0, 500.0, rows))
+    one = pd.DataFrame(
+        {
+            "name": ["Oak table"],
+            "description": [None],
+            "root_category": ["Home & Garden"],
+            "sub_category": [None],
+            "county": [None],
+        }
+    )
+    assert one["description"].dtype == object  # None stays None here
+    assert one.astype("str")["description"].isna().all()  # and NaN in pandas' str dtype
+    for frame in (one, one.astype("str")):
+        prices = model.predict(frame)
+        assert np.all(np.isfinite(prices)) and np.all(prices > 0)
+
+
 def test_check_rows_says_which_split_is_too_small() -> None:
     table = pd.DataFrame({"split": ["train"] * 12 + ["val"], "label": ["a", "b"] * 6 + ["a"]})
     with pytest.raises(StepError, match=r"too few rows.*test has 0"):
