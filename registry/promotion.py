@@ -64,6 +64,9 @@ LOCK_SUFFIX = ".promotion-lock"
 LOCK_TIMEOUT_S = 60.0
 LOCK_STALE_S = 600.0
 TAG_PREFIX = "promotion."
+SUPERSEDED_AT = TAG_PREFIX + "superseded_at"
+SUPERSEDED_BY = TAG_PREFIX + "superseded_by"
+SUPERSEDED_TAGS = frozenset({SUPERSEDED_AT, SUPERSEDED_BY})
 READY = "READY"
 
 
@@ -368,10 +371,13 @@ def _move_production(client: MlflowClient, decision: Decision) -> None:
         )
     for key, value in decision.tags().items():
         client.set_model_version_tag(name, version, key, value)
+    stale = SUPERSEDED_TAGS & set(client.get_model_version(name, version).tags)
+    for key in sorted(stale):  # it holds production again: it is no longer superseded
+        client.delete_model_version_tag(name, version, key)
     if decision.previous is not None:
         previous = str(decision.previous)
-        client.set_model_version_tag(name, previous, TAG_PREFIX + "superseded_at", decision.at)
-        client.set_model_version_tag(name, previous, TAG_PREFIX + "superseded_by", version)
+        client.set_model_version_tag(name, previous, SUPERSEDED_AT, decision.at)
+        client.set_model_version_tag(name, previous, SUPERSEDED_BY, version)
     if decision.legacy_stage:
         _set_legacy_stage(client, name, decision.version)
 

@@ -310,6 +310,9 @@ def test_rollback_swaps_production_and_previous_and_records_it(client) -> None:
     assert tags["promotion.previous_version"] == "2"
     assert (tags["promotion.value"], tags["promotion.previous_value"]) == ("0.6000", "0.7000")
 
+    assert "promotion.superseded_by" not in tags  # production again: not superseded
+    assert _tags(client, 2)["promotion.superseded_by"] == "1"
+
     rollback(NAME, client=client)  # a second rollback undoes the first
     assert _aliases(client) == {"production": 2, "previous-production": 1}
 
