@@ -52,6 +52,7 @@ from registry.versions import (
     is_better_or_equal,
     list_versions,
     lower_is_better,
+    require_model,
 )
 
 if TYPE_CHECKING:
@@ -307,6 +308,7 @@ def rollback(
 
 
 def _rollback_pair(client: MlflowClient, name: str) -> tuple[VersionInfo, VersionInfo]:
+    require_model(client, name)
     current = _holder_info(client, name, PRODUCTION)
     target = _holder_info(client, name, PREVIOUS_PRODUCTION)
     if current is None:

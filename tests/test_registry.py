@@ -318,6 +318,8 @@ def test_rollback_swaps_production_and_previous_and_records_it(client) -> None:
 
 
 def test_rollback_needs_a_previous_production(client) -> None:
+    with pytest.raises(RegistryError, match="no registered model named 'nope'"):
+        rollback("nope", client=client)
     with pytest.raises(RegistryError, match="no version of .* holds production"):
         rollback(NAME, client=client)
     promote(NAME, "1", client=client)
