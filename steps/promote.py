@@ -21,7 +21,7 @@ from pathlib import Path
 
 from registry.promotion import DEFAULT_METRIC, Decision, promote
 from registry.store import DEFAULT_MODEL_NAME, RegistryError
-from steps.runtime import StepError, cli, start_run, str_to_bool
+from steps.runtime import StepError, cli, log_params, start_run, str_to_bool
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +66,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def log_new_params(run_id: str, args: argparse.Namespace) -> None:
-    """Log the step's params, except those ``mlflow run`` has logged already."""
-    import mlflow
-
-    params = {
+def step_params(args: argparse.Namespace) -> dict[str, str]:
+    """The step's params, as text (``mlflow run`` logs its own copy of them first)."""
+    legacy = "auto" if args.legacy_stage is None else str(args.legacy_stage).lower()
+    return {
         "model_name": args.model_name,
         "version": args.version,
         "metric": args.metric,
         "force": str(args.force).lower(),
         "clean": str(args.clean),
+        "legacy_stage": legacy,
     }
-    logged = mlflow.get_run(run_id).data.params
-    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
 
 
 def record_decision(decision: Decision) -> None:
@@ -93,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> Decision:
     import mlflow
 
     with start_run("promote") as run:
-        log_new_params(run.info.run_id, args)
+        log_params(step_params(args))
         try:
             decision = promote(
                 args.model_name,
