@@ -334,6 +334,19 @@ def test_smoke_run_logs_every_epoch_registers_and_serves(tiny_clean, resnet18_we
 
 
 @pytest.mark.slow
+def test_trains_head_only_on_the_cleaned_demo_export(demo_clean, tracking):
+    """The real clean layout (clean_tabular + clean_images) feeds training as it is."""
+    argv = ["--clean", str(demo_clean), "--clean-size", "64", "--image-size", "32"]
+    argv += ["--arch", "resnet18", "--weights", "none", "--trainable-layers", "0"]
+    outcome = train(parse_config([*argv, "--epochs", "2", "--register", "false"]))
+    categories = json.loads((demo_clean / "categories.json").read_text())
+    assert [r.epoch for r in outcome.records] == [1, 2]
+    assert set(outcome.test_metrics) >= {"test_accuracy", "test_top3_accuracy", "test_macro_f1"}
+    model = mlflow.pyfunc.load_model(outcome.model_uri)
+    assert model.unwrap_python_model().categories == categories
+
+
+@pytest.mark.slow
 def test_resume_continues_the_interrupted_run(tiny_clean, tracking, monkeypatch):
     real_epoch = loop.train_one_epoch
 
