@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -210,16 +209,6 @@ def _open_run(cfg: TrainConfig, ctx: Context):
     return active
 
 
-def _log_new_params(params: dict[str, Any]) -> None:
-    """Log the params the run does not have yet (``mlflow run`` logs its own text first)."""
-    import mlflow
-
-    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    fresh = {k: v for k, v in params.items() if k not in existing}
-    if fresh:
-        mlflow.log_params(fresh)
-
-
 def _log_inputs(data: CleanData) -> None:
     import mlflow
 
@@ -358,7 +347,7 @@ def _train(cfg: TrainConfig, ctx: Context) -> TrainOutcome | None:
         if ctx.is_main:
             import mlflow
 
-            _log_new_params({**cfg.as_params(), "weights_used": weights_used})
+            runtime.log_params({**cfg.as_params(), "weights_used": weights_used})
             mlflow.set_tags({"weights_used": weights_used, DATA_DIGEST_TAG: digest})
             mlflow.set_tags({"device": str(ctx.device), "world_size": ctx.world_size})
             if checkpoint is None:
