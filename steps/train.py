@@ -106,7 +106,11 @@ def _fraction(value: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = _Parser(prog="python -m steps.train", description=__doc__.split("\n\n")[0])
+    p = _Parser(
+        prog="python -m steps.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--clean", type=Path, default=d.clean, help="cleaned data folder")
     p.add_argument("--epochs", type=runtime.positive_int, default=d.epochs)
     p.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)}")
