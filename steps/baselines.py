@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from steps import runtime
 from steps.runtime import (
     StepError,
     cli,
@@ -807,7 +808,7 @@ def one_blas_thread():
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = runtime.ArgumentParser(
         prog="python -m steps.baselines", description=__doc__.split("\n")[0]
     )
     parser.add_argument(

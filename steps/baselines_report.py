@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from steps import runtime
 from steps.baselines import results_markdown
 from steps.runtime import StepError, check_tracking_server, cli, tracking_uri
 
@@ -80,7 +81,7 @@ def load_results(run_id: str | None = None) -> dict[str, Any]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = runtime.ArgumentParser(
         prog="python -m steps.baselines_report", description=__doc__.split("\n")[0]
     )
     parser.add_argument(

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.imaging import load_normalized
+from steps import runtime
 from steps.runtime import StepError, check_tracking_server, cli, log_params, start_run
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,7 @@ def log_to_mlflow(stats: dict[str, Any], params: dict[str, Any]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from steps.runtime import non_negative_int, whole_number
 
-    parser = argparse.ArgumentParser(
+    parser = runtime.ArgumentParser(
         prog="python -m steps.clean_images",
         description="Normalise every raw image (RGB, aspect kept, padded square) into "
         "<out>/images/<size>/<image_id>.jpg, on all cores; images already done are skipped.",

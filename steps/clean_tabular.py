@@ -36,6 +36,7 @@ import pandas as pd
 from PIL import Image
 
 from registry.imaging import open_image
+from steps import runtime
 from steps.clean_images import list_images
 from steps.runtime import StepError, check_tracking_server, cli, log_params, start_run
 
@@ -647,7 +648,7 @@ def _positive_float(value: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from steps.runtime import non_negative_int
 
-    parser = argparse.ArgumentParser(
+    parser = runtime.ArgumentParser(
         prog="python -m steps.clean_tabular",
         description="Clean the raw export's CSVs into products.parquet, images.parquet, "
         "categories.json and report.json (the raw folder is never modified).",

@@ -42,6 +42,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from steps import runtime
 from steps.clean_tabular import IMAGE_COLUMNS, PRODUCT_COLUMNS
 from steps.runtime import StepError, cli, log_params, non_negative_int, positive_int, start_run
 
@@ -563,7 +564,7 @@ def make_export(out: Path, products: int = 2000, seed: int = 0, workers: int = 0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = runtime.ArgumentParser(
         prog="python -m steps.demo_data", description=__doc__.split("\n")[0]
     )
     parser.add_argument(

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from steps import runtime
 from steps.runtime import StepError, cli, log_params, positive_int, start_run
 
 log = logging.getLogger(__name__)
@@ -386,7 +387,7 @@ def human_bytes(size: float) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = runtime.ArgumentParser(
         prog="python -m steps.ingest",
         description=(
             "Copy a raw export (Products.csv, Images.csv, images/) from a folder or "

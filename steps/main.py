@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steps import runtime
 from steps.runtime import (
     StepError,
     cli,
@@ -240,7 +241,7 @@ def _holds_production(client, model_name: str, version: str) -> bool:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = runtime.ArgumentParser(
         prog="python -m steps.main", description="Run the whole pipeline, skipping unchanged steps."
     )
     parser.add_argument("--raw", default="data/raw", help="raw export folder")

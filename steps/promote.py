@@ -21,6 +21,7 @@ from pathlib import Path
 
 from registry.promotion import DEFAULT_METRIC, Decision, promote
 from registry.store import DEFAULT_MODEL_NAME, RegistryError
+from steps import runtime
 from steps.runtime import StepError, cli, log_params, start_run, str_to_bool
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def legacy_stage_choice(value: str) -> bool | None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = runtime.ArgumentParser(
         prog="python -m steps.promote",
         description="Promote a registered model version to production (alias `production`).",
     )

@@ -67,6 +67,13 @@ def start_run(run_name: str, **kwargs):
     return mlflow.start_run(run_name=run_name, **kwargs)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one-line :class:`StepError` s (exit 2 under :func:`cli`)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise StepError(f"{message}; see `{self.prog} --help`")
+
+
 def log_params(params: Mapping[str, object]) -> None:
     """Log the params the active run does not have yet.
 

@@ -83,13 +83,6 @@ RUN_NAME = "train"
 # --------------------------------------------------------------------------- arguments
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one-line StepErrors (exit 2, no usage dump)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise StepError(f"{message}; see `python -m steps.train --help`")
-
-
 def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
@@ -106,7 +99,7 @@ def _fraction(value: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = _Parser(
+    p = runtime.ArgumentParser(
         prog="python -m steps.train",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

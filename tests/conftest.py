@@ -25,6 +25,7 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         monkeypatch.setenv(variable, "")  # recorded, so teardown also removes what mlflow sets
         monkeypatch.delenv(variable)
     mlflow.set_tracking_uri(uri)
+    mlflow.tracking.fluent._active_experiment_id = None  # set_experiment's cache, per store
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
