@@ -625,26 +625,6 @@ def build_report(
     }
 
 
-def _fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not 0 <= number < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not (number > 0 and math.isfinite(number)):
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
-    return number
-
-
 def build_parser() -> argparse.ArgumentParser:
     from steps.runtime import non_negative_int
 
@@ -655,11 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="raw export folder")
     parser.add_argument("--out", type=Path, default=Path("data/clean"), help="output folder")
-    parser.add_argument("--val-frac", type=_fraction, default=0.15, help="share of products in val")
-    parser.add_argument("--test-frac", type=_fraction, default=0.15, help="share in test")
+    parser.add_argument(
+        "--val-frac", type=runtime.fraction, default=0.15, help="share of products in val"
+    )
+    parser.add_argument("--test-frac", type=runtime.fraction, default=0.15, help="share in test")
     parser.add_argument(
         "--max-price",
-        type=_positive_float,
+        type=runtime.positive_float,
         default=100_000.0,
         help="prices above this (pounds) are flagged implausible and set to NaN",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -122,6 +123,32 @@ def positive_int(value: str) -> int:
     number = whole_number(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {number}")
+    return number
+
+
+def _number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """argparse type: a finite number > 0."""
+    number = _number(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
+    return number
+
+
+def fraction(value: str) -> float:
+    """argparse type: a number in [0, 1) (a share of the data, label smoothing)."""
+    number = _number(value)
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
     return number
 
 

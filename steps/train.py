@@ -83,20 +83,6 @@ RUN_NAME = "train"
 # --------------------------------------------------------------------------- arguments
 
 
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return number
-
-
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0 <= number < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return number
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = runtime.ArgumentParser(
@@ -120,14 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="which images/<size> folder of clean_images to read",
     )
     p.add_argument("--batch-size", type=runtime.positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=_positive_float, default=d.lr)
+    p.add_argument("--lr", type=runtime.positive_float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument(
         "--trainable-layers",
         default=str(d.trainable_layers),
         help="0 = the new head only, 1 = also layer4, ... 5 or all = everything",
     )
-    p.add_argument("--label-smoothing", type=_fraction, default=d.label_smoothing)
+    p.add_argument("--label-smoothing", type=runtime.fraction, default=d.label_smoothing)
     p.add_argument(
         "--patience",
         type=runtime.non_negative_int,
