@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLFLOW_RUN := $(BIN)/mlflow run . --env-manager local
 UI_PORT ?= 5000
+# Runs of `make demo` (and of `mlflow run` from this shell) land in this experiment.
+export MLFLOW_EXPERIMENT_NAME ?= marketplace-search
 # `mlflow run --env-manager local` runs `python -m steps...` with the first python on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 PYTEST_ARGS ?=

@@ -293,7 +293,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         promote = Step(
             "promote",
-            {"model_name": args.model_name, "version": version, "clean": str(args.clean)},
+            {
+                "model_name": args.model_name,
+                "version": version,
+                "clean": str(args.clean),
+                "reason": f"trained by pipeline run {parent}",
+            },
             cacheable=False,
         )
         try:
