@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 # The demo: the whole pipeline on a 2,000-product synthetic export, with training settings
 # that finish in minutes on a 2-core CPU (offline, so the ResNet starts from random weights).
-DEMO_PARAMS ?= -P products=2000 -P size=96 -P arch=resnet18 -P image_size=48 -P epochs=20 \
+DEMO_PARAMS ?= -P products=2000 -P arch=resnet18 -P image_size=48 -P epochs=20 \
 	-P batch_size=32 -P lr=0.002 -P trainable_layers=all
 
 .DEFAULT_GOAL := help
