@@ -33,12 +33,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from registry.store import RegistryError, check_server
 from steps.runtime import StepError, cli
 
 log = logging.getLogger("stack")
@@ -201,10 +200,10 @@ def port_in_use(host: str, port: int) -> bool:
 
 def health_ok(url: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(url + "/health", timeout=timeout) as reply:
-            return reply.status == 200
-    except (urllib.error.URLError, OSError):
+        check_server(url, timeout)
+    except RegistryError:
         return False
+    return True
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
