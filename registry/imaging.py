@@ -66,18 +66,30 @@ def normalize_image(image: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
-def open_image(source: bytes | str | Path, size: int | None = None) -> Image.Image:
+class ImageTooLarge(OSError):
+    """The image's header declares more pixels than the caller accepts (not decoded)."""
+
+
+def open_image(
+    source: bytes | str | Path, size: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Open and fully decode an image from bytes or a path.
 
     With ``size``, a JPEG is decoded at the smallest DCT scale that still covers the box
     :func:`normalize_image` fits it into (long side ``size``; Pillow's ``draft``): a
     1024 x 768 photo for a 256 square decodes at quarter scale, several times faster.
     Raises ``OSError`` (Pillow's ``UnidentifiedImageError`` is one) when the data
-    is not a readable image or is truncated.
+    is not a readable image or is truncated, and :class:`ImageTooLarge` (before decoding)
+    when ``max_pixels`` is given and the header declares more pixels than that.
     """
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")  # noqa: SIM115 (closed by the with below)
     with stream:
         image = Image.open(stream)
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ImageTooLarge(
+                f"the image is {image.width} x {image.height} pixels, more than the "
+                f"{max_pixels:,} allowed"
+            )
         if size is not None and image.format == "JPEG":
             scale = size / max(image.size)
             image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
@@ -85,6 +97,8 @@ def open_image(source: bytes | str | Path, size: int | None = None) -> Image.Ima
     return image
 
 
-def load_normalized(source: bytes | str | Path, size: int) -> Image.Image:
+def load_normalized(
+    source: bytes | str | Path, size: int, max_pixels: int | None = None
+) -> Image.Image:
     """Open ``source`` (bytes or a path) and return it normalised to ``size`` square."""
-    return normalize_image(open_image(source, size), size)
+    return normalize_image(open_image(source, size, max_pixels), size)

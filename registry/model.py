@@ -340,14 +340,23 @@ def log_classifier(
     example_image: bytes,
     name: str = "model",
     metadata_: Mapping[str, Any] | None = None,
+    onnx: bool = True,
+    parity_images: Sequence[bytes] = (),
 ):
     """Log ``net`` as a pyfunc model in the active run; return MLflow's ``ModelInfo``.
 
-    ``example_image`` (one small JPEG's bytes) becomes the input example.
+    ``example_image`` (one small JPEG's bytes) becomes the input example. With ``onnx``
+    the network is also exported to ONNX (``artifacts/classifier.onnx``) for the service,
+    kept only when it matches torch on ``parity_images`` (plus the example) to
+    ``registry.export.PARITY_ATOL``; the run gets the metric ``onnx_max_abs_diff``.
     """
     with tempfile.TemporaryDirectory(prefix="classifier-") as tmp:
         folder = Path(tmp)
         artifacts = write_model_files(net, config, folder / "files")
+        if onnx:
+            artifacts.update(
+                _export_onnx(net, config, folder / "files", [example_image, *parity_images])
+            )
         entry = folder / ENTRY_FILE
         entry.write_text(ENTRY_CODE, encoding="utf-8")
         return mlflow.pyfunc.log_model(
@@ -360,6 +369,19 @@ def log_classifier(
             pip_requirements=pip_requirements(),
             metadata=dict(metadata_ or {}),
         )
+
+
+def _export_onnx(
+    net: nn.Module, config: ClassifierConfig, folder: Path, images: Sequence[bytes]
+) -> dict[str, str]:
+    """Export ``net`` to ONNX in ``folder``; the pyfunc artifact when it matches torch."""
+    from registry.export import ONNX_ARTIFACT, ONNX_FILE, export_onnx
+
+    pixels = np.stack([preprocess_image(data, config.image_size) for data in images])
+    report = export_onnx(net, config, folder / ONNX_FILE, pixels)
+    if mlflow.active_run() is not None:
+        mlflow.log_metric("onnx_max_abs_diff", report.max_abs_diff)
+    return {ONNX_ARTIFACT: str(folder / ONNX_FILE)} if report.passed else {}
 
 
 def register_classifier(

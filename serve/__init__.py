@@ -1,6 +1,7 @@
-"""The FastAPI service (``/predict``, ``/search``, a web page) over the production model.
+"""The FastAPI service over the production model: ``python -m serve`` or ``make serve``.
 
-It loads ``models:/marketplace-classifier@production`` through ``registry/`` and never
-imports ``steps/``: the served model carries its own preprocessing. The service itself
-is built in its own issue; this package marks the layer's place and its import rule.
+It loads ``models:/marketplace-classifier@production`` (``MODEL_URI``) through
+``registry/`` and never imports ``steps/``: the served model carries its own
+preprocessing. ``serve.app.create_app`` builds the app; ``serve.settings.Settings`` reads
+its settings from the environment. Nothing happens at import time.
 """

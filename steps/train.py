@@ -295,9 +295,9 @@ def _log_model(net, data, cfg, outcome: TrainOutcome, digest: str) -> None:
     import mlflow
 
     frame = data.split("test") if len(data.split("test")) else data.split("val")
-    example = data.paths(frame.head(1))[0].read_bytes()
+    example, *parity = [path.read_bytes() for path in data.paths(frame.head(4))]
     config = ClassifierConfig(arch=cfg.arch, categories=data.categories, image_size=cfg.image_size)
-    info = log_classifier(net.cpu().eval(), config, example_image=example)
+    info = log_classifier(net.cpu().eval(), config, example_image=example, parity_images=parity)
     outcome.model_uri = info.model_uri
     if not cfg.register:
         return

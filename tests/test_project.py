@@ -59,10 +59,10 @@ def test_every_step_has_help(name: str) -> None:
 def test_nothing_happens_at_import_time(tmp_path: Path) -> None:
     """Importing every module creates no file and sets no tracking URI."""
     code = (
-        "import importlib, pkgutil, steps, registry\n"
-        "for pkg in (steps, registry):\n"
+        "import importlib, pkgutil, steps, registry, serve\n"
+        "for pkg in (steps, registry, serve):\n"
         "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
-        "        if m.name != 'registry.__main__':\n"
+        "        if not m.name.endswith('.__main__'):\n"
         "            importlib.import_module(m.name)\n"
     )
     result = subprocess.run(

@@ -1,0 +1,56 @@
+"""``python -m serve``: run the service with uvicorn on SERVE_HOST:SERVE_PORT.
+
+Settings come from the environment (see ``serve/settings.py`` and the README); a setting
+that does not parse is a one-line error with exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from pydantic import ValidationError
+
+EXIT_USER_ERROR = 2
+
+
+def main() -> None:
+    import uvicorn
+
+    from serve.app import create_app
+    from serve.settings import Settings, variable_name
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{variable_name(str(error['loc'][0])) if error['loc'] else 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        print(f"error: invalid service settings: {problems}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for noisy in ("botocore", "urllib3", "alembic", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    print(
+        f"serving {settings.model_uri} from {settings.tracking_uri} on "
+        f"http://{settings.host}:{settings.port} (docs at /docs)",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

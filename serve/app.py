@@ -1,0 +1,457 @@
+"""The FastAPI app: routes over the model holder, the batcher and the metrics.
+
+``create_app(settings)`` builds the app; nothing is loaded at import time or in the
+factory. The lifespan starts the model holder (which loads the production version in the
+background: the port opens at once and ``/ready`` says when a model is there), the
+batcher and the decode pool, and stops them on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve.holder import ModelHolder
+from serve.inference import Batcher, Classifier, ImageResult, UploadError
+from serve.loader import ServedModel
+from serve.metrics import ServiceMetrics
+from serve.schemas import (
+    BatchEntry,
+    CapstoneHealth,
+    CapstonePrediction,
+    CategoryScore,
+    Health,
+    ModelInfo,
+    ModelRef,
+    Prediction,
+    Problem,
+    Readiness,
+    ReloadResult,
+    UploadProblem,
+)
+from serve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MODEL_HEADER = "X-Model-Version"
+NO_MODEL = "none"
+UPLOAD_ERRORS = {
+    413: {"model": Problem, "description": "The request body is over SERVE_MAX_UPLOAD_BYTES."},
+    415: {"model": Problem, "description": "The upload is not an image."},
+    422: {"model": Problem, "description": "Empty, corrupt, truncated or too many pixels."},
+    503: {"model": Problem, "description": "No model loaded yet (see Retry-After)."},
+}
+IMAGE_HELP = "The photo: JPEG, PNG, WebP, GIF, BMP or TIFF, as a multipart file field."
+
+
+# ----------------------------------------------------------------------------- middleware
+
+
+class ServiceMiddleware:
+    """Refuses bodies over the limit, counts and times requests, adds X-Model-Version.
+
+    A body is refused from its Content-Length before anything is read, or while it streams
+    in (chunked uploads) as soon as it passes the limit: 413 with a JSON ``detail``.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.limit = settings.max_upload_bytes
+        self.metrics = metrics
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(
+            413,
+            f"the upload is over the {self.limit:,}-byte limit: send a smaller photo "
+            "(SERVE_MAX_UPLOAD_BYTES sets the limit)",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["sent"] = True
+                headers = list(message.get("headers", []))
+                headers.append((MODEL_HEADER.lower().encode(), _model_label(scope).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            length = _content_length(scope)
+            if length is not None and length > self.limit:
+                await _send_problem(scope, send_with_header, self._too_large())
+                return
+            received = 0
+
+            async def receive_with_limit() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.limit:
+                        raise self._too_large()
+                return message
+
+            try:
+                await self.app(scope, receive_with_limit, send_with_header)
+            except HTTPException as exc:  # the limit, raised outside a route's handler
+                if status["sent"] or exc.status_code != 413:
+                    raise
+                await _send_problem(scope, send_with_header, exc)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(route, scope["method"], str(status["code"])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _send_problem(scope: Scope, send: Send, exc: HTTPException) -> None:
+    response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    response.headers["Connection"] = "close"  # the rest of the body is not read
+
+    async def no_body() -> Message:
+        return {"type": "http.disconnect"}
+
+    await response(scope, no_body, send)
+
+
+def _model_label(scope: Scope) -> str:
+    state = scope.get("state") or {}
+    if "model_version" in state:
+        return state["model_version"]
+    app = scope.get("app")
+    holder = getattr(getattr(app, "state", None), "holder", None)
+    current = getattr(holder, "current", None)
+    return current.details.label if current is not None else NO_MODEL
+
+
+# ----------------------------------------------------------------------------- dependencies
+
+
+def get_holder(request: Request) -> ModelHolder:
+    return request.app.state.holder
+
+
+def get_classifier(request: Request) -> Classifier:
+    return request.app.state.classifier
+
+
+def get_model(request: Request, holder: Annotated[ModelHolder, Depends(get_holder)]):
+    """The version serving this request (fixed for its whole life), or 503."""
+    model = holder.current
+    if model is None:
+        retry = str(math.ceil(holder.settings.reload_interval))
+        raise HTTPException(503, holder.reason, headers={"Retry-After": retry})
+    request.state.model_version = model.details.label
+    return model
+
+
+HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
+ModelDep = Annotated[ServedModel, Depends(get_model)]
+bearer = HTTPBearer(auto_error=False, description="SERVE_ADMIN_TOKEN")
+
+
+def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    token = request.app.state.settings.admin_token
+    if token is None:
+        raise HTTPException(
+            401,
+            "admin routes are off: start the service with SERVE_ADMIN_TOKEN set",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    given = credentials.credentials if credentials is not None else ""
+    if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise HTTPException(
+            401,
+            "missing or wrong admin token: send `Authorization: Bearer <SERVE_ADMIN_TOKEN>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+# ----------------------------------------------------------------------------- answers
+
+
+def _model_ref(model: ServedModel) -> ModelRef:
+    details = model.details
+    return ModelRef(name=details.name, version=details.version, run_id=details.run_id)
+
+
+def _top_k(model: ServedModel, probabilities: np.ndarray, k: int) -> list[CategoryScore]:
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [
+        CategoryScore(category=model.categories[i], probability=float(probabilities[i]))
+        for i in order
+    ]
+
+
+def _prediction(model: ServedModel, result: ImageResult, k: int) -> Prediction:
+    top = _top_k(model, result.probabilities, k)
+    return Prediction(
+        category=top[0].category,
+        probability=top[0].probability,
+        top_k=top,
+        model=_model_ref(model),
+    )
+
+
+def _checked_top_k(model: ServedModel, top_k: int | None, default: int) -> int:
+    classes = len(model.categories)
+    if top_k is None:
+        return min(default, classes)
+    if not 1 <= top_k <= classes:
+        raise HTTPException(
+            422, f"top_k must be between 1 and {classes} (the number of categories)"
+        )
+    return top_k
+
+
+async def _classify_one(classifier: Classifier, model: ServedModel, image: UploadFile):
+    [result] = await classifier.classify(model, [await image.read()])
+    if isinstance(result, UploadError):
+        raise HTTPException(result.status, result.detail)
+    return result
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service for ``settings`` (default: read from the environment)."""
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        holder = ModelHolder(settings, metrics)
+        batcher = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, metrics)
+        classifier = Classifier(batcher, settings.decode_workers, metrics)
+        app.state.holder = holder
+        app.state.classifier = classifier
+        batcher.start()
+        holder.start()
+        try:
+            yield
+        finally:
+            await holder.stop()
+            await batcher.stop()
+            classifier.close()
+
+    app = FastAPI(
+        title="Marketplace search",
+        summary="Classify a listing's photo with the model in production.",
+        description=(
+            "Serves the version of `marketplace-classifier` that holds the `production` "
+            "alias in the MLflow Model Registry, and follows promotions without a restart. "
+            "Every answer carries the header `X-Model-Version`."
+        ),
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=[MODEL_HEADER],
+        )
+    _add_error_handlers(app)
+    _add_routes(app, settings, metrics)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+            message = error.get("msg", "invalid")
+            if error.get("type") == "missing":
+                message = "missing: send it as a multipart/form-data field"
+            problems.append(f"{where}: {message}" if where else message)
+        return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}): see the service's log"},
+            status_code=500,
+        )
+
+
+def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> None:
+    @app.post("/predict", response_model=Prediction, responses=UPLOAD_ERRORS, tags=["predict"])
+    async def predict(
+        model: ModelDep,
+        classifier: ClassifierDep,
+        image: Annotated[UploadFile, File(description=IMAGE_HELP)],
+        top_k: Annotated[int | None, Form(description="Length of top_k (1..categories).")] = None,
+    ) -> Prediction:
+        """Classify one photo: its category, probability, the best `top_k`, the version."""
+        k = _checked_top_k(model, top_k, settings.top_k)
+        result = await _classify_one(classifier, model, image)
+        return _prediction(model, result, k)
+
+    @app.post(
+        "/predict/batch",
+        response_model=list[BatchEntry],
+        responses=UPLOAD_ERRORS,
+        tags=["predict"],
+    )
+    async def predict_batch(
+        model: ModelDep,
+        classifier: ClassifierDep,
+        images: Annotated[list[UploadFile], File(description="Several photos, repeated field.")],
+        top_k: Annotated[int | None, Form(description="Length of top_k (1..categories).")] = None,
+    ) -> list[BatchEntry]:
+        """Classify several photos in one request: one entry each, in order.
+
+        A bad image fails only its own entry (`error` with the status it would have had).
+        """
+        if len(images) > settings.max_batch_images:
+            raise HTTPException(
+                422,
+                f"{len(images)} images in one request, more than the {settings.max_batch_images} "
+                "allowed: split the batch (SERVE_MAX_BATCH_IMAGES sets the limit)",
+            )
+        k = _checked_top_k(model, top_k, settings.top_k)
+        uploads = [await image.read() for image in images]
+        results = await classifier.classify(model, uploads)
+        entries = []
+        for index, (image, result) in enumerate(zip(images, results, strict=True)):
+            if isinstance(result, UploadError):
+                problem = UploadProblem(status=result.status, detail=result.detail)
+                entries.append(BatchEntry(index=index, filename=image.filename, error=problem))
+                continue
+            answer = _prediction(model, result, k)
+            entries.append(BatchEntry(index=index, filename=image.filename, **dict(answer)))
+        return entries
+
+    @app.get("/health", response_model=Health, tags=["operations"])
+    async def health() -> Health:
+        """Alive: the process answers (whether or not a model is loaded)."""
+        return Health(status="ok")
+
+    @app.get(
+        "/ready",
+        response_model=Readiness,
+        responses={503: {"model": Problem, "description": "No model yet, and why."}},
+        tags=["operations"],
+    )
+    async def ready(model: ModelDep) -> Readiness:
+        """200 once a model is loaded; 503 with the reason (and Retry-After) before."""
+        return Readiness(status="ready", model=_model_ref(model))
+
+    @app.get(
+        "/model",
+        response_model=ModelInfo,
+        responses={503: {"model": Problem, "description": "No model yet, and why."}},
+        tags=["operations"],
+    )
+    async def model_info(model: ModelDep, holder: HolderDep) -> ModelInfo:
+        """The served version: name, version, run, aliases, test metrics, engine, UI link."""
+        details = model.details
+        return ModelInfo(
+            name=details.name,
+            version=details.version,
+            run_id=details.run_id,
+            uri=settings.model_uri,
+            source=details.source,
+            follows=holder.follows_alias,
+            aliases=details.aliases,
+            metrics=details.metrics,
+            categories=details.categories,
+            arch=details.arch,
+            image_size=details.image_size,
+            engine=details.engine,
+            loaded_at=details.loaded_at,
+            load_seconds=round(details.load_seconds, 3),
+            ui_url=details.ui_url,
+            last_check=holder.last_check,
+            last_check_error=holder.last_check_error,
+            last_reload_error=holder.last_error,
+        )
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        tags=["operations"],
+        responses={200: {"content": {"text/plain": {"example": "marketplace_model_loaded 1.0"}}}},
+    )
+    async def prometheus_metrics() -> Response:
+        """Prometheus text: requests, latency, batch sizes, version served, reloads."""
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.post(
+        "/admin/reload",
+        response_model=ReloadResult,
+        responses={401: {"model": Problem, "description": "No or wrong admin token."}},
+        dependencies=[Depends(require_admin)],
+        tags=["operations"],
+    )
+    async def admin_reload(holder: HolderDep) -> ReloadResult:
+        """Check the registry now and load what MODEL_URI names, even a version that failed."""
+        result = await holder.check(force=True)
+        return ReloadResult(outcome=result.outcome, detail=result.detail, version=result.version)
+
+    # The capstone API template's routes, for people coming from it.
+    @app.get("/healthcheck", response_model=CapstoneHealth, tags=["capstone"])
+    async def healthcheck() -> CapstoneHealth:
+        """The capstone template's health check."""
+        return CapstoneHealth(message="API is up and running!")
+
+    @app.post(
+        "/predict/image",
+        response_model=CapstonePrediction,
+        responses=UPLOAD_ERRORS,
+        tags=["capstone"],
+    )
+    async def predict_image(
+        model: ModelDep,
+        classifier: ClassifierDep,
+        image: Annotated[UploadFile, File(description=IMAGE_HELP)],
+    ) -> CapstonePrediction:
+        """The capstone template's shape: `Category` and `Probabilities` in category order."""
+        result = await _classify_one(classifier, model, image)
+        best = int(np.argmax(result.probabilities))
+        return CapstonePrediction(
+            Category=model.categories[best],
+            Probabilities=[float(p) for p in result.probabilities],
+        )

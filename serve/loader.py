@@ -1,0 +1,228 @@
+"""Loading one model version for serving: download, build the engine, warm, check.
+
+:func:`load_served_model` turns a resolved model URI into a :class:`ServedModel` that is
+ready to answer: its files are downloaded into a temporary folder (removed again once the
+engine holds what it needs), the engine is built, the version's input example is run
+through it (plus a full batch, to warm the engine's buffers), and the answers are checked
+against the classifier contract. A version that fails any of this raises
+:class:`LoadError` and is never served.
+
+The version is read with this service's own ``registry`` code (``read_logged_classifier``),
+never with ``mlflow.pyfunc.load_model``: loading a pyfunc puts the model's copy of
+``registry/`` first on ``sys.path`` and evicts the service's modules, so a long-lived
+service that loads versions logged by older code would end up running a mix of both.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from registry.export import NotAClassifier, read_logged_classifier
+from registry.imaging import load_normalized
+from registry.model import decode_image_value
+from registry.resolve import ResolvedModel
+from registry.smoke import input_example_images, synthetic_images
+from serve.engines import Engine, EngineUnavailable, build_engine
+
+log = logging.getLogger(__name__)
+
+METRIC_PREFIXES = ("test_", "test/")
+SUM_TOLERANCE = 1e-3
+LOCAL_UI_URL = "http://127.0.0.1:5000"
+
+
+class LoadError(RuntimeError):
+    """A version could not be loaded or did not answer well: it is not served."""
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    """What /model reports about the served version."""
+
+    uri: str
+    name: str | None
+    version: int | None
+    run_id: str | None
+    aliases: list[str]
+    metrics: dict[str, float]
+    categories: list[str]
+    arch: str
+    image_size: int
+    engine: str
+    loaded_at: datetime
+    load_seconds: float
+    ui_url: str | None
+    source: str
+
+    @property
+    def label(self) -> str:
+        """The value of the X-Model-Version header: the version number, or the URI."""
+        return str(self.version) if self.version is not None else self.uri
+
+
+def read_pixels(data: bytes, image_size: int, max_pixels: int) -> np.ndarray:
+    """One upload to the uint8 ``(S, S, 3)`` array the network takes (the shared normalisation).
+
+    Raises ``OSError`` (``ImageTooLarge`` and ``UnidentifiedImageError`` among them) for
+    what is not a readable image within the pixel limit.
+    """
+    return np.asarray(load_normalized(data, image_size, max_pixels), dtype=np.uint8)
+
+
+@dataclass
+class ServedModel:
+    """A loaded version: its engine, its preprocessing size, and what to say about it."""
+
+    details: ModelDetails
+    engine: Engine
+    max_pixels: int
+    key: str
+
+    @property
+    def categories(self) -> list[str]:
+        return self.details.categories
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """One upload to the network's input (see :func:`read_pixels`)."""
+        return read_pixels(data, self.details.image_size, self.max_pixels)
+
+    def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``(B, C)`` and embeddings ``(B, D)`` for a uint8 batch."""
+        return self.engine.forward(pixels)
+
+
+def check_probabilities(probabilities: np.ndarray, rows: int, classes: int) -> None:
+    """Raise :class:`LoadError` unless ``probabilities`` is ``rows`` x ``classes`` and sane."""
+    if probabilities.shape != (rows, classes):
+        raise LoadError(f"answered with shape {probabilities.shape}, expected ({rows}, {classes})")
+    if not np.all(np.isfinite(probabilities)):
+        raise LoadError("answered with probabilities that are not finite")
+    if np.any(probabilities < -1e-6) or np.any(probabilities > 1 + 1e-6):
+        raise LoadError("answered with probabilities outside [0, 1]")
+    sums = probabilities.sum(axis=1)
+    worst = float(np.abs(sums - 1.0).max()) if rows else 0.0
+    if worst > SUM_TOLERANCE:
+        raise LoadError(f"answered with probabilities that sum to {1 + worst:.4f}, not 1")
+
+
+def ui_link(base: str | None, tracking_uri: str, experiment_id: str | None, run_id: str | None):
+    """The MLflow UI page of the run, or None when there is no run."""
+    if not run_id or not experiment_id:
+        return None
+    if base is None:
+        base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI_URL
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _registry_facts(
+    client, resolved: ResolvedModel
+) -> tuple[list[str], dict[str, float], str | None]:
+    """Aliases, test metrics and experiment id of the resolved version (best effort)."""
+    if resolved.name is None or resolved.version is None or client is None:
+        return [], {}, None
+    from registry.versions import describe
+
+    version = client.get_model_version(resolved.name, str(resolved.version))
+    held = client.get_registered_model(resolved.name).aliases or {}
+    aliases = [alias for alias, number in held.items() if int(number) == resolved.version]
+    info = describe(client, version, aliases)
+    metrics = {
+        key: value
+        for key, value in info.metrics.items()
+        if key.startswith(METRIC_PREFIXES) and math.isfinite(value)
+    }
+    experiment_id = None
+    if resolved.run_id:
+        try:
+            experiment_id = client.get_run(resolved.run_id).info.experiment_id
+        except Exception as exc:  # a deleted run: the link is the only thing lost
+            log.debug("no run %s: %s", resolved.run_id, exc)
+    return sorted(info.aliases), metrics, experiment_id
+
+
+def _download(resolved: ResolvedModel, tracking_uri: str, into: Path, client) -> Path:
+    local = Path(resolved.load_uri)
+    if local.is_dir():
+        return local
+    import mlflow.artifacts
+
+    source = resolved.load_uri
+    if resolved.name is not None and resolved.version is not None and client is not None:
+        # The registry of *this* store, not whatever mlflow's global registry URI says.
+        source = client.get_model_version_download_uri(resolved.name, str(resolved.version))
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(into), tracking_uri=tracking_uri
+        )
+    )
+
+
+def _example_pixels(folder: Path, preprocess) -> np.ndarray:
+    """The version's input example (else generated photos) as a uint8 batch."""
+    values: list[Any] = input_example_images(folder) or synthetic_images(2)
+    images = [decode_image_value(value, row) for row, value in enumerate(values)]
+    return np.stack([preprocess(data) for data in images])
+
+
+def load_served_model(
+    resolved: ResolvedModel,
+    *,
+    tracking_uri: str,
+    engine: str,
+    max_pixels: int,
+    batch_size: int,
+    client=None,
+    ui_url: str | None = None,
+) -> ServedModel:
+    """Download, build, warm and check the version ``resolved`` names (see the module doc)."""
+    started = time.perf_counter()
+    what = f"version {resolved.version} of {resolved.name}" if resolved.name else resolved.uri
+    try:
+        with tempfile.TemporaryDirectory(prefix="serve-model-") as tmp:
+            folder = _download(resolved, tracking_uri, Path(tmp), client)
+            logged = read_logged_classifier(folder)
+            built = build_engine(logged, engine)
+            config = logged.config
+            example = _example_pixels(
+                folder, lambda data: read_pixels(data, config.image_size, max_pixels)
+            )
+        probabilities, _ = built.forward(example)
+        check_probabilities(probabilities, len(example), config.num_classes)
+        warm = np.repeat(example[:1], max(1, batch_size), axis=0)
+        built.forward(warm)  # the engine sizes its buffers for a full batch
+        aliases, metrics, experiment_id = _registry_facts(client, resolved)
+    except LoadError as exc:
+        raise LoadError(f"{what} {exc}") from exc
+    except (NotAClassifier, EngineUnavailable) as exc:
+        raise LoadError(f"{what} cannot be served: {exc}") from exc
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise LoadError(f"{what} failed to load: {type(exc).__name__}: {first}") from exc
+    details = ModelDetails(
+        uri=resolved.uri,
+        name=resolved.name,
+        version=resolved.version,
+        run_id=resolved.run_id,
+        aliases=aliases,
+        metrics=metrics,
+        categories=list(config.categories),
+        arch=config.arch,
+        image_size=config.image_size,
+        engine=built.name,
+        loaded_at=datetime.now(UTC),
+        load_seconds=time.perf_counter() - started,
+        ui_url=ui_link(ui_url, tracking_uri, experiment_id, resolved.run_id),
+        source=resolved.load_uri,
+    )
+    model = ServedModel(details=details, engine=built, max_pixels=max_pixels, key=resolved.load_uri)
+    log.info("loaded %s with %s in %.1f s", what, built.name, model.details.load_seconds)
+    return model

@@ -1,0 +1,118 @@
+"""The service's settings: one pydantic-settings object read from the environment.
+
+``MLFLOW_TRACKING_URI`` and ``MODEL_URI`` keep their usual names; everything else has the
+``SERVE_`` prefix (``SERVE_PORT=8080``). Lists (``SERVE_CORS_ORIGINS``) are comma-separated.
+Nothing is read at import time: :func:`Settings` reads the environment when it is built.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from registry.store import DEFAULT_MODEL_NAME, DEFAULT_TRACKING_URI, PRODUCTION
+
+DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{PRODUCTION}"
+MIB = 1024 * 1024
+
+Engine = Literal["auto", "onnx", "torch"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, with the environment variable that sets it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SERVE_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    tracking_uri: str = Field(
+        DEFAULT_TRACKING_URI,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "SERVE_TRACKING_URI"),
+        description="MLflow tracking/registry store the model is read from.",
+    )
+    model_uri: str = Field(
+        DEFAULT_MODEL_URI,
+        validation_alias=AliasChoices("MODEL_URI", "SERVE_MODEL_URI"),
+        description="What to serve: an alias URI is followed as it moves; any URI that "
+        "registry.resolve accepts (models:/name/3, models:/name/Production, runs:/..., a "
+        "folder) is served as given.",
+    )
+    host: str = Field("127.0.0.1", description="Address uvicorn binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port uvicorn binds.")
+    reload_interval: float = Field(
+        10.0, gt=0, description="Seconds between checks of the alias the service follows."
+    )
+    max_upload_bytes: int = Field(
+        10 * MIB, ge=1024, description="Largest request body; bigger ones get 413."
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Largest image (width x height) decoded; bigger ones get 422 unread.",
+    )
+    batch_size: int = Field(32, ge=1, le=1024, description="Most images per forward pass.")
+    batch_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        description="Longest wait for more images to join a batch, only while other "
+        "requests are still being decoded.",
+    )
+    max_batch_images: int = Field(
+        64, ge=1, description="Most images in one /predict/batch request."
+    )
+    top_k: int = Field(5, ge=1, description="Default length of the top_k list.")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for /admin routes; unset turns them off (401)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS, comma-separated."
+    )
+    engine: Engine = Field(
+        "auto",
+        description="auto: torch+CUDA on a GPU, else the version's ONNX export with ONNX "
+        "Runtime, else torch; onnx or torch to force one.",
+    )
+    decode_threads: int = Field(
+        0, ge=0, description="Threads that decode uploads; 0 means one per CPU core."
+    )
+    ui_url: str | None = Field(
+        None,
+        description="Base URL of the MLflow UI for /model's links; default: the tracking "
+        "server itself, or `make ui`'s http://127.0.0.1:5000 for a local store.",
+    )
+    log_level: str = Field("info", description="uvicorn's log level.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @property
+    def decode_workers(self) -> int:
+        return self.decode_threads or max(1, os.cpu_count() or 1)
+
+
+def variable_name(field: str) -> str:
+    """The environment variable that sets ``field`` (MODEL_URI, SERVE_PORT, ...)."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"SERVE_{field.upper()}"
+
+
+def environment_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, as the README lists them."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = ",".join(default) if isinstance(default, list) else default
+        rows.append(
+            (variable_name(name), "" if shown is None else str(shown), field.description or "")
+        )
+    return rows
