@@ -18,7 +18,7 @@ DEMO_PARAMS ?= -P products=2000 -P arch=resnet18 -P image_size=48 -P epochs=20 \
 	-P batch_size=32 -P lr=0.002 -P trainable_layers=all
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format ui stack stack-down stack-status results bench clean
+.PHONY: help install demo serve test test-fast lint format ui stack stack-down stack-status results bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -32,8 +32,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project with its dev tools
 
-demo: $(STAMP) ## run the whole pipeline on the demo export (sqlite store, local artifacts)
+demo: $(STAMP) ## run the whole pipeline on the demo export, then ask the service about one photo
 	$(MLFLOW_RUN) -e main $(DEMO_PARAMS)
+	$(BIN)/python -m serve.try_it
+
+serve: $(STAMP) ## serve the production model on http://127.0.0.1:8000 (SERVE_* settings, see README)
+	$(BIN)/python -m serve
 
 test: $(STAMP) ## run every test, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -67,6 +71,7 @@ results: $(STAMP) ## print the baselines results table (markdown) from the track
 bench: $(STAMP) ## run the benchmarks in bench/ (figures to bench/results/)
 	$(BIN)/python bench/clean_images.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/serve.py
 
 clean: ## remove the demo data, the local store and the venv
 	rm -rf data mlruns mlartifacts mlflow.db .stack $(VENV)

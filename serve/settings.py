@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="uvicorn's log level.")
 
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: object) -> object:
+        """An empty SERVE_ADMIN_TOKEN turns admin off; it never makes '' a valid token."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

@@ -9,6 +9,7 @@ promotion-under-load, tracking-server-down and fuzz tests, a real ``python -m se
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -654,3 +655,54 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(live_service):
             assert response.status_code < 500, (case.method, case.path, response.text[:300])
 
         never_a_server_error()
+
+
+# ----------------------------------------------------------------------------- shipping
+
+
+def test_a_blank_admin_token_turns_admin_off(monkeypatch):
+    monkeypatch.setenv("SERVE_ADMIN_TOKEN", "  ")
+    assert Settings().admin_token is None
+
+
+def test_the_service_ships_as_a_non_root_image_beside_the_mlflow_server():
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    services = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]
+    serve = services["serve"]
+    assert serve["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert serve["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    dockerfile = (root / serve["build"]["context"] / serve["build"]["dockerfile"]).read_text()
+    assert "download.pytorch.org/whl/cpu" in dockerfile
+    assert "USER serve" in dockerfile and "HEALTHCHECK" in dockerfile
+    assert 'CMD ["python", "-m", "serve"]' in dockerfile
+
+
+def test_try_it_sends_a_photo_to_a_real_service_and_prints_the_answer(store, tmp_path):
+    photo = tmp_path / "sofa.jpg"
+    photo.write_bytes(PHOTOS[1])
+    set_alias(store, GOOD)
+    done = subprocess.run(
+        [sys.executable, "-m", "serve.try_it", "--photo", str(photo)],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"curl -F image=@{photo}" in done.stdout
+    assert '"category"' in done.stdout and "make serve" in done.stdout
+
+
+def test_try_it_without_demo_data_is_a_one_line_error(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "serve.try_it", "--clean", str(tmp_path / "none")],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: no ") and "make demo" in done.stderr
