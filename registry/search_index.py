@@ -718,13 +718,12 @@ def download_index(run_id: str, dst: Path | str, client: MlflowClient | None = N
     partial.mkdir(parents=True)
     tracking = client.tracking_uri if client is not None else None
     try:
-        for name in FILES:
-            mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=f"{ARTIFACT_PATH}/{name}",
-                dst_path=str(partial),
-                tracking_uri=tracking,
-            )
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=ARTIFACT_PATH, dst_path=str(partial), tracking_uri=tracking
+        )
+        absent = [name for name in FILES if not (partial / ARTIFACT_PATH / name).is_file()]
+        if absent:
+            raise SearchIndexError(f"run {run_id} has no {', '.join(absent)} in {ARTIFACT_PATH}/")
     except Exception as exc:  # MlflowException, OSError, botocore errors: all one line
         shutil.rmtree(partial, ignore_errors=True)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
