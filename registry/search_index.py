@@ -160,7 +160,7 @@ def build_index(
     nlist: int | None = None,
     nprobe: int | None = None,
     pq_m: int | None = None,
-    train_size: int = 100_000,
+    train_size: int = 50_000,
     seed: int = 0,
     copy: bool = True,
 ) -> faiss.Index:
@@ -190,7 +190,8 @@ def build_index(
         m = pq_m or default_pq_m(dim)
         if dim % m:
             raise ValueError(f"pq_m={m} must divide the dimension {dim}")
-        bits = PQ_BITS if n >= 2**PQ_BITS * 4 else max(1, int(math.log2(max(n // 4, 2))))
+        # 8-bit codebooks want 39 x 256 training points; fewer vectors get smaller ones.
+        bits = max(1, min(PQ_BITS, int(math.log2(max(n // IVF_MIN_POINTS_PER_LIST, 2)))))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFPQ(quantizer, dim, lists, m, bits, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
@@ -219,6 +220,26 @@ def index_kind(index: faiss.Index) -> str:
 def index_bytes(index: faiss.Index) -> int:
     """The index's size as FAISS serialises it (about its size in memory)."""
     return int(_faiss().serialize_index(index).size)
+
+
+def memory_bytes(index: faiss.Index) -> int:
+    """What the index holds in memory (vectors or codes, links, ids, centroids), in bytes.
+
+    Computed from its arrays, so it costs nothing even for a catalogue of gigabytes.
+    """
+    faiss = _faiss()
+    typed = faiss.downcast_index(index)
+    n, dim = int(typed.ntotal), int(typed.d)
+    if isinstance(typed, faiss.IndexHNSW):
+        graph = typed.hnsw
+        links = graph.neighbors.size() * 4 + graph.offsets.size() * 8 + graph.levels.size() * 4
+        return n * dim * 4 + int(links)
+    if isinstance(typed, faiss.IndexIVFPQ):
+        codes = n * (int(typed.code_size) + 8)  # a code and an int64 id per vector
+        centroids = int(typed.nlist) * dim * 4 + int(typed.pq.centroids.size()) * 4
+        direct_map = int(typed.direct_map.array.size()) * 8  # row -> list position
+        return codes + centroids + direct_map + int(typed.precomputed_table.size()) * 4
+    return n * int(typed.code_size)
 
 
 def search_settings(index: faiss.Index) -> dict[str, int]:
@@ -343,6 +364,8 @@ class SearchIndex:
         )
         self._image_rows = {image_id: row for row, image_id in enumerate(self._image_ids)}
         self._category_rows: dict[str, np.ndarray] = {}
+        self._category_products: dict[str, int] = {}
+        self._selectors: dict[str, Any] = {}  # category -> faiss.IDSelectorBatch of its rows
         self._apply_settings(manifest.get("search", {}))
 
     # -- loading
@@ -488,7 +511,8 @@ class SearchIndex:
         if candidates is not None:
             excluded_rows = np.intersect1d(excluded_rows, candidates)
         rows_total = len(self) if candidates is None else len(candidates)
-        wanted = min(k, self._products_among(candidates) - (1 if len(excluded_rows) else 0))
+        listings = self._products_among(category)
+        wanted = min(k, listings - (1 if len(excluded_rows) else 0))
         if wanted <= 0 or len(queries) == 0:
             return [[] for _ in range(len(queries))]
         # Over-fetch rows: a listing's other photos and the excluded listing take places.
@@ -496,7 +520,7 @@ class SearchIndex:
         answers: list[list[SearchResult]] = [[] for _ in range(len(queries))]
         pending = np.arange(len(queries))
         while len(pending):
-            scores, rows = self._search_rows(queries[pending], fetch, candidates)
+            scores, rows = self._search_rows(queries[pending], fetch, category)
             exhausted = fetch >= rows_total
             still = []
             for slot, query_scores, query_rows in zip(pending, scores, rows, strict=True):
@@ -539,39 +563,38 @@ class SearchIndex:
             raise ValueError(
                 f"unknown category {category!r}: expected one of {', '.join(self.categories)}"
             )
-        if category not in self._category_rows:
+        if category not in self._category_rows:  # computed once per category, then shared
             rows = np.flatnonzero(self._row_categories == category).astype(np.int64)
+            self._category_products[category] = len(set(self._product_ids[rows]))
+            self._selectors[category] = _faiss().IDSelectorBatch(rows)
             self._category_rows[category] = rows
         return self._category_rows[category]
 
-    def _products_among(self, rows: np.ndarray | None) -> int:
-        if rows is None:
-            return self.num_products
-        return len(set(self._product_ids[rows]))
+    def _products_among(self, category: str | None) -> int:
+        return self.num_products if category is None else self._category_products[category]
 
     def _search_rows(
-        self, queries: np.ndarray, fetch: int, candidates: np.ndarray | None
+        self, queries: np.ndarray, fetch: int, category: str | None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's top ``fetch`` rows (of ``category`` only, when given) for each query."""
         faiss = _faiss()
         index = self._typed
         kind = self.kind
-        selector = None if candidates is None else faiss.IDSelectorBatch(candidates)
         if kind == "hnsw":
             params = faiss.SearchParametersHNSW()
             params.efSearch = max(int(index.hnsw.efSearch), fetch)
         elif kind == "ivfpq":
             params = faiss.SearchParametersIVF()
             params.nprobe = int(index.nprobe)
-            # A narrow filter leaves few matches in the probed lists: probe more of them.
-            if candidates is not None and len(self):
-                share = len(candidates) / len(self)
+            if category is not None and len(self):
+                # A narrow filter leaves few matches in the probed lists: probe more of them.
+                share = len(self._category_rows[category]) / len(self)
                 params.nprobe = min(int(index.nlist), math.ceil(index.nprobe / max(share, 1e-6)))
         else:
             params = faiss.SearchParameters()
-        if selector is not None:
-            params.sel = selector
-        scores, rows = index.search(queries, fetch, params=params)
-        return scores, rows
+        if category is not None:
+            params.sel = self._selectors[category]
+        return index.search(queries, fetch, params=params)
 
     def _dedup(
         self, scores: np.ndarray, rows: np.ndarray, k: int, excluded: str | None

@@ -136,6 +136,13 @@ def test_ivfpq_compresses_vectors() -> None:
     assert search_index.search_settings(ivfpq)["nprobe"] >= 1
 
 
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_memory_bytes_is_about_the_serialised_size(kind: str) -> None:
+    index = build_index(clustered(3000, 64, seed=5), kind)
+    serialised = search_index.index_bytes(index)
+    assert search_index.memory_bytes(index) == pytest.approx(serialised, rel=0.05)
+
+
 def test_recall_at_counts_the_share_of_exact_rows_found() -> None:
     exact = np.array([[1, 2, 3, 4], [5, 6, -1, -1]])
     assert recall_at(np.array([[1, 2, 9, 9], [6, 5, 1, 1]]), exact, 4) == pytest.approx(0.75)
