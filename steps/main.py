@@ -2,7 +2,8 @@
 
 Order: ``ingest`` (when ``--source`` is given) or ``demo_data`` (when the raw folder has no
 export yet) -> ``clean_tabular`` -> ``clean_images`` -> ``baselines`` -> ``train`` ->
-``promote`` (the version this pipeline trained).
+``index`` (the search index of the version this pipeline trained) -> ``promote`` (that
+version, so a promoted version always has its index).
 
 A step is skipped when a finished run of it exists with the same parameters, the same
 inputs (file names, sizes and modification times), the same code, and outputs that are
@@ -216,6 +217,27 @@ def plan(args: argparse.Namespace) -> list[Step]:
     return steps
 
 
+def index_step(args: argparse.Namespace, version: str) -> Step:
+    """The search index of ``version``, over the clean data training read."""
+    clean = Path(args.clean)
+    return Step(
+        "index",
+        {
+            "model_uri": f"models:/{args.model_name}/{version}",
+            "model_name": args.model_name,
+            "clean": str(clean),
+            "clean_size": str(args.size),
+            "kind": args.index_kind,
+        },
+        inputs=[
+            clean / "images.parquet",
+            clean / "products.parquet",
+            clean / "categories.json",
+            clean / "images" / str(args.size),
+        ],
+    )
+
+
 def _made_by_demo(raw: Path) -> bool:
     """True when ``raw`` holds an export that demo_data wrote (so demo_data may refresh it)."""
     from steps.demo_data import MARKER
@@ -258,6 +280,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--trainable-layers", default="1", help="0..5 or all")
     parser.add_argument("--model-name", default="marketplace-classifier")
+    parser.add_argument(
+        "--index-kind", default="auto", help="search index kind: auto, flat, hnsw or ivfpq"
+    )
     parser.add_argument("--baselines", type=str_to_bool, default=True, help="run the baselines")
     parser.add_argument(
         "--promote", type=str_to_bool, default=True, help="promote the trained version"
@@ -278,8 +303,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_ids: dict[str, str] = {}
         for step in plan(args):
             run_ids[step.entry_point] = run_step(step, parent, experiment, code)
-        mlflow.log_dict(run_ids, "pipeline_runs.json")
         version = registered_version(client, args.model_name, run_ids["train"])
+        if version is not None:
+            run_ids["index"] = run_step(index_step(args, version), parent, experiment, code)
+        mlflow.log_dict(run_ids, "pipeline_runs.json")
         if version is None:
             log.warning("training registered no version of %s: nothing to promote", args.model_name)
             return

@@ -88,19 +88,30 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
     experiment = client.get_experiment_by_name("pipeline")
     runs = client.search_runs([experiment.experiment_id])
     by_name = {run.info.run_name: run for run in runs}
-    assert {"main", "demo_data", "clean_tabular", "clean_images", "train", "promote"} <= set(
-        by_name
-    )
+    assert {
+        "main",
+        "demo_data",
+        "clean_tabular",
+        "clean_images",
+        "train",
+        "index",
+        "promote",
+    } <= set(by_name)
     parent = by_name["main"].info.run_id
-    for name in ("demo_data", "clean_tabular", "clean_images", "train"):
+    for name in ("demo_data", "clean_tabular", "clean_images", "train", "index"):
         assert by_name[name].info.status == "FINISHED"
         assert by_name[name].data.tags["mlflow.parentRunId"] == parent
     production = client.get_model_version_by_alias("marketplace-classifier", "production")
     assert production.run_id == by_name["train"].info.run_id
+    index_run = by_name["index"]
+    assert production.tags["search_index_run"] == index_run.info.run_id, "indexed, then promoted"
+    assert index_run.data.tags["model_version"] == str(production.version)
+    assert index_run.info.end_time <= by_name["promote"].info.start_time
+    assert index_run.data.metrics["vectors"] > 0
 
     second = _mlflow_run(root, params, env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stderr.count("skipping") == 4, second.stderr[-3000:]
+    assert second.stderr.count("skipping") == 5, second.stderr[-3000:]
     after = client.search_runs([experiment.experiment_id])
     assert len(after) == len(runs) + 1, "only a new main run"
     assert len(client.search_model_versions("name = 'marketplace-classifier'")) == 1
