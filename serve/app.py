@@ -8,20 +8,24 @@ batcher and the decode pool, and stops them on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.holder import ModelHolder
@@ -34,12 +38,17 @@ from serve.schemas import (
     CapstonePrediction,
     CategoryScore,
     Health,
+    IndexInfo,
+    Listing,
+    ListingDetail,
     ModelInfo,
     ModelRef,
     Prediction,
     Problem,
     Readiness,
     ReloadResult,
+    SearchAnswer,
+    SimilarAnswer,
     UploadProblem,
 )
 from serve.settings import Settings
@@ -55,6 +64,10 @@ UPLOAD_ERRORS = {
     503: {"model": Problem, "description": "No model loaded yet (see Retry-After)."},
 }
 IMAGE_HELP = "The photo: JPEG, PNG, WebP, GIF, BMP or TIFF, as a multipart file field."
+STATIC = Path(__file__).resolve().parent / "static"
+DEFAULT_RESULTS = 12
+MAX_RESULTS = 100
+THUMBNAIL_CACHE = "public, max-age=86400"
 
 
 # ----------------------------------------------------------------------------- middleware
@@ -174,9 +187,20 @@ def get_model(request: Request, holder: Annotated[ModelHolder, Depends(get_holde
     return model
 
 
+def get_searchable_model(model: Annotated[ServedModel, Depends(get_model)], request: Request):
+    """The serving version, when it has a search index; else 503 with the command to build it."""
+    if model.index is None:
+        retry = str(math.ceil(request.app.state.settings.reload_interval))
+        raise HTTPException(
+            503, model.index_problem or "no search index", headers={"Retry-After": retry}
+        )
+    return model
+
+
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 ModelDep = Annotated[ServedModel, Depends(get_model)]
+SearchableDep = Annotated[ServedModel, Depends(get_searchable_model)]
 bearer = HTTPBearer(auto_error=False, description="SERVE_ADMIN_TOKEN")
 
 
@@ -226,6 +250,49 @@ def _prediction(model: ServedModel, result: ImageResult, k: int) -> Prediction:
     )
 
 
+def _listings(results) -> list[Listing]:
+    return [
+        Listing(
+            product_id=r.product_id,
+            name=r.name,
+            price=r.price,
+            location=r.location,
+            category=r.category,
+            score=round(float(r.score), 6),
+            thumbnail_url=f"/thumbnails/{r.image_id}.jpg",
+        )
+        for r in results
+    ]
+
+
+def _checked_category(model: ServedModel, category: str | None) -> str | None:
+    if category is None or category == "":
+        return None
+    known = model.index.categories if model.index is not None else model.categories
+    if category not in known:
+        raise HTTPException(422, f"unknown category {category!r}: use one of {', '.join(known)}")
+    return category
+
+
+def _checked_k(k: int) -> int:
+    if not 1 <= k <= MAX_RESULTS:
+        raise HTTPException(422, f"k must be between 1 and {MAX_RESULTS}, got {k}")
+    return k
+
+
+def _index_info(model: ServedModel) -> IndexInfo:
+    if model.index is None:
+        return IndexInfo(available=False, problem=model.index_problem)
+    info = model.index.info()
+    return IndexInfo(
+        available=True,
+        run_id=info.get("run_id"),
+        kind=info.get("kind"),
+        vectors=info.get("vectors"),
+        listings=info.get("products"),
+    )
+
+
 def _checked_top_k(model: ServedModel, top_k: int | None, default: int) -> int:
     classes = len(model.categories)
     if top_k is None:
@@ -254,7 +321,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder = ModelHolder(settings, metrics)
+        cache = None if settings.cache_dir else tempfile.TemporaryDirectory(prefix="serve-")
+        index_cache = settings.cache_dir or Path(cache.name)
+        holder = ModelHolder(settings, metrics, index_cache=index_cache)
         batcher = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, metrics)
         classifier = Classifier(batcher, settings.decode_workers, metrics)
         app.state.holder = holder
@@ -267,6 +336,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await holder.stop()
             await batcher.stop()
             classifier.close()
+            if cache is not None:
+                cache.cleanup()
 
     app = FastAPI(
         title="Marketplace search",
@@ -281,6 +352,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(
@@ -407,6 +479,7 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
             last_check=holder.last_check,
             last_check_error=holder.last_check_error,
             last_reload_error=holder.last_error,
+            index=_index_info(model),
         )
 
     @app.get(
@@ -455,3 +528,98 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
             Category=model.categories[best],
             Probabilities=[float(p) for p in result.probabilities],
         )
+
+    @app.post(
+        "/search",
+        response_model=SearchAnswer,
+        responses={
+            **UPLOAD_ERRORS,
+            503: {"model": Problem, "description": "No model or no index yet."},
+        },
+        tags=["search"],
+    )
+    async def search(
+        model: SearchableDep,
+        classifier: ClassifierDep,
+        image: Annotated[UploadFile, File(description=IMAGE_HELP)],
+        k: Annotated[int, Form(description="How many listings (1..100).")] = DEFAULT_RESULTS,
+        category: Annotated[str | None, Form(description="Only listings of this category.")] = None,
+        exclude_product: Annotated[str | None, Form(description="Leave this listing out.")] = None,
+    ) -> SearchAnswer:
+        """A photo's category and the most similar listings (a listing's photos count once)."""
+        k = _checked_k(k)
+        wanted = _checked_category(model, category)
+        result = await _classify_one(classifier, model, image)
+        [found] = await asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: model.index.search(
+                result.embedding[None, :], k, wanted, exclude_product or None
+            ),
+        )
+        answer = _prediction(model, result, len(model.categories))
+        return SearchAnswer(**dict(answer), results=_listings(found))
+
+    @app.get(
+        "/listings/{product_id}",
+        response_model=ListingDetail,
+        responses={404: {"model": Problem}, 503: {"model": Problem}},
+        tags=["search"],
+    )
+    async def listing(product_id: str, model: SearchableDep) -> ListingDetail:
+        """A listing of the indexed catalogue: name, price, location, category, photos."""
+        record = model.index.listing(product_id)
+        if record is None:
+            raise HTTPException(404, f"no listing {product_id!r} in the search index")
+        return ListingDetail(
+            product_id=str(record["product_id"]),
+            name=str(record["name"]),
+            price=record.get("price"),
+            location=record.get("location"),
+            category=str(record["category"]),
+            url=record.get("url"),
+            thumbnail_urls=[f"/thumbnails/{i}.jpg" for i in record.get("image_ids", [])],
+        )
+
+    @app.get(
+        "/listings/{product_id}/similar",
+        response_model=SimilarAnswer,
+        responses={404: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+        tags=["search"],
+    )
+    async def similar(
+        product_id: str,
+        model: SearchableDep,
+        k: int = DEFAULT_RESULTS,
+        category: str | None = None,
+    ) -> SimilarAnswer:
+        """Listings similar to one already in the catalogue (no upload), itself left out."""
+        k = _checked_k(k)
+        wanted = _checked_category(model, category)
+        found = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: model.index.similar_to_listing(product_id, k, wanted)
+        )
+        if found is None:
+            raise HTTPException(404, f"no listing {product_id!r} in the search index")
+        return SimilarAnswer(
+            product_id=product_id, model=_model_ref(model), results=_listings(found)
+        )
+
+    @app.get(
+        "/thumbnails/{image_id}.jpg",
+        response_class=FileResponse,
+        responses={404: {"model": Problem}, 503: {"model": Problem}},
+        tags=["search"],
+    )
+    async def thumbnail(image_id: str, model: SearchableDep) -> FileResponse:
+        """A small JPEG of an indexed photo (from the index run's artifacts)."""
+        path = model.index.thumbnail_path(image_id)
+        if path is None:
+            raise HTTPException(404, f"no thumbnail for image {image_id!r}")
+        return FileResponse(
+            path, media_type="image/jpeg", headers={"Cache-Control": THUMBNAIL_CACHE}
+        )
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        """The web page: a photo in, its category and similar listings out."""
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))

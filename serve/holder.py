@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 from registry.resolve import ResolvedModel, resolve_model
 from registry.store import RegistryError, connect
-from serve.loader import LoadError, ServedModel, load_served_model
+from serve.loader import LoadError, ServedModel, load_search_index, load_served_model
 from serve.metrics import ServiceMetrics
 from serve.settings import Settings
 
@@ -49,9 +51,12 @@ class CheckResult:
 class ModelHolder:
     """Holds the served :class:`ServedModel` and keeps it in step with the registry."""
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: ServiceMetrics, index_cache: Path | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.index_cache = index_cache
         self.current: ServedModel | None = None
         self.reason = "starting: the first model is being looked up"
         self.last_error: str | None = None
@@ -109,7 +114,19 @@ class ModelHolder:
             batch_size=self.settings.batch_size,
             client=client,
             ui_url=self.settings.ui_url,
+            index_cache=self.index_cache,
         )
+
+    def _find_index(self, current: ServedModel, resolved: ResolvedModel) -> ServedModel | None:
+        """``current`` with its search index, if one was built since it loaded."""
+        client = connect(self.settings.tracking_uri)
+        index, problem = load_search_index(
+            resolved, client, self.index_cache, current.embedding_dim
+        )
+        if index is None:
+            current.index_problem = problem
+            return None
+        return dataclasses.replace(current, index=index, index_problem=None)
 
     async def check(self, force: bool = False) -> CheckResult:
         """Resolve the URI; load and swap in the version it names if that is new.
@@ -132,6 +149,12 @@ class ModelHolder:
             key = resolved.load_uri
             current = self.current
             if current is not None and current.key == key:
+                if current.index is None and self.index_cache is not None:
+                    with_index = await asyncio.to_thread(self._find_index, current, resolved)
+                    if with_index is not None:
+                        self.current = with_index
+                        log.info("search index of %s loaded", current.details.label)
+                        return CheckResult("loaded", "search index loaded", resolved.version)
                 return CheckResult("unchanged", "already serving it", resolved.version)
             if key == self._failed_key and not force:
                 return CheckResult("skipped", self.last_error or "", resolved.version)

@@ -30,6 +30,7 @@ from registry.export import NotAClassifier, read_logged_classifier
 from registry.imaging import load_normalized
 from registry.model import decode_image_value
 from registry.resolve import ResolvedModel
+from registry.search_index import SearchIndex, SearchIndexError, load_index_for_version
 from registry.smoke import input_example_images, synthetic_images
 from serve.engines import Engine, EngineUnavailable, build_engine
 
@@ -57,6 +58,7 @@ class ModelDetails:
     categories: list[str]
     arch: str
     image_size: int
+    embedding_dim: int
     engine: str
     loaded_at: datetime
     load_seconds: float
@@ -86,10 +88,16 @@ class ServedModel:
     engine: Engine
     max_pixels: int
     key: str
+    index: SearchIndex | None = None
+    index_problem: str | None = None
 
     @property
     def categories(self) -> list[str]:
         return self.details.categories
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.details.embedding_dim
 
     def preprocess(self, data: bytes) -> np.ndarray:
         """One upload to the network's input (see :func:`read_pixels`)."""
@@ -182,8 +190,13 @@ def load_served_model(
     batch_size: int,
     client=None,
     ui_url: str | None = None,
+    index_cache: Path | None = None,
 ) -> ServedModel:
-    """Download, build, warm and check the version ``resolved`` names (see the module doc)."""
+    """Download, build, warm and check the version ``resolved`` names (see the module doc).
+
+    With ``index_cache`` the version's search index is fetched too (into that folder); a
+    version without one still serves ``/predict``, and ``index_problem`` says why.
+    """
     started = time.perf_counter()
     what = f"version {resolved.version} of {resolved.name}" if resolved.name else resolved.uri
     try:
@@ -195,7 +208,7 @@ def load_served_model(
             example = _example_pixels(
                 folder, lambda data: read_pixels(data, config.image_size, max_pixels)
             )
-        probabilities, _ = built.forward(example)
+        probabilities, embedding = built.forward(example)
         check_probabilities(probabilities, len(example), config.num_classes)
         warm = np.repeat(example[:1], max(1, batch_size), axis=0)
         built.forward(warm)  # the engine sizes its buffers for a full batch
@@ -217,6 +230,7 @@ def load_served_model(
         categories=list(config.categories),
         arch=config.arch,
         image_size=config.image_size,
+        embedding_dim=int(embedding.shape[1]),
         engine=built.name,
         loaded_at=datetime.now(UTC),
         load_seconds=time.perf_counter() - started,
@@ -224,5 +238,34 @@ def load_served_model(
         source=resolved.load_uri,
     )
     model = ServedModel(details=details, engine=built, max_pixels=max_pixels, key=resolved.load_uri)
+    if index_cache is not None:
+        model.index, model.index_problem = load_search_index(
+            resolved, client, index_cache, details.embedding_dim
+        )
     log.info("loaded %s with %s in %.1f s", what, built.name, model.details.load_seconds)
     return model
+
+
+def load_search_index(
+    resolved: ResolvedModel, client, cache: Path, dim: int
+) -> tuple[SearchIndex | None, str | None]:
+    """The version's search index, or None and why (a missing index never fails a load)."""
+    if resolved.name is None or resolved.version is None or client is None:
+        return None, (
+            f"the service serves {resolved.uri}, not a registered version: search needs a "
+            "version's index (serve models:/<name>@<alias> or models:/<name>/<version>)"
+        )
+    try:
+        index = load_index_for_version(client, resolved.name, resolved.version, cache)
+    except SearchIndexError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a registry or storage hiccup: /predict still serves
+        return None, f"cannot load the search index: {type(exc).__name__}: {exc}"
+    if index.dim != dim:
+        return None, (
+            f"the search index has {index.dim}-dim vectors, the model {dim}: rebuild it with "
+            f"`mlflow run . -e index -P model_uri=models:/{resolved.name}/{resolved.version} "
+            "--env-manager local`"
+        )
+    log.info("search index of %s: %s", resolved.load_uri, index.info())
+    return index, None

@@ -118,6 +118,14 @@ class ModelInfo(BaseModel):
             "last_check": "2026-11-25T18:05:00Z",
             "last_check_error": None,
             "last_reload_error": None,
+            "index": {
+                "available": True,
+                "run_id": "9d1e...",
+                "kind": "flat",
+                "vectors": 6000,
+                "listings": 2000,
+                "problem": None,
+            },
         }
     )
     name: str | None
@@ -140,6 +148,95 @@ class ModelInfo(BaseModel):
     last_reload_error: str | None = Field(
         description="Why the last version tried was not swapped in (None after a success)."
     )
+    index: IndexInfo
+
+
+EXAMPLE_LISTING = {
+    "product_id": "243809c0-9cfc-4486-ad12-3b7a16605ba9",
+    "name": "Oak dining table and 4 chairs",
+    "price": 120.0,
+    "location": "Leeds, West Yorkshire",
+    "category": "Home & Garden",
+    "score": 0.93,
+    "thumbnail_url": "/thumbnails/1a2b3c.jpg",
+}
+
+
+class Listing(BaseModel):
+    """A listing in search results: its best-matching photo stands for it."""
+
+    model_config = _examples(EXAMPLE_LISTING)
+    product_id: str
+    name: str
+    price: float | None = Field(description="Pounds; None when the listing gave none.")
+    location: str | None
+    category: str
+    score: float = Field(description="Cosine similarity of the best photo (1 = identical).")
+    thumbnail_url: str = Field(description="A small JPEG of that photo, served here.")
+
+
+class SearchAnswer(BaseModel):
+    """A photo's category, and the most similar listings, best first."""
+
+    model_config = _examples(
+        {
+            "category": "Home & Garden",
+            "probability": 0.81,
+            "top_k": EXAMPLE_TOP_K,
+            "model": EXAMPLE_MODEL,
+            "results": [EXAMPLE_LISTING],
+        }
+    )
+    category: str
+    probability: float = Field(ge=0, le=1)
+    top_k: list[CategoryScore]
+    model: ModelRef
+    results: list[Listing]
+
+
+class ListingDetail(BaseModel):
+    """One listing of the catalogue the index was built over."""
+
+    model_config = _examples(
+        {
+            **{k: v for k, v in EXAMPLE_LISTING.items() if k not in ("score", "thumbnail_url")},
+            "url": "https://www.gumtree.com/p/...",
+            "thumbnail_urls": ["/thumbnails/1a2b3c.jpg"],
+        }
+    )
+    product_id: str
+    name: str
+    price: float | None
+    location: str | None
+    category: str
+    url: str | None
+    thumbnail_urls: list[str]
+
+
+class SimilarAnswer(BaseModel):
+    """Listings similar to one in the catalogue (itself left out), best first."""
+
+    model_config = _examples(
+        {
+            "product_id": EXAMPLE_LISTING["product_id"],
+            "model": EXAMPLE_MODEL,
+            "results": [EXAMPLE_LISTING],
+        }
+    )
+    product_id: str
+    model: ModelRef
+    results: list[Listing]
+
+
+class IndexInfo(BaseModel):
+    """The served version's search index, or why there is none."""
+
+    available: bool
+    run_id: str | None = None
+    kind: str | None = None
+    vectors: int | None = None
+    listings: int | None = None
+    problem: str | None = Field(None, description="Why /search answers 503, and the fix.")
 
 
 class ReloadResult(BaseModel):

@@ -8,6 +8,7 @@ Nothing is read at import time: :func:`Settings` reads the environment when it i
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
     )
     decode_threads: int = Field(
         0, ge=0, description="Threads that decode uploads; 0 means one per CPU core."
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where search indexes (and their thumbnails) are downloaded; default: a "
+        "temporary folder removed at shutdown.",
     )
     ui_url: str | None = Field(
         None,

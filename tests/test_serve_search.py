@@ -1,0 +1,281 @@
+"""Search in the service: /search, /listings, thumbnails, the web page, in a real browser.
+
+A small real version (resnet18, random weights, 32 px) over the cleaned demo export's
+categories is registered in a throwaway store and indexed by the ``index`` step; a second
+version has no index yet. The service is run through Starlette's TestClient (the lifespan
+loads model and index in the background, as under uvicorn) and, for the browser test, as
+a real ``python -m serve`` driven by headless Chromium through Playwright.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from serve.app import create_app
+from serve.settings import Settings
+from tests.conftest import DEMO_CLEAN_SIZE
+from tests.served_versions import NAME, running_service, set_alias, wait_until
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _register(uri: str, clean: Path, seed: int) -> int:
+    import mlflow
+    import torch
+
+    from registry.model import ClassifierConfig, build_network, log_classifier, register_classifier
+
+    categories = json.loads((clean / "categories.json").read_text())
+    torch.manual_seed(seed)
+    net = build_network("resnet18", len(categories)).eval()
+    config = ClassifierConfig(arch="resnet18", categories=categories, image_size=32)
+    example = next((clean / "images" / str(DEMO_CLEAN_SIZE)).glob("*.jpg")).read_bytes()
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("search") or client.get_experiment(
+        client.create_experiment("search")
+    )
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
+        info = log_classifier(net, config, example_image=example)
+    return int(register_classifier(info.model_uri, model_name=NAME).version)
+
+
+def build_index(uri: str, clean: Path, version: int) -> str:
+    """Run the index step for ``version`` (as `mlflow run . -e index` would); its run id."""
+    from steps import index as index_step
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", "search")
+        for variable in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+            patch.delenv(variable, raising=False)
+        argv = ["--clean", str(clean), "--clean-size", str(DEMO_CLEAN_SIZE)]
+        return index_step.main([*argv, "--model-uri", f"models:/{NAME}/{version}"])
+
+
+@pytest.fixture(scope="module")
+def search_store(demo_clean: Path, tmp_path_factory) -> tuple[str, Path]:
+    """A store with version 1 (indexed, in production) and version 2 (no index yet)."""
+    import mlflow
+
+    folder = tmp_path_factory.mktemp("search-store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        first = _register(uri, demo_clean, seed=0)
+        _register(uri, demo_clean, seed=1)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    build_index(uri, demo_clean, first)
+    set_alias(uri, first)
+    return uri, folder
+
+
+@pytest.fixture
+def store(search_store, tmp_path: Path) -> str:
+    """A private copy of the registry (artifacts shared) with version 1 in production."""
+    _, folder = search_store
+    (tmp_path / "store").mkdir()
+    shutil.copy2(folder / "mlflow.db", tmp_path / "store" / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+def settings_for(uri: str, **overrides) -> Settings:
+    return Settings(tracking_uri=uri, reload_interval=0.2, **overrides)
+
+
+def wait_searchable(client: TestClient, version: int = 1) -> dict:
+    def ready():
+        reply = client.get("/model")
+        body = reply.json() if reply.status_code == 200 else {}
+        return body if body.get("version") == version and body["index"]["available"] else None
+
+    return wait_until(ready, what=f"version {version} with its search index")
+
+
+@pytest.fixture
+def client(store: str) -> Iterator[TestClient]:
+    with TestClient(create_app(settings_for(store))) as test_client:
+        wait_searchable(test_client)
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def photos(demo_clean: Path, demo_raw: Path) -> pd.DataFrame:
+    """Test-split photos of the demo export, with their raw bytes and listing."""
+    images = pd.read_parquet(demo_clean / "images.parquet")
+    test = images[images["split"] == "test"].sort_values("image_id").head(6).copy()
+    test["data"] = [(demo_raw / f).read_bytes() for f in test["file"]]
+    return test
+
+
+def upload(data: bytes, name: str = "photo.jpg"):
+    return {"image": (name, data, "application/octet-stream")}
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+def test_search_answers_category_and_similar_listings(client, photos, demo_clean):
+    products = pd.read_parquet(demo_clean / "products.parquet").set_index("product_id")
+    photo = photos.iloc[0]
+    reply = client.post("/search", files=upload(photo["data"]), data={"k": "5"})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["model"]["version"] == 1
+    assert len(body["top_k"]) == len(json.loads((demo_clean / "categories.json").read_text()))
+    results = body["results"]
+    assert len(results) == 5
+    assert len({r["product_id"] for r in results}) == 5, "a listing's photos count once"
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    # The photo itself is in the catalogue: its own listing is the best match.
+    assert results[0]["product_id"] == photo["product_id"]
+    assert results[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    first = results[0]
+    listing = products.loc[first["product_id"]]
+    assert first["name"] == listing["name"] and first["category"] == listing["root_category"]
+    thumbnail = client.get(first["thumbnail_url"])
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(thumbnail.content)).size[0] > 0
+
+
+def test_search_filters_by_category_and_leaves_a_listing_out(client, photos):
+    photo = photos.iloc[1]
+    category = photo["root_category"]
+    reply = client.post(
+        "/search",
+        files=upload(photo["data"]),
+        data={"k": "3", "category": category, "exclude_product": photo["product_id"]},
+    )
+    assert reply.status_code == 200, reply.text
+    results = reply.json()["results"]
+    assert results and all(r["category"] == category for r in results)
+    assert photo["product_id"] not in {r["product_id"] for r in results}
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"k": "0"}, "k must be"),
+        ({"k": "101"}, "k must be"),
+        ({"category": "Spaceships"}, "unknown category"),
+    ],
+    ids=["k-zero", "k-too-big", "unknown-category"],
+)
+def test_search_refuses_bad_parameters(client, photos, data, words):
+    reply = client.post("/search", files=upload(photos.iloc[0]["data"]), data=data)
+    assert reply.status_code == 422 and words in reply.json()["detail"]
+
+
+def test_search_refuses_bad_photos_as_predict_does(client):
+    assert client.post("/search", files=upload(b"plain text")).status_code == 415
+    assert client.post("/search", files=upload(b"")).status_code == 422
+
+
+def test_listings_and_their_similar_listings(client, photos):
+    product = photos.iloc[2]["product_id"]
+    listing = client.get(f"/listings/{product}")
+    assert listing.status_code == 200
+    body = listing.json()
+    assert body["product_id"] == product and body["thumbnail_urls"]
+    assert client.get(body["thumbnail_urls"][0]).status_code == 200
+    similar = client.get(f"/listings/{product}/similar", params={"k": 4})
+    assert similar.status_code == 200
+    results = similar.json()["results"]
+    assert len(results) == 4 and product not in {r["product_id"] for r in results}
+    assert client.get("/listings/no-such-listing").status_code == 404
+    assert client.get("/listings/no-such-listing/similar").status_code == 404
+    assert client.get(f"/listings/{product}/similar", params={"k": 0}).status_code == 422
+    assert client.get("/thumbnails/no-such-image.jpg").status_code == 404
+
+
+def test_model_reports_the_index(client):
+    index = client.get("/model").json()["index"]
+    assert index["available"] and index["kind"] == "flat" and index["run_id"]
+    assert index["vectors"] >= index["listings"] > 0
+
+
+def test_a_version_without_index_still_predicts_and_search_says_how_to_build_it(
+    store, demo_clean, photos
+):
+    set_alias(store, 2)
+    with TestClient(create_app(settings_for(store))) as client:
+        wait_until(
+            lambda: client.get("/model").json().get("version") == 2,
+            what="version 2 loaded",
+        )
+        reply = client.post("/search", files=upload(photos.iloc[0]["data"]))
+        assert reply.status_code == 503 and reply.headers["Retry-After"]
+        assert "mlflow run . -e index" in reply.json()["detail"]
+        assert client.get("/listings/x").status_code == 503
+        assert client.post("/predict", files=upload(photos.iloc[0]["data"])).status_code == 200
+        # Built later, the index is picked up without a restart or a promotion.
+        build_index(store, demo_clean, 2)
+        wait_searchable(client, version=2)
+        assert client.post("/search", files=upload(photos.iloc[0]["data"])).status_code == 200
+
+
+def test_the_page_and_its_files_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'type="file"' in page.text and 'accept="image/*"' in page.text
+    assert client.get("/static/page.js").status_code == 200
+    assert client.get("/static/page.css").status_code == 200
+
+
+# ----------------------------------------------------------------------------- a browser
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_page_in_a_real_browser(store, photos, demo_clean, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(photos.iloc[0]["data"])
+    junk = tmp_path / "notes.jpg"
+    junk.write_bytes(b"this is not a photo")
+    env = {"MLFLOW_TRACKING_URI": store, "SERVE_RELOAD_INTERVAL": "0.5"}
+    with running_service(tmp_path / "service", env) as service, sync_playwright() as p:
+        import httpx
+
+        wait_until(
+            lambda: httpx.get(service.url + "/model").json().get("index", {}).get("available"),
+            what="the service with its index",
+        )
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+            page.goto(service.url + "/", timeout=60_000)
+            expect(page.locator("#model-state")).to_contain_text("version 1", timeout=60_000)
+            page.set_input_files("#photo", str(photo))
+            expect(page.locator("#category-answer")).not_to_be_empty(timeout=60_000)
+            categories = json.loads((demo_clean / "categories.json").read_text())
+            expect(page.locator("#bars li")).to_have_count(len(categories))
+            cards = page.locator("#results .card")
+            expect(cards.first).to_be_visible(timeout=60_000)
+            first_image = cards.first.locator("img")
+            expect(first_image).to_have_attribute("alt", re.compile(r"^Photo of .+"))
+            wait_until(
+                lambda: first_image.evaluate("img => img.complete && img.naturalWidth > 0"),
+                what="the first thumbnail to load",
+            )
+            # Clicking a listing shows the listings similar to it.
+            cards.first.locator("button").click()
+            expect(page.locator("#results-title")).to_contain_text("similar to", timeout=60_000)
+            # An invalid file shows the service's message.
+            page.set_input_files("#photo", str(junk))
+            expect(page.locator("#status")).to_contain_text("not an image", timeout=60_000)
+        finally:
+            browser.close()
