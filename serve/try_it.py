@@ -56,14 +56,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def multipart(field: str, path: Path) -> tuple[bytes, str]:
+def multipart(field: str, path: Path, fields: dict[str, str] | None = None) -> tuple[bytes, str]:
     """A multipart/form-data body with one file field (what `curl -F image=@photo` sends)."""
     boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in (fields or {}).items()
+    ]
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
         f'filename="{path.name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
     ).encode()
-    body = head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    body = b"".join(parts) + head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -83,6 +87,24 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
             pass
         time.sleep(0.5)
     raise TryError(f"the service was not ready within {timeout:.0f} s: {reason}")
+
+
+def show_similar(url: str, photo: Path, k: int = 3) -> None:
+    """Print the ``k`` listings most like the photo, or why search is not there yet."""
+    body, content_type = multipart("image", photo, {"k": str(k)})
+    request = urllib.request.Request(
+        url + "/search", data=body, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            results = json.loads(reply.read())["results"]
+    except urllib.error.HTTPError as exc:
+        print(f"no similar listings: {json.loads(exc.read() or b'{}').get('detail', exc)}")
+        return
+    print(f"\n$ curl -F image=@{photo} -F k={k} {url}/search   # the {k} most similar listings")
+    for result in results:
+        price = "no price" if result["price"] is None else f"£{result['price']:,.2f}"
+        print(f"  {result['score']:.3f}  {result['name']} ({result['category']}, {price})")
 
 
 def try_service(photo: Path, expected: str | None, timeout: float) -> dict:
@@ -111,6 +133,7 @@ def try_service(photo: Path, expected: str | None, timeout: float) -> dict:
             print(json.dumps(answer, indent=2))
             if expected is not None:
                 print(f"(the photo's listing is in {expected!r})")
+            show_similar(url, photo)
             return answer
         except TryError as exc:
             log.seek(0)
@@ -146,7 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     except TryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    print("\nRun it yourself: `make serve`, then open http://127.0.0.1:8000/docs")
+    print(
+        "\nRun it yourself: `make serve`, then open http://127.0.0.1:8000/ (the search page)"
+        " or http://127.0.0.1:8000/docs (the API)"
+    )
 
 
 if __name__ == "__main__":
