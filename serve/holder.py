@@ -78,8 +78,13 @@ class ModelHolder:
     @property
     def follows_alias(self) -> bool:
         """Whether the URI can move (an alias or a stage), as opposed to one fixed version."""
-        uri = self.settings.model_uri
-        return uri.startswith("models:/") and ("@" in uri or uri.rstrip("/").count("/") >= 2)
+        uri = self.settings.model_uri.strip()
+        if not uri.startswith("models:/"):
+            return False
+        if "@" in uri:
+            return True
+        suffix = uri.rstrip("/").rsplit("/", 1)[-1]
+        return uri.count("/") >= 2 and not suffix.split(".")[0].isdigit()
 
     async def _follow(self) -> None:
         delay = FIRST_RETRY_S

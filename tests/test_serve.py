@@ -427,7 +427,9 @@ def test_other_model_uris_are_served(store, uri_kind):
         uri = f"models:/{NAME}/{SECOND}"
     with TestClient(create_app(settings_for(store, model_uri=uri))) as client:
         wait_ready(client, SECOND)
-        assert client.get("/model").json()["source"] == f"models:/{NAME}/{SECOND}"
+        info = client.get("/model").json()
+    assert info["source"] == f"models:/{NAME}/{SECOND}"
+    assert info["follows"] is (uri_kind == "stage"), "a stage moves; a version number does not"
 
 
 # ----------------------------------------------------------------------------- engines
