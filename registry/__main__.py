@@ -19,7 +19,7 @@ DEFAULT_CLEAN = "data/clean"
 DEFAULT_METRIC = "test_accuracy"  # registry.promotion.DEFAULT_METRIC, kept here to stay light
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m registry",
         description="Inspect and promote versions of a registered model.",
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> None:
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     try:
         run_command(args)
     except Exception as exc:

@@ -32,13 +32,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from registry.clean_data import IMAGES_DIR, image_folder
 from registry.imaging import load_normalized
 from steps import runtime
 from steps.runtime import StepError, check_tracking_server, cli, log_params, start_run
 
 log = logging.getLogger(__name__)
 
-IMAGES_DIR = "images"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 JPEG_QUALITY = 90
 MIN_SIZE = 8
@@ -197,7 +197,7 @@ def clean_images(
             f"no image files in {images_dir} (expected {', '.join(IMAGE_SUFFIXES)}); "
             "check the export or --raw"
         )
-    target_dir = out / IMAGES_DIR / str(size)
+    target_dir = image_folder(out, size)
     target_dir.mkdir(parents=True, exist_ok=True)
 
     jobs: list[Job] = []
@@ -268,7 +268,7 @@ def log_to_mlflow(stats: dict[str, Any], params: dict[str, Any]) -> None:
         mlflow.log_dict({"failures": stats["failures"]}, "failures.json")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     from steps.runtime import non_negative_int, whole_number
 
     parser = runtime.ArgumentParser(
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     stats = clean_images(args.raw, args.out, size=args.size, workers=args.workers)
     print(
         f"done {stats['done']}, failed {stats['failed']}, skipped {stats['skipped']} "

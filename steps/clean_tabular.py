@@ -35,6 +35,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from registry.clean_data import (
+    CATEGORIES_FILE,
+    IMAGES_FILE,
+    PRODUCTS_FILE,
+    REPORT_FILE,
+    SPLITS,
+)
 from registry.imaging import open_image
 from steps import runtime
 from steps.clean_images import list_images
@@ -59,7 +66,6 @@ PRODUCT_COLUMNS = (
 IMAGE_COLUMNS = ("id", "product_id", "bucket_link", "image_ref", "create_time")
 MISSING_TEXT = frozenset({"", "n/a", "na", "nan", "null", "none"})
 CATEGORY_SEPARATOR = " / "
-SPLITS = ("train", "val", "test")
 PRICE_FLAGS = ("ok", "missing", "zero", "implausible")
 PROBE_SIZE = 64
 EXAMPLES = 20  # how many file names / errors the report lists per reason
@@ -430,10 +436,10 @@ def write_outputs(
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "products": out / "products.parquet",
-        "images": out / "images.parquet",
-        "categories": out / "categories.json",
-        "report": out / "report.json",
+        "products": out / PRODUCTS_FILE,
+        "images": out / IMAGES_FILE,
+        "categories": out / CATEGORIES_FILE,
+        "report": out / REPORT_FILE,
     }
     _write_atomic(paths["products"], lambda p: products.to_parquet(p, index=False))
     _write_atomic(paths["images"], lambda p: images.to_parquet(p, index=False))
@@ -625,7 +631,7 @@ def build_report(
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     from steps.runtime import non_negative_int
 
     parser = runtime.ArgumentParser(
@@ -650,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     report = clean_tabular(
         args.raw,
         args.out,

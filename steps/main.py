@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry.clean_data import TABLE_FILES, image_folder
 from steps import runtime
 from steps.runtime import (
     StepError,
@@ -157,8 +158,8 @@ def run_step(step: Step, parent_run_id: str, experiment_id: str, code: str) -> s
 def plan(args: argparse.Namespace) -> list[Step]:
     """The steps to run, in order, with their parameters, inputs and outputs."""
     raw, clean = Path(args.raw), Path(args.clean)
-    images = clean / "images" / str(args.size)
-    tables = [clean / "images.parquet", clean / "products.parquet", clean / "categories.json"]
+    images = image_folder(clean, args.size)
+    tables = [clean / name for name in TABLE_FILES]
     steps: list[Step] = []
     if args.source:
         steps.append(

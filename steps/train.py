@@ -29,7 +29,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +44,7 @@ from registry.model import (
     register_classifier,
 )
 from steps import runtime
+from steps.evaluation import log_classification_report
 from steps.runtime import StepError
 from steps.training import checkpoint as ckpt
 from steps.training.config import TrainConfig
@@ -72,18 +73,20 @@ from steps.training.model import (
     parse_trainable_layers,
     trainable_parameters,
 )
-from steps.training.report import log_test_report
 from steps.training.stages import build_stage, eval_source
 
 log = logging.getLogger(__name__)
 
 RUN_NAME = "train"
+AUTO = "auto"
+CLEAN_SIZE_USED = "clean_size_used"
+EVALUATION_DIR = "evaluation"
 
 
 # --------------------------------------------------------------------------- arguments
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = runtime.ArgumentParser(
         prog="python -m steps.train",
@@ -101,9 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=runtime.positive_int, default=d.image_size)
     p.add_argument(
         "--clean-size",
-        type=runtime.positive_int,
-        default=d.clean_size,
-        help="which images/<size> folder of clean_images to read",
+        type=runtime.auto_or_positive_int,
+        default=AUTO if d.clean_size is None else d.clean_size,
+        help="which images/<size> folder of clean_images to read; auto: the smallest at least "
+        "8/7 of --image-size, else the largest",
     )
     p.add_argument("--batch-size", type=runtime.positive_int, default=d.batch_size)
     p.add_argument("--lr", type=runtime.positive_float, default=d.lr)
@@ -134,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     if args.image_size < 16:
         raise StepError(f"--image-size must be at least 16 pixels, got {args.image_size}")
     return TrainConfig(
@@ -207,7 +211,10 @@ def _log_inputs(data: CleanData) -> None:
 
 
 def _prepare(cfg: TrainConfig, ctx: Context):
-    """Checkpoint (when resuming), config, data and the network on its device."""
+    """Checkpoint (when resuming), config, data and the network on its device.
+
+    The config that comes back has ``clean_size`` resolved (``auto`` becomes a number).
+    """
     checkpoint = None
     if cfg.resume:
         if ctx.is_main:
@@ -218,7 +225,8 @@ def _prepare(cfg: TrainConfig, ctx: Context):
         checkpoint = broadcast_object(ctx, checkpoint)
         cfg = cfg.resumed_with(checkpoint["args"])
         log.info("resuming run %s after epoch %d", cfg.resume, checkpoint["epoch"])
-    data = load_clean_data(cfg.clean, cfg.clean_size)
+    data = load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size)
+    cfg = replace(cfg, clean_size=data.size)
     torch.manual_seed(cfg.seed)
     if checkpoint is None:
         net, weights_used = build_model(cfg.arch, len(data.categories), cfg.weights)
@@ -279,7 +287,9 @@ def _evaluate_test(net: nn.Module, data: CleanData, cfg: TrainConfig, ctx: Conte
     images = decode_images(data.paths(frame), cfg.image_size, cfg.num_workers)
     labels = labels_of(frame)
     logits = predict_logits(net, eval_source(images, labels, cfg.batch_size, ctx), ctx)
-    metrics = log_test_report(softmax_numpy(logits), labels.numpy(), data.categories)
+    metrics = log_classification_report(
+        softmax_numpy(logits), labels.numpy(), data.categories, artifact_dir=EVALUATION_DIR
+    )
     log.info(
         "test: accuracy %.3f, top-3 %.3f, macro-F1 %.3f on %d images",
         metrics["test_accuracy"],
@@ -321,6 +331,7 @@ def train(cfg: TrainConfig) -> TrainOutcome | None:
 
 
 def _train(cfg: TrainConfig, ctx: Context) -> TrainOutcome | None:
+    asked = AUTO if cfg.clean_size is None else cfg.clean_size
     cfg, data, net, weights_used, checkpoint = _prepare(cfg, ctx)
     digest = data_digest(cfg.clean)
     if checkpoint is not None and checkpoint.get(DATA_DIGEST_TAG) not in (None, digest):
@@ -330,7 +341,8 @@ def _train(cfg: TrainConfig, ctx: Context) -> TrainOutcome | None:
         if ctx.is_main:
             import mlflow
 
-            runtime.log_params({**cfg.as_params(), "weights_used": weights_used})
+            params = {**cfg.as_params(), "clean_size": asked, CLEAN_SIZE_USED: cfg.clean_size}
+            runtime.log_params({**params, "weights_used": weights_used})
             mlflow.set_tags({"weights_used": weights_used, DATA_DIGEST_TAG: digest})
             mlflow.set_tags({"device": str(ctx.device), "world_size": ctx.world_size})
             if checkpoint is None:

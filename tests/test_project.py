@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
@@ -29,7 +30,17 @@ def test_conda_yaml_lists_the_same_dependencies_as_pyproject() -> None:
     pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     assert _names(pip_section) == _names(project["dependencies"])
     python = next(d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python"))
-    assert python.split("=")[-1] >= project["requires-python"].lstrip(">=")
+    assert _version(python.split("=")[-1]) >= _version(project["requires-python"].lstrip(">="))
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``"3.11"`` -> (3, 11): versions compare as numbers (``"3.9" > "3.11"`` as text)."""
+    return tuple(int(part) for part in text.strip().split("."))
+
+
+def test_versions_compare_as_numbers() -> None:
+    assert _version("3.11") > _version("3.9")
+    assert _version("3.10.2") > _version("3.10")
 
 
 def _entry_points() -> dict[str, dict]:
@@ -44,6 +55,26 @@ def test_every_entry_point_is_a_step_module_with_its_parameters() -> None:
         assert (ROOT / (match.group(1).replace(".", "/") + ".py")).exists(), name
         for parameter in spec.get("parameters", {}):
             assert "{" + parameter + "}" in command, f"{name}: parameter {parameter} unused"
+
+
+@pytest.mark.parametrize("name", sorted(_entry_points()))
+def test_mlproject_defaults_are_the_step_defaults(name: str) -> None:
+    """Each MLproject default, passed on the command line, parses to the step's own default:
+    the two are written once each and must agree (``train``'s come from ``TrainConfig``)."""
+    spec = _entry_points()[name]
+    module = importlib.import_module(re.match(r"python -m (steps\.\w+)", spec["command"]).group(1))
+    parser = module.get_args_parser()
+    required = {"ingest": ["--source", "somewhere"]}.get(name, [])
+    defaults = vars(parser.parse_args(required))
+    checked = 0
+    for parameter, declared in spec.get("parameters", {}).items():
+        if "default" not in declared:
+            continue
+        option = "--" + parameter.replace("_", "-")
+        given = vars(parser.parse_args([*required, option, str(declared["default"])]))
+        assert given[parameter] == defaults[parameter], f"{name}: {parameter}"
+        checked += 1
+    assert checked >= 1
 
 
 @pytest.mark.parametrize("name", sorted(_entry_points()))

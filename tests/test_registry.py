@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime
@@ -473,11 +474,14 @@ def test_smoke_check_uses_clean_images_when_given(client, tmp_path: Path) -> Non
     pd.DataFrame(
         {
             "image_id": ids,
+            "product_id": ids,
             "root_category": ["R", "G", "B"],
+            "label": [1, 2, 0],
             "split": ["test"] * 3,
             "file": [f"images/{i}.jpg" for i in ids],
         }
     ).to_parquet(clean / "images.parquet")
+    (clean / "categories.json").write_text('["B", "G", "R"]')
 
     decision = promote(NAME, "1", clean=clean, client=client)
 
@@ -719,8 +723,12 @@ def test_promote_and_rollback_against_an_mlflow_server(tmp_path: Path, monkeypat
         _log_version(tmp_path, COLOUR_MODEL, {"test_accuracy": 0.6}, "one")
         _log_version(tmp_path, COLOUR_MODEL, {"test_accuracy": 0.7}, "two")
         client = MlflowClient(server.url)
+        scratch = tmp_path / "scratch"  # where every temporary folder goes from now on
+        scratch.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
         promote(NAME, "1", client=client)
+        assert list(scratch.iterdir()) == []  # the smoke check removed the model it downloaded
         with pytest.raises(PromotionRefused):
             client.set_registered_model_alias(NAME, "production", "2")
             promote(NAME, "1", client=client)
