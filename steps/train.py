@@ -25,10 +25,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import tempfile
 import warnings
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -57,6 +58,7 @@ from steps.training.distributed import (
     setup,
     teardown,
 )
+from steps.training.interrupt import Interrupted, StopSignals
 from steps.training.loop import (
     EarlyStopping,
     EpochRecord,
@@ -196,6 +198,34 @@ def _open_run(cfg: TrainConfig, ctx: Context):
     return active
 
 
+@contextmanager
+def _killed_on_signal(signals: StopSignals, ctx: Context, run) -> Iterator[None]:
+    """End rank 0's run as KILLED when SIGTERM or SIGINT stopped the block.
+
+    The signal may surface as :class:`Interrupted` or, under DDP, as a failed collective
+    once a peer has stopped: what counts is that a signal came. Other errors pass as they
+    are (the run then ends FAILED).
+    """
+    try:
+        yield
+    except BaseException:
+        signum = signals.quiet()
+        if signum is None:
+            raise
+        if ctx.is_main:
+            import mlflow
+
+            mlflow.end_run("KILLED")
+            log.warning(
+                "stopped by %s: run %s is KILLED; continue it with "
+                "`python -m steps.train --resume %s`",
+                signal.Signals(signum).name,
+                run.info.run_id,
+                run.info.run_id,
+            )
+        raise Interrupted(signum) from None
+
+
 def _log_inputs(data: CleanData) -> None:
     import mlflow
 
@@ -217,12 +247,20 @@ def _prepare(cfg: TrainConfig, ctx: Context):
     """
     checkpoint = None
     if cfg.resume:
+        fetched: dict | str | None = None
         if ctx.is_main:
             import mlflow
 
             mlflow.set_tracking_uri(runtime.tracking_uri())
-            checkpoint = ckpt.fetch_checkpoint(cfg.resume)
-        checkpoint = broadcast_object(ctx, checkpoint)
+            try:
+                fetched = ckpt.fetch_checkpoint(cfg.resume)
+            except StepError as exc:
+                fetched = str(exc)  # every rank stops with it, none waits for a checkpoint
+        # Every rank resumes from rank 0's copy of the checkpoint: the same epoch and weights.
+        fetched = broadcast_object(ctx, fetched)
+        if isinstance(fetched, str):
+            raise StepError(fetched)
+        checkpoint = fetched
         cfg = cfg.resumed_with(checkpoint["args"])
         log.info("resuming run %s after epoch %d", cfg.resume, checkpoint["epoch"])
     data = load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size)
@@ -243,13 +281,19 @@ def _prepare(cfg: TrainConfig, ctx: Context):
 class EpochLogger:
     """Rank 0's end-of-epoch work: metrics with ``step=epoch`` and the checkpoints."""
 
-    def __init__(self, cfg, net, optimizer, scheduler, scaler, stopper, extra, folder: Path):
+    def __init__(
+        self, cfg, net, optimizer, scheduler, scaler, stopper, extra, folder: Path, signals
+    ):
         self.cfg, self.net, self.optimizer = cfg, net, optimizer
         self.scheduler, self.scaler, self.stopper = scheduler, scaler, stopper
-        self.extra, self.folder = extra, folder
+        self.extra, self.folder, self.signals = extra, folder, signals
         self.best_path: Path | None = None
 
     def __call__(self, record: EpochRecord, improved: bool) -> None:
+        with self.signals.critical():  # a SIGTERM now waits for the checkpoint to be logged
+            self._log(record, improved)
+
+    def _log(self, record: EpochRecord, improved: bool) -> None:
         import mlflow
 
         mlflow.log_metrics(record.metrics(), step=record.epoch)
@@ -320,24 +364,33 @@ def _log_model(net, data, cfg, outcome: TrainOutcome, digest: str) -> None:
 
 
 def train(cfg: TrainConfig) -> TrainOutcome | None:
-    """Train, evaluate and register; returns the outcome on rank 0, None on other ranks."""
+    """Train, evaluate and register; returns the outcome on rank 0, None on other ranks.
+
+    SIGTERM or SIGINT ends the run as KILLED (after the epoch's checkpoint when one is being
+    written) and raises :class:`Interrupted`; ``--resume`` continues the run.
+    """
     ctx = setup()
     try:
         if ctx.is_main:
             runtime.check_tracking_server()
-        return _train(cfg, ctx)
+        with StopSignals() as signals:
+            return _train(cfg, ctx, signals)
     finally:
         teardown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: Context) -> TrainOutcome | None:
+def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome | None:
     asked = AUTO if cfg.clean_size is None else cfg.clean_size
     cfg, data, net, weights_used, checkpoint = _prepare(cfg, ctx)
     digest = data_digest(cfg.clean)
     if checkpoint is not None and checkpoint.get(DATA_DIGEST_TAG) not in (None, digest):
         log.warning("the cleaned data changed since run %s started (digest differs)", cfg.resume)
     log.info("training %s on %s, weights %s", cfg.arch, ctx.describe(), weights_used)
-    with _open_run(cfg, ctx) as run, tempfile.TemporaryDirectory(prefix="train-") as tmp:
+    with (
+        _open_run(cfg, ctx) as run,
+        _killed_on_signal(signals, ctx, run),
+        tempfile.TemporaryDirectory(prefix="train-") as tmp,
+    ):
         if ctx.is_main:
             import mlflow
 
@@ -359,30 +412,22 @@ def _train(cfg: TrainConfig, ctx: Context) -> TrainOutcome | None:
             first_epoch = int(checkpoint["epoch"]) + 1
         extra = {"weights_used": weights_used, DATA_DIGEST_TAG: digest}
         epoch_logger = EpochLogger(
-            cfg, net, optimizer, scheduler, scaler, stopper, extra, Path(tmp)
+            cfg, net, optimizer, scheduler, scaler, stopper, extra, Path(tmp), signals
         )
         if ctx.is_main:
             mlflow.log_metric("setup_seconds", stage.setup_seconds, step=first_epoch - 1)
-        try:
-            records = fit(
-                stage,
-                optimizer,
-                scheduler,
-                torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                stopper,
-                ctx,
-                first_epoch=first_epoch,
-                epochs=cfg.epochs,
-                scaler=scaler,
-                on_epoch_end=epoch_logger if ctx.is_main else None,
-            )
-        except KeyboardInterrupt:
-            if ctx.is_main:
-                log.warning(
-                    "interrupted: continue with `python -m steps.train --resume %s`",
-                    run.info.run_id,
-                )
-            raise
+        records = fit(
+            stage,
+            optimizer,
+            scheduler,
+            torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+            stopper,
+            ctx,
+            first_epoch=first_epoch,
+            epochs=cfg.epochs,
+            scaler=scaler,
+            on_epoch_end=epoch_logger if ctx.is_main else None,
+        )
         barrier(ctx)
         if not ctx.is_main:
             return None
