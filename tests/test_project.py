@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -31,6 +33,40 @@ def test_conda_yaml_lists_the_same_dependencies_as_pyproject() -> None:
     assert _names(pip_section) == _names(project["dependencies"])
     python = next(d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python"))
     assert _version(python.split("=")[-1]) >= _version(project["requires-python"].lstrip(">="))
+
+
+FIRST_PARTY = {"steps", "registry", "serve", "stack", "tests", "bench"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The top-level names ``path`` imports (absolute imports only)."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module.split(".")[0])
+    return modules
+
+
+@pytest.mark.parametrize("folders", [("steps", "registry", "serve", "stack", "bench"), ("tests",)])
+def test_every_imported_package_is_declared(folders: tuple[str, ...]) -> None:
+    """What the code imports is in pyproject's dependencies (tests: or in the dev extra)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = set(_names(project["dependencies"]))
+    if folders == ("tests",):
+        declared |= set(_names(project["optional-dependencies"]["dev"]))
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = []
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for module in sorted(_imported_modules(path) - FIRST_PARTY):
+                if module in sys.stdlib_module_names or module == "__future__":
+                    continue
+                names = {d.lower().replace("_", "-") for d in distributions.get(module, [])}
+                if not names & declared:
+                    undeclared.append(f"{path.relative_to(ROOT)}: {module} ({names or '?'})")
+    assert undeclared == []
 
 
 def _version(text: str) -> tuple[int, ...]:
