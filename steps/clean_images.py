@@ -155,6 +155,16 @@ def run_jobs(
         yield from future.result()
 
 
+def refuse_out_in_raw(raw: Path, out: Path) -> None:
+    """A :class:`StepError` when ``out`` is the raw folder or inside it (raw is read-only)."""
+    raw_resolved, out_resolved = raw.resolve(), out.resolve()
+    if out_resolved == raw_resolved or raw_resolved in out_resolved.parents:
+        raise StepError(
+            f"--out {out} is inside the raw folder {raw}; the raw export is never written to, "
+            "choose another folder such as data/clean"
+        )
+
+
 def check_inputs(raw: Path, out: Path, size: int, workers: int) -> Path:
     """Validate the arguments; return the raw images folder."""
     if size < MIN_SIZE:
@@ -166,12 +176,7 @@ def check_inputs(raw: Path, out: Path, size: int, workers: int) -> Path:
     images_dir = raw / IMAGES_DIR
     if not images_dir.is_dir():
         raise StepError(f"{images_dir} not found; the raw export needs its images/ folder")
-    raw_resolved, out_resolved = raw.resolve(), out.resolve()
-    if out_resolved == raw_resolved or raw_resolved in out_resolved.parents:
-        raise StepError(
-            f"--out {out} is inside the raw folder {raw}; the raw export is never written to, "
-            "choose another folder such as data/clean"
-        )
+    refuse_out_in_raw(raw, out)
     if not list_images(images_dir):
         raise StepError(
             f"no image files in {images_dir} (expected {', '.join(IMAGE_SUFFIXES)}); "

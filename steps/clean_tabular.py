@@ -49,7 +49,7 @@ from registry.clean_data import (
 )
 from registry.imaging import open_image
 from steps import runtime
-from steps.clean_images import list_images
+from steps.clean_images import list_images, refuse_out_in_raw
 from steps.runtime import StepError, cli, log_params, start_run
 
 log = logging.getLogger(__name__)
@@ -438,12 +438,7 @@ def check_paths(raw: Path, out: Path) -> None:
     """Refuse a missing raw folder, and any output folder that is or lies inside it."""
     if not raw.is_dir():
         raise StepError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
-    raw_resolved, out_resolved = raw.resolve(), out.resolve()
-    if out_resolved == raw_resolved or raw_resolved in out_resolved.parents:
-        raise StepError(
-            f"--out {out} is inside the raw folder {raw}; the raw export is never written to, "
-            "choose another folder such as data/clean"
-        )
+    refuse_out_in_raw(raw, out)
 
 
 def check_fractions(val_frac: float, test_frac: float, max_price: float) -> None:
