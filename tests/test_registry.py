@@ -508,8 +508,9 @@ def test_two_promotions_at_once_leave_one_production(client) -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=600)  # a generous bound, not a speed test
 
+    assert not any(thread.is_alive() for thread in threads)
     assert errors == []
     aliases = _aliases(client)
     holders = [
@@ -607,7 +608,8 @@ def test_cli_unreachable_server_fails_fast(monkeypatch, capsys) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_endpoint())
     started = time.monotonic()
     assert registry_main(["list"]) == 2
-    assert time.monotonic() - started < 10
+    # MLflow's own client retries for minutes; the check answers at once, even on a busy machine.
+    assert time.monotonic() - started < 60
     assert capsys.readouterr().err.startswith("error: cannot reach the MLflow tracking server")
 
 
@@ -698,7 +700,7 @@ def test_two_promote_processes_at_once_leave_one_production(client, tmp_path: Pa
         )
         for version in ("2", "4")
     ]
-    results = [process.communicate(timeout=120) for process in processes]
+    results = [process.communicate(timeout=600) for process in processes]
 
     assert [p.returncode for p in processes] == [0, 0], results
     aliases = _aliases(client)
