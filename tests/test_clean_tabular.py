@@ -840,7 +840,8 @@ def mlflow_run(entry_point: str, params: dict[str, str], tracking: str):
     env["MLFLOW_TRACKING_URI"] = tracking
     # `mlflow run --env-manager local` runs the step with the first python on PATH: this one.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    # A generous bound: three of these took 5 minutes with two busy loops beside the suite.
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
