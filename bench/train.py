@@ -136,7 +136,7 @@ def run_ours(cfg: TrainConfig, epochs: int) -> tuple[float, float, float]:
     ctx = setup()
     torch.manual_seed(cfg.seed)
     start, cpu = time.perf_counter(), cpu_seconds()
-    data = load_clean_data(cfg.clean, cfg.clean_size)
+    data = load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size)
     net = build_network(cfg.arch, len(data.categories))
     freeze(net, cfg.trainable_layers)
     net.to(ctx.device)
@@ -171,7 +171,7 @@ def demo_clean(folder: Path, products: int, size: int) -> Path:
 
 def compare(cfg: TrainConfig, epochs: int, plain_epochs: int, repeat: int) -> dict:
     """Ours and the plain loop, interleaved ``repeat`` times; the best run of each counts."""
-    data = load_clean_data(cfg.clean, cfg.clean_size)
+    data = load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size)
     train = data.split("train")
     paths, labels = data.paths(train), train["label"].tolist()
     images = len(paths)

@@ -9,25 +9,18 @@ end in one ``error: ...`` line with exit code 2.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from registry.store import (
-    DEFAULT_MODEL_NAME,
-    PRODUCTION,
-    RegistryError,
-)
+from registry.cli import ArgumentParser, UserError, run_cli
+from registry.store import DEFAULT_MODEL_NAME, PRODUCTION
 
-EXIT_USER_ERROR = 2
 DEFAULT_CLEAN = "data/clean"
 DEFAULT_METRIC = "test_accuracy"  # registry.promotion.DEFAULT_METRIC, kept here to stay light
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m registry",
         description="Inspect and promote versions of a registered model.",
     )
@@ -94,25 +87,19 @@ def _decision_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if os.environ.get("STEPS_VERBOSE") else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    """Run one command; the exit code: 0, or 2 after one ``error: ...`` line."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> None:
+    args = get_args_parser().parse_args(argv)
     try:
         run_command(args)
-    except RegistryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
     except Exception as exc:
         if type(exc).__name__ != "MlflowException":
             raise
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no detail"
-        print(f"error: the registry refused the request: {first}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+        raise UserError(f"the registry refused the request: {first}") from None
 
 
 def run_command(args: argparse.Namespace) -> None:

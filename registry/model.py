@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from registry.clean_data import CATEGORIES_FILE, IMAGES_FILE
 from registry.imaging import load_normalized
 
 MODEL_NAME = "marketplace-classifier"
@@ -407,7 +408,7 @@ def data_digest(clean: Path) -> str:
     version tag so a promotion can check that a version matches the current data.
     """
     sha = hashlib.sha256()
-    for name in ("images.parquet", "categories.json"):
+    for name in (IMAGES_FILE, CATEGORIES_FILE):
         sha.update(name.encode())
         sha.update((Path(clean) / name).read_bytes())
     return sha.hexdigest()[:16]

@@ -5,8 +5,8 @@ images: test-split images from the cleaned data when a ``--clean`` folder is the
 (``images.parquet`` plus ``images/<size>/<image_id>.jpg``, or the raw file beside it), else
 the input example logged with the model, else a few generated images. Its answer must
 follow the classifier contract: one row per image, ``category`` a string, ``probability``
-in [0, 1], ``probabilities`` in [0, 1] summing to 1. Reads the model and the data; writes
-nothing.
+in [0, 1], ``probabilities`` in [0, 1] summing to 1. Reads the model (downloaded into a
+temporary folder, removed afterwards) and the data; leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ from __future__ import annotations
 import io
 import logging
 import math
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.store import RegistryError
+from registry.clean_data import cleaned_sizes, image_folder, load_clean
+from registry.store import RegistryError, UserError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -123,49 +126,38 @@ def _is_probability(value: Any) -> bool:
 def clean_test_images(clean: Path | None, count: int = SMOKE_IMAGES) -> list[bytes]:
     """Up to ``count`` test-split images from a cleaned data folder, one per category first.
 
-    Returns an empty list when the folder, ``images.parquet`` or the image files are missing.
+    Read through :func:`registry.clean_data.load_clean`, each from the largest
+    ``images/<size>/`` that has it, else the raw file beside the clean folder. Returns an
+    empty list when the folder, its tables or the image files are missing.
     """
-    if clean is None or not (clean / "images.parquet").is_file():
+    if clean is None:
         return []
-    import pandas as pd
-
     try:
-        table = pd.read_parquet(
-            clean / "images.parquet", columns=["image_id", "root_category", "split", "file"]
-        )
-    except Exception as exc:  # a partial or foreign parquet: fall back to other images
-        log.warning(
-            "cannot read %s (%s); not using it for the smoke check", clean / "images.parquet", exc
-        )
+        data = load_clean(clean, columns=("image_id", "root_category", "split"))
+    except UserError as exc:
+        log.info("not using %s for the smoke check: %s", clean, exc)
         return []
-    test = table[table["split"] == "test"].sort_values(["root_category", "image_id"])
+    test = data.split("test").sort_values(["root_category", "image_id"])
     # One image per category first, then the rest, so a few images cover several classes.
     ordered = test.assign(rank=test.groupby("root_category").cumcount()).sort_values(
         ["rank", "root_category", "image_id"]
     )
-    folders = _size_folders(clean)
+    folders = [image_folder(clean, size) for size in reversed(cleaned_sizes(clean))]
+    files = ordered["file"] if "file" in ordered.columns else [None] * len(ordered)
     images: list[bytes] = []
-    for image_id, file in zip(ordered["image_id"], ordered["file"], strict=True):
-        data = _read_image(clean, folders, str(image_id), str(file))
-        if data is not None:
-            images.append(data)
+    for image_id, file in zip(ordered["image_id"], files, strict=True):
+        data_bytes = _read_image(clean, folders, str(image_id), file)
+        if data_bytes is not None:
+            images.append(data_bytes)
         if len(images) == count:
             break
     return images
 
 
-def _size_folders(clean: Path) -> list[Path]:
-    """The normalised-image folders ``images/<size>/``, largest size first."""
-    root = clean / "images"
-    if not root.is_dir():
-        return []
-    sizes = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
-    return sorted(sizes, key=lambda p: int(p.name), reverse=True)
-
-
-def _read_image(clean: Path, folders: list[Path], image_id: str, file: str) -> bytes | None:
+def _read_image(clean: Path, folders: list[Path], image_id: str, file: str | None) -> bytes | None:
     candidates = [folder / f"{image_id}.jpg" for folder in folders]
-    candidates.append(clean.parent / "raw" / file)
+    if file:
+        candidates.append(clean.parent / "raw" / file)
     for path in candidates:
         if path.is_file():
             return path.read_bytes()
@@ -214,41 +206,47 @@ def smoke_images(model_dir: Path, clean: Path | None) -> tuple[list[Any], str]:
     return synthetic_images(), "generated images"
 
 
-def load_version(client: MlflowClient, name: str, version: int | str) -> tuple[Any, Path]:
-    """Download version ``version`` of ``name`` and load it as a pyfunc model.
+@contextmanager
+def load_version(client: MlflowClient, name: str, version: int | str) -> Iterator[tuple[Any, Path]]:
+    """Download version ``version`` of ``name`` into a temporary folder and load it as a
+    pyfunc model; the folder is removed when the block ends.
 
     Raises :class:`SmokeCheckError` when the files cannot be fetched or the model does not load.
     """
     import mlflow
     import mlflow.artifacts
 
-    try:
-        source = client.get_model_version_download_uri(name, str(version))
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=source, tracking_uri=client.tracking_uri
+    with tempfile.TemporaryDirectory(prefix="smoke-check-") as tmp:
+        try:
+            source = client.get_model_version_download_uri(name, str(version))
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri
+                )
             )
-        )
-        model = mlflow.pyfunc.load_model(str(local))
-    except RegistryError:
-        raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise SmokeCheckError(
-            f"version {version} does not load: {type(exc).__name__}: {first}"
-        ) from exc
-    return model, local
+            model = mlflow.pyfunc.load_model(str(local))
+        except RegistryError:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise SmokeCheckError(
+                f"version {version} does not load: {type(exc).__name__}: {first}"
+            ) from exc
+        yield model, local
 
 
 def check_version(
     client: MlflowClient, name: str, version: int | str, clean: Path | None = None
 ) -> SmokeResult:
-    """Load version ``version`` of ``name`` and smoke-check it (see the module docstring)."""
-    model, local = load_version(client, name, version)
-    images, source = smoke_images(local, clean)
-    try:
-        result = smoke_check(model, images, source)
-    except SmokeCheckError as exc:
-        raise SmokeCheckError(f"version {version} failed the smoke check: {exc}") from exc
+    """Load version ``version`` of ``name`` and smoke-check it (see the module docstring).
+
+    The downloaded copy of the model is removed afterwards, whatever the outcome.
+    """
+    with load_version(client, name, version) as (model, local):
+        images, source = smoke_images(local, clean)
+        try:
+            result = smoke_check(model, images, source)
+        except SmokeCheckError as exc:
+            raise SmokeCheckError(f"version {version} failed the smoke check: {exc}") from exc
     log.info("smoke check of %s version %s %s", name, version, result.summary())
     return result

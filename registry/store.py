@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from registry.cli import UserError
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -24,8 +26,8 @@ PREVIOUS_PRODUCTION = "previous-production"
 LEGACY_STAGE = "Production"
 
 
-class RegistryError(Exception):
-    """A problem the user can fix: its message says what is wrong and what to do."""
+# The project's one error type (registry.cli.UserError), under the name the registry uses.
+RegistryError = UserError
 
 
 def tracking_uri() -> str:

@@ -37,8 +37,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from registry.store import RegistryError, check_server
-from steps.runtime import StepError, cli
+from registry.cli import ArgumentParser, UserError, cli
+from registry.store import check_server
 
 log = logging.getLogger("stack")
 
@@ -93,7 +93,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise StepError(f"{name}={value!r} is not a whole number") from None
+        raise UserError(f"{name}={value!r} is not a whole number") from None
 
 
 def load_config(environ: dict[str, str] | None = None) -> StackConfig:
@@ -102,14 +102,14 @@ def load_config(environ: dict[str, str] | None = None) -> StackConfig:
     state_dir = Path(env.get("STACK_DIR") or REPO_ROOT / ".stack").expanduser().resolve()
     port = _env_int("STACK_PORT", DEFAULT_PORT)
     if not 0 < port < 65536:
-        raise StepError(f"STACK_PORT={port} is not a TCP port (1-65535)")
+        raise UserError(f"STACK_PORT={port} is not a TCP port (1-65535)")
     destination = env.get("ARTIFACTS_DESTINATION") or str(state_dir / "artifacts")
     if "://" not in destination:
         destination = str(Path(destination).expanduser().resolve())
     try:
         timeout = float(env.get("STACK_START_TIMEOUT") or DEFAULT_START_TIMEOUT_S)
     except ValueError:
-        raise StepError("STACK_START_TIMEOUT must be a number of seconds") from None
+        raise UserError("STACK_START_TIMEOUT must be a number of seconds") from None
     return StackConfig(
         state_dir=state_dir,
         host=env.get("STACK_HOST") or DEFAULT_HOST,
@@ -201,7 +201,7 @@ def port_in_use(host: str, port: int) -> bool:
 def health_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         check_server(url, timeout)
-    except RegistryError:
+    except UserError:
         return False
     return True
 
@@ -245,22 +245,22 @@ def check_s3_destination(destination: str) -> None:
     try:
         boto3.client("s3", endpoint_url=endpoint, config=config).head_bucket(Bucket=bucket)
     except NoCredentialsError:
-        raise StepError(
+        raise UserError(
             f"no AWS credentials for {destination}: set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (the server holds them; clients do not need them)"
         ) from None
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "?")
         if code in ("404", "NoSuchBucket"):
-            raise StepError(
+            raise UserError(
                 f"bucket {bucket!r}{where} does not exist: create it first "
                 f"(aws s3 mb s3://{bucket}, or the MinIO console)"
             ) from None
-        raise StepError(
+        raise UserError(
             f"cannot use bucket {bucket!r}{where} ({code}): check the AWS credentials"
         ) from None
     except BotoCoreError as exc:
-        raise StepError(
+        raise UserError(
             f"cannot reach S3{where} for {destination} ({exc}); check MLFLOW_S3_ENDPOINT_URL"
         ) from None
 
@@ -301,12 +301,12 @@ def start(config: StackConfig) -> int:
     """Start the server in the background and wait until it answers; return its pid."""
     pid = read_pid(config)
     if pid is not None:
-        raise StepError(
+        raise UserError(
             f"the MLflow stack is already running (pid {pid}, log {config.log_file}); "
             "stop it first with `make stack-down`"
         )
     if port_in_use(config.host, config.port):
-        raise StepError(
+        raise UserError(
             f"port {config.port} on {config.host} is already in use by another program: "
             "stop it or pick another port, e.g. STACK_PORT=5001 make stack"
         )
@@ -349,7 +349,7 @@ def wait_until_healthy(config: StackConfig, process: subprocess.Popen) -> None:
         code = process.poll()
         if code is not None:
             config.pid_file.unlink(missing_ok=True)
-            raise StepError(
+            raise UserError(
                 f"mlflow server exited at start (exit code {code}); last lines of "
                 f"{config.log_file}:\n{log_tail(config.log_file)}"
             )
@@ -358,7 +358,7 @@ def wait_until_healthy(config: StackConfig, process: subprocess.Popen) -> None:
         time.sleep(0.5)
     stop_group(process.pid)
     config.pid_file.unlink(missing_ok=True)
-    raise StepError(
+    raise UserError(
         f"mlflow server did not answer {config.url}/health within {config.start_timeout:.0f} s "
         f"(raise STACK_START_TIMEOUT?); last lines of {config.log_file}:\n"
         f"{log_tail(config.log_file)}"
@@ -381,7 +381,7 @@ def status(config: StackConfig) -> int | None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m stack",
         description=(
             "Run the local MLflow tracking server (sqlite backend, proxied artifacts to a "

@@ -9,7 +9,7 @@ split the ResNet uses), so the deep model's gain over these floors is measured, 
   the same features (text capped to the commonest terms, dense). Each is one ``Pipeline``
   that takes the raw columns and predicts pounds.
 * Images (root category): a most-frequent ``DummyClassifier``; logistic regression on
-  :class:`steps.image_features.ImageFeatures` (downsized pixels, colour histogram, coarse
+  :class:`registry.image_features.ImageFeatures` (downsized pixels, colour histogram, coarse
   HOG). The pipeline takes a column ``image`` of JPEG/PNG bytes, as the deep model does.
 
 Splits: images use ``images.parquet``'s ``split``. Products take the split of their images;
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -43,9 +42,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from registry.clean_data import (
+    IMAGES_FILE,
+    PRODUCTS_FILE,
+    SPLITS,
+    CleanData,
+    choose_size,
+    load_clean,
+)
+from registry.image_features import HOG_SIZE
 from steps import runtime
+from steps.evaluation import (
+    TOP_K,
+    align_probabilities,
+    classification_metrics,
+    label_indices,
+    log_classification_report,
+)
 from steps.runtime import (
     StepError,
+    auto_or_positive_int,
     cli,
     log_params,
     non_negative_int,
@@ -56,13 +72,10 @@ from steps.runtime import (
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 PRICE_COLUMNS = ["name", "description", "root_category", "sub_category", "county"]
 TEXT_COLUMNS = ["name", "description"]
 CATEGORY_COLUMNS = ["root_category", "sub_category", "county"]
 IMAGE_COLUMN = "image"
-PRODUCT_REQUIRED = ["product_id", "price", "price_flag", *PRICE_COLUMNS]
-IMAGE_REQUIRED = ["image_id", "product_id", "root_category", "split"]
 
 RIDGE_ALPHA = 1.0
 RIDGE_ALPHA_GRID = (0.3, 1.0, 3.0, 10.0)
@@ -74,7 +87,6 @@ HGB_MAX_TERMS = 100  # text terms per column for the (dense) gradient-boosted mo
 MIN_TRAIN_ROWS = 10
 MIN_EVAL_ROWS = 1
 MIN_CLASSES = 2
-TOP_K = 3
 EXAMPLE_ROWS = 3
 
 # Types that skops (the default sklearn serialisation in MLflow 3) must be told to trust:
@@ -83,19 +95,8 @@ SKOPS_TRUSTED_TYPES = [
     "numpy.dtype",
     "numpy.ravel",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "steps.image_features.ImageFeatures",
+    "registry.image_features.ImageFeatures",
 ]
-
-
-@dataclass
-class CleanData:
-    """What this step reads from a clean folder."""
-
-    folder: Path
-    products: pd.DataFrame
-    images: pd.DataFrame
-    categories: list[str]
-    report: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,46 +120,6 @@ class Result:
 
 
 # --- reading the clean data -----------------------------------------------------------------
-
-
-def load_clean(folder: Path) -> CleanData:
-    """Read products, images and categories; a StepError names the step to run when missing."""
-    folder = Path(folder)
-    needed = ["products.parquet", "images.parquet", "categories.json"]
-    missing = [name for name in needed if not (folder / name).is_file()]
-    if missing:
-        raise StepError(
-            f"no clean data in {folder} (missing {', '.join(missing)}): run the clean_tabular "
-            f"step first (`mlflow run . -e clean_tabular -P out={folder} --env-manager local`), "
-            "then clean_images"
-        )
-    products = pd.read_parquet(folder / "products.parquet")
-    images = pd.read_parquet(folder / "images.parquet")
-    _require_columns(products, PRODUCT_REQUIRED, folder / "products.parquet")
-    _require_columns(images, IMAGE_REQUIRED, folder / "images.parquet")
-    try:
-        categories = json.loads((folder / "categories.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise StepError(
-            f"{folder / 'categories.json'} is not JSON ({exc}): run clean_tabular again"
-        ) from None
-    report_path = folder / "report.json"
-    try:
-        report = (
-            json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
-        )
-    except json.JSONDecodeError:
-        report = {}  # only the split fractions come from it, and they have a fallback
-    return CleanData(folder, products, images, [str(name) for name in categories], report)
-
-
-def _require_columns(table: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
-    absent = [column for column in columns if column not in table.columns]
-    if absent:
-        raise StepError(
-            f"{path} lacks column(s) {', '.join(absent)}: it was not written by this project's "
-            "clean_tabular; run `mlflow run . -e clean_tabular --env-manager local` again"
-        )
 
 
 def hash_split(key: str, val_frac: float, test_frac: float) -> str:
@@ -204,18 +165,12 @@ def price_table(clean: CleanData) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def image_table(clean: CleanData, image_size: int) -> pd.DataFrame:
-    """Images with their cleaned JPEG bytes in column ``image``, plus label and split."""
-    folder = clean.folder / "images" / str(image_size)
-    if not folder.is_dir():
-        sizes = sorted(p.name for p in (clean.folder / "images").glob("*") if p.is_dir())
-        hint = f" (cleaned sizes here: {', '.join(sizes)}; pass --image-size)" if sizes else ""
-        raise StepError(
-            f"no cleaned images in {folder}{hint}: run `mlflow run . -e clean_images "
-            f"-P out={clean.folder} -P size={image_size} --env-manager local` first"
-        )
+def image_table(clean: CleanData) -> pd.DataFrame:
+    """Images with their cleaned JPEG bytes (at ``clean.size``) in column ``image``, plus
+    label and split."""
+    folder = clean.image_dir
     table = clean.images[["image_id", "product_id", "root_category", "split"]].copy()
-    paths = [folder / f"{image_id}.jpg" for image_id in table["image_id"]]
+    paths = clean.paths(table)
     present = np.array([path.is_file() for path in paths], dtype=bool)
     if not present.all():
         log.warning(
@@ -323,7 +278,7 @@ def build_image_model(kind: str, *, feature_size: int = 16, C: float = LOGREG_C,
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from steps.image_features import ImageFeatures
+    from registry.image_features import ImageFeatures
 
     if kind == "dummy":
         return Pipeline([("model", DummyClassifier(strategy="most_frequent"))])
@@ -356,30 +311,6 @@ def price_metrics(
     }
 
 
-def top_k_accuracy(
-    true: Sequence[str], probabilities: np.ndarray, classes: Sequence[str], k: int
-) -> float:
-    """Share of rows whose true class is among the ``k`` most probable (unseen classes: miss)."""
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]  # (N, k)
-    top = np.asarray(classes, dtype=object)[order]
-    return float(np.mean([label in row for label, row in zip(true, top, strict=True)]))
-
-
-def image_metrics(
-    true: Sequence[str], probabilities: np.ndarray, classes: Sequence[str], prefix: str
-) -> dict[str, float]:
-    """Accuracy, macro-F1 and top-3 accuracy from class probabilities."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    predicted = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
-    true = np.asarray(true, dtype=object)
-    return {
-        f"{prefix}_accuracy": float(accuracy_score(true, predicted)),
-        f"{prefix}_macro_f1": float(f1_score(true, predicted, average="macro", zero_division=0)),
-        f"{prefix}_top{TOP_K}_accuracy": top_k_accuracy(true, probabilities, classes, TOP_K),
-    }
-
-
 def plot_predicted_vs_true(true_pounds: np.ndarray, predicted_pounds: np.ndarray, title: str):
     """Scatter of predicted against true price on log axes, with the y = x line."""
     from matplotlib.figure import Figure
@@ -398,28 +329,6 @@ def plot_predicted_vs_true(true_pounds: np.ndarray, predicted_pounds: np.ndarray
     return figure
 
 
-def plot_confusion(
-    true: Sequence[str], predicted: Sequence[str], categories: Sequence[str], title: str
-):
-    """Confusion-matrix figure (counts) over all categories, in categories.json order."""
-    from matplotlib.figure import Figure
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    figure = Figure(figsize=(11, 10), dpi=100)
-    axes = figure.subplots()
-    ConfusionMatrixDisplay.from_predictions(
-        np.asarray(true, dtype=object),
-        np.asarray(predicted, dtype=object),
-        labels=list(categories),
-        ax=axes,
-        xticks_rotation="vertical",
-        colorbar=False,
-    )
-    axes.set_title(title)
-    figure.tight_layout()
-    return figure
-
-
 # --- MLflow logging -------------------------------------------------------------------------
 
 
@@ -434,25 +343,21 @@ def pip_requirements(images: bool) -> list[str]:
 
 
 def _code_package(target: Path) -> list[str]:
-    """Copy the modules an image model needs, as packages, into ``target``; their paths.
+    """Copy the modules an image model needs, as a package, into ``target``; its path.
 
-    The model pickles ``steps.image_features.ImageFeatures``, which uses
-    ``registry.imaging``: these two modules (and empty package markers) travel with the
-    model as ``code_paths``, so it loads where this repository is not installed.
+    The model pickles ``registry.image_features.ImageFeatures``, which uses
+    ``registry.imaging``: these two modules (and an empty package marker) travel with the
+    model as ``code_paths``, so it loads where this repository is not installed, and a served
+    baseline carries ``registry/`` code only.
     """
-    from registry import imaging
-    from steps import image_features
+    from registry import image_features, imaging
 
-    paths = []
-    for package, module in (("steps", image_features), ("registry", imaging)):
-        folder = target / package
-        folder.mkdir(parents=True)
-        (folder / "__init__.py").write_text(
-            f'"""{package} (only what a baseline model needs)."""\n'
-        )
+    folder = target / "registry"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text('"""registry (only what a baseline model needs)."""\n')
+    for module in (image_features, imaging):
         shutil.copy2(module.__file__, folder / Path(module.__file__).name)
-        paths.append(str(folder))
-    return paths
+    return [str(folder)]
 
 
 def log_sklearn_model(model, example: pd.DataFrame, *, images: bool) -> None:
@@ -601,7 +506,7 @@ def image_feature_cache(
     parts: dict[str, pd.DataFrame], sizes: Sequence[int]
 ) -> dict[int, dict[str, np.ndarray]]:
     """ImageFeatures of every split at every feature size, computed once for the search."""
-    from steps.image_features import ImageFeatures
+    from registry.image_features import ImageFeatures
 
     cache = {}
     for size in sizes:
@@ -629,6 +534,7 @@ def run_image_baselines(
     sizes = sorted({max(4, feature_size // 2), feature_size}) if do_search else [feature_size]
     cache = image_feature_cache(parts, sizes)
     y = {split: part["root_category"].to_numpy(dtype=object) for split, part in parts.items()}
+    labels = {split: label_indices(names, categories) for split, names in y.items()}
 
     def fit(kind: str) -> Callable[[dict[str, Any]], Candidate]:
         def fit_one(params: dict[str, Any]) -> Candidate:
@@ -641,7 +547,8 @@ def run_image_baselines(
                 model[0].fit(None)
                 model[1:].fit(features["train"], y["train"])
                 probabilities = model[1:].predict_proba(features["val"])
-            metrics = image_metrics(y["val"], probabilities, model.classes_, "val")
+            aligned = align_probabilities(probabilities, model.classes_, categories)
+            metrics = classification_metrics(aligned, labels["val"], "val")
             return Candidate(dict(params), model, metrics)
 
         return fit_one
@@ -667,18 +574,16 @@ def run_image_baselines(
                 probabilities = best.model[1:].predict_proba(cache[params["feature_size"]]["test"])
             else:
                 probabilities = best.model.predict_proba(parts["test"][[IMAGE_COLUMN]])
-            classes = list(best.model.classes_)
-            predicted = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
             metrics = {
                 **best.val_metrics,
-                **image_metrics(y["test"], probabilities, classes, "test"),
+                **{f"{split}_rows": float(len(parts[split])) for split in SPLITS},
             }
-            metrics.update({f"{split}_rows": float(len(parts[split])) for split in SPLITS})
             mlflow.log_metrics(metrics)
-            log_classification_report(y["test"], predicted)
-            mlflow.log_figure(
-                plot_confusion(y["test"], predicted, categories, f"{run_name}: test split"),
-                "confusion_matrix.png",
+            metrics |= log_classification_report(
+                align_probabilities(probabilities, best.model.classes_, categories),
+                labels["test"],
+                categories,
+                title=f"{run_name}: test split",
             )
             log_sklearn_model(
                 best.model, parts["test"][[IMAGE_COLUMN]].head(EXAMPLE_ROWS), images=True
@@ -693,22 +598,6 @@ def run_image_baselines(
             )
         results.append(Result("image", kind, run.info.run_id, params, metrics))
     return results
-
-
-def log_classification_report(true: np.ndarray, predicted: np.ndarray) -> None:
-    """The per-class report on the test split, as JSON and as text."""
-    import mlflow
-    from sklearn.metrics import classification_report
-
-    labels = sorted(set(true) | set(predicted))
-    mlflow.log_dict(
-        classification_report(true, predicted, labels=labels, output_dict=True, zero_division=0),
-        "classification_report.json",
-    )
-    mlflow.log_text(
-        classification_report(true, predicted, labels=labels, zero_division=0, digits=3),
-        "classification_report.txt",
-    )
 
 
 # --- the summary ----------------------------------------------------------------------------
@@ -734,12 +623,15 @@ TABLE_PARAMS = {"ridge": ("alpha",), "logreg": ("feature_size", "C")}
 
 
 def summary(
-    results: Sequence[Result], rows: dict[str, dict[str, int]], args: argparse.Namespace
+    results: Sequence[Result],
+    rows: dict[str, dict[str, int]],
+    args: argparse.Namespace,
+    image_size: int,
 ) -> dict[str, Any]:
     """What results.json holds: the settings, rows per split and every model's metrics."""
     return {
         "clean": str(args.clean),
-        "image_size": args.image_size,
+        "image_size": image_size,
         "feature_size": args.feature_size,
         "search": args.search,
         "seed": args.seed,
@@ -816,9 +708,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--image-size",
-        type=positive_int,
-        default=256,
-        help="which cleaned image size to read (images/<size>/)",
+        type=auto_or_positive_int,
+        default="auto",
+        help="which cleaned image size to read (images/<size>/); auto: the smallest at least "
+        f"as large as the features need ({HOG_SIZE} px or --feature-size), else the largest",
     )
     parser.add_argument(
         "--feature-size",
@@ -840,9 +733,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     if args.feature_size < 4:
         raise StepError(f"--feature-size must be at least 4 pixels, got {args.feature_size}")
-    clean = load_clean(args.clean)
+    clean = load_clean(args.clean, products=True)
+    needed = max(args.feature_size, HOG_SIZE)
+    clean = clean.at_size(choose_size(args.clean, needed, args.image_size, flag="--image-size"))
     prices = price_table(clean)
-    images = image_table(clean, args.image_size)
+    images = image_table(clean)
     rows = {
         "price": check_rows(prices, "price"),
         "image": check_rows(images, "image", "root_category"),
@@ -855,24 +750,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log_params(
             {
                 "clean": str(args.clean),
-                "image_size": args.image_size,
+                "image_size": "auto" if args.image_size is None else args.image_size,
+                "image_size_used": clean.size,
                 "feature_size": args.feature_size,
                 "search": args.search,
                 "seed": args.seed,
             },
         )
         results = run_price_baselines(
-            prices, args.clean / "products.parquet", do_search=args.search, seed=args.seed
+            prices, args.clean / PRODUCTS_FILE, do_search=args.search, seed=args.seed
         )
         results += run_image_baselines(
             images,
             clean.categories,
-            args.clean / "images.parquet",
+            args.clean / IMAGES_FILE,
             feature_size=args.feature_size,
             do_search=args.search,
             seed=args.seed,
         )
-        report = summary(results, rows, args)
+        report = summary(results, rows, args, clean.size)
         mlflow.log_dict(report, "results.json")
         table = results_markdown(report)
         mlflow.log_text(table, "results.md")

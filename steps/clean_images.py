@@ -32,13 +32,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from registry.clean_data import IMAGES_DIR, image_folder
 from registry.imaging import load_normalized
 from steps import runtime
-from steps.runtime import StepError, check_tracking_server, cli, log_params, start_run
+from steps.runtime import StepError, cli, log_params, start_run
 
 log = logging.getLogger(__name__)
 
-IMAGES_DIR = "images"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 JPEG_QUALITY = 90
 MIN_SIZE = 8
@@ -155,6 +155,16 @@ def run_jobs(
         yield from future.result()
 
 
+def refuse_out_in_raw(raw: Path, out: Path) -> None:
+    """A :class:`StepError` when ``out`` is the raw folder or inside it (raw is read-only)."""
+    raw_resolved, out_resolved = raw.resolve(), out.resolve()
+    if out_resolved == raw_resolved or raw_resolved in out_resolved.parents:
+        raise StepError(
+            f"--out {out} is inside the raw folder {raw}; the raw export is never written to, "
+            "choose another folder such as data/clean"
+        )
+
+
 def check_inputs(raw: Path, out: Path, size: int, workers: int) -> Path:
     """Validate the arguments; return the raw images folder."""
     if size < MIN_SIZE:
@@ -166,11 +176,11 @@ def check_inputs(raw: Path, out: Path, size: int, workers: int) -> Path:
     images_dir = raw / IMAGES_DIR
     if not images_dir.is_dir():
         raise StepError(f"{images_dir} not found; the raw export needs its images/ folder")
-    raw_resolved, out_resolved = raw.resolve(), out.resolve()
-    if out_resolved == raw_resolved or raw_resolved in out_resolved.parents:
+    refuse_out_in_raw(raw, out)
+    if not list_images(images_dir):
         raise StepError(
-            f"--out {out} is inside the raw folder {raw}; the raw export is never written to, "
-            "choose another folder such as data/clean"
+            f"no image files in {images_dir} (expected {', '.join(IMAGE_SUFFIXES)}); "
+            "check the export or --raw"
         )
     return images_dir
 
@@ -182,22 +192,30 @@ def clean_images(
 
     Returns ``done``, ``failed``, ``skipped``, ``total``, ``seconds``, ``images_per_second``
     (done / seconds) and ``failures`` (a list of ``{"image_id", "file", "error"}``).
-    ``log_run=False`` skips MLflow (benchmarks); steps always log.
+    ``log_run=False`` skips MLflow (benchmarks); steps always log, in a run opened before
+    the work (a crash leaves a FAILED run with the params).
     """
-    from tqdm import tqdm
-
     raw, out = Path(raw), Path(out)
     images_dir = check_inputs(raw, out, size, workers)
+    if not log_run:
+        return normalize_all(raw, out, images_dir, size, workers)[0]
+    with start_run("clean_images"):
+        log_params({"size": size, "workers": workers, "raw": str(raw), "out": str(out)})
+        stats, processes = normalize_all(raw, out, images_dir, size, workers)
+        log_params({"processes": processes})
+        log_stats(stats)
+    return stats
+
+
+def normalize_all(
+    raw: Path, out: Path, images_dir: Path, size: int, workers: int
+) -> tuple[dict[str, Any], int]:
+    """The work of :func:`clean_images`, without MLflow: its stats and the processes used."""
+    from tqdm import tqdm
+
     cores = workers or os.cpu_count() or 1
-    if log_run:
-        check_tracking_server()  # fail before the work, not after it
     sources = list_images(images_dir)
-    if not sources:
-        raise StepError(
-            f"no image files in {images_dir} (expected {', '.join(IMAGE_SUFFIXES)}); "
-            "check the export or --raw"
-        )
-    target_dir = out / IMAGES_DIR / str(size)
+    target_dir = image_folder(out, size)
     target_dir.mkdir(parents=True, exist_ok=True)
 
     jobs: list[Job] = []
@@ -247,28 +265,23 @@ def clean_images(
         "out": str(target_dir),
     }
     (out / IMAGES_DIR / f"report_{size}.json").write_text(json.dumps(report, indent=2))
-    if log_run:
-        params = {"size": size, "workers": workers, "processes": processes}
-        log_to_mlflow(stats, {**params, "raw": str(raw), "out": str(out)})
-    return stats
+    return stats, processes
 
 
-def log_to_mlflow(stats: dict[str, Any], params: dict[str, Any]) -> None:
-    """One ``clean_images`` run: params, the counts and speed as metrics, the failures list."""
+def log_stats(stats: dict[str, Any]) -> None:
+    """Into the active run: the counts and speed as metrics, the failures list."""
     import mlflow
 
-    with start_run("clean_images"):
-        log_params(params)
-        mlflow.log_metrics(
-            {
-                key: stats[key]
-                for key in ("done", "failed", "skipped", "total", "seconds", "images_per_second")
-            }
-        )
-        mlflow.log_dict({"failures": stats["failures"]}, "failures.json")
+    mlflow.log_metrics(
+        {
+            key: stats[key]
+            for key in ("done", "failed", "skipped", "total", "seconds", "images_per_second")
+        }
+    )
+    mlflow.log_dict({"failures": stats["failures"]}, "failures.json")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     from steps.runtime import non_negative_int, whole_number
 
     parser = runtime.ArgumentParser(
@@ -286,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     stats = clean_images(args.raw, args.out, size=args.size, workers=args.workers)
     print(
         f"done {stats['done']}, failed {stats['failed']}, skipped {stats['skipped']} "

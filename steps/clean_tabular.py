@@ -1,9 +1,13 @@
 """clean_tabular: turn the raw export's two CSVs into the clean tables every later step reads.
 
 Reads (never modifies):
-    <raw>/Products.csv, <raw>/Images.csv  the export as it really is: header ends in a bare
-                                          ``\\r``, records end in ``\\n``, newlines inside quoted
-                                          descriptions are bare ``\\r``, first column an index
+    <raw>/Products.csv, <raw>/Images.csv  the export as it really comes: records ending in
+                                          LF, CRLF or bare CR (line breaks inside quoted
+                                          descriptions too, or bare ``\\r`` in LF files),
+                                          first column an index; only ``id``, ``category``
+                                          (products) and ``id``, ``product_id`` (images) are
+                                          required, an absent other column comes out empty
+                                          and is listed in report.json (``absent_columns``)
     <raw>/images/                         the photos, probed (draft decode) to drop broken ones
 Writes:
     <out>/products.parquet   one row per product: parsed price and its flag, clean name,
@@ -12,8 +16,9 @@ Writes:
                              by root category, seeded), file, original width/height/mode
     <out>/categories.json    sorted root categories; label i <-> categories[i]
     <out>/report.json        rows in/out, rows dropped per reason, split sizes, per category
-Logs one MLflow run ``clean_tabular``: params, counts as metrics, the four files as artifacts,
-and the raw and clean tables as dataset inputs (contexts ``raw`` and ``clean``).
+Logs one MLflow run ``clean_tabular``, opened before the work (params first; a crash leaves a
+FAILED run): counts as metrics, the four files as artifacts, and the raw and clean tables as
+dataset inputs (contexts ``raw`` and ``clean``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +40,17 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from registry.clean_data import (
+    CATEGORIES_FILE,
+    IMAGES_FILE,
+    PRODUCTS_FILE,
+    REPORT_FILE,
+    SPLITS,
+)
 from registry.imaging import open_image
 from steps import runtime
-from steps.clean_images import list_images
-from steps.runtime import StepError, check_tracking_server, cli, log_params, start_run
+from steps.clean_images import list_images, refuse_out_in_raw
+from steps.runtime import StepError, cli, log_params, start_run
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +69,14 @@ PRODUCT_COLUMNS = (
     "create_time",
 )
 IMAGE_COLUMNS = ("id", "product_id", "bucket_link", "image_ref", "create_time")
+# Only these must be there: an export without the others (the December 2022 copies have
+# ",id,product_name,category,product_description,price,location" and ",id,product_id")
+# gets them as empty columns, and report.json lists them under "absent_columns".
+REQUIRED_PRODUCT_COLUMNS = ("id", "category")
+REQUIRED_IMAGE_COLUMNS = ("id", "product_id")
+SNIFF_BYTES = 1 << 20
 MISSING_TEXT = frozenset({"", "n/a", "na", "nan", "null", "none"})
 CATEGORY_SEPARATOR = " / "
-SPLITS = ("train", "val", "test")
 PRICE_FLAGS = ("ok", "missing", "zero", "implausible")
 PROBE_SIZE = 64
 EXAMPLES = 20  # how many file names / errors the report lists per reason
@@ -148,12 +165,27 @@ def county_of(location: object) -> str | None:
 # --------------------------------------------------------------------------- reading
 
 
-def read_raw_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
-    """Read an export CSV as text, whatever its line-ending quirks; drop the index column.
+def line_terminator(path: Path) -> str:
+    """How the records of ``path`` end: ``\n`` (LF or CRLF files) or ``\r`` (bare-CR files).
 
-    ``lineterminator="\\n"`` makes a bare ``\\r`` ordinary text, so one inside a quoted
-    description never splits a record; a trailing ``\\r`` on the header (or on values, for
-    files written with ``\\r\\n``) is stripped afterwards.
+    A file with any ``\n`` ends its records in ``\n`` (a ``\r`` before it, or a bare ``\r``
+    inside a description, is text); only a file without one uses bare ``\r`` throughout.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    return "\r" if b"\n" not in head and b"\r" in head else "\n"
+
+
+def read_raw_csv(
+    path: Path, columns: Sequence[str], required: Sequence[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """Read an export CSV as text, whatever its line endings; drop the index column.
+
+    Returns the table with every one of ``columns`` (an absent optional one as an empty
+    column) and the names of those that were absent. Records may end in LF, CRLF or a bare
+    CR (:func:`line_terminator`); a ``\r`` left at the end of a value (CRLF files, the
+    header's end) is stripped, and line breaks inside quoted descriptions stay in the text
+    (:func:`missing_to_none` turns them into ``\n``).
     """
     if not path.is_file():
         raise StepError(
@@ -161,7 +193,11 @@ def read_raw_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
         )
     try:
         frame = pd.read_csv(
-            path, lineterminator="\n", dtype=str, keep_default_na=False, na_filter=False
+            path,
+            lineterminator=line_terminator(path),
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise StepError(f"cannot read {path} as CSV ({exc}); re-export it") from None
@@ -177,7 +213,12 @@ def read_raw_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
         )
     for column in frame.columns:
         frame[column] = frame[column].str.rstrip("\r")
-    return frame
+    absent = [column for column in columns if column not in frame.columns]
+    for column in absent:
+        frame[column] = ""
+    if absent:
+        log.info("%s has no column(s) %s: left empty", path.name, ", ".join(absent))
+    return frame, absent
 
 
 def find_image_files(images_dir: Path) -> dict[str, str]:
@@ -397,12 +438,7 @@ def check_paths(raw: Path, out: Path) -> None:
     """Refuse a missing raw folder, and any output folder that is or lies inside it."""
     if not raw.is_dir():
         raise StepError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
-    raw_resolved, out_resolved = raw.resolve(), out.resolve()
-    if out_resolved == raw_resolved or raw_resolved in out_resolved.parents:
-        raise StepError(
-            f"--out {out} is inside the raw folder {raw}; the raw export is never written to, "
-            "choose another folder such as data/clean"
-        )
+    refuse_out_in_raw(raw, out)
 
 
 def check_fractions(val_frac: float, test_frac: float, max_price: float) -> None:
@@ -430,10 +466,10 @@ def write_outputs(
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "products": out / "products.parquet",
-        "images": out / "images.parquet",
-        "categories": out / "categories.json",
-        "report": out / "report.json",
+        "products": out / PRODUCTS_FILE,
+        "images": out / IMAGES_FILE,
+        "categories": out / CATEGORIES_FILE,
+        "report": out / REPORT_FILE,
     }
     _write_atomic(paths["products"], lambda p: products.to_parquet(p, index=False))
     _write_atomic(paths["images"], lambda p: images.to_parquet(p, index=False))
@@ -462,26 +498,23 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def log_to_mlflow(
-    params: dict[str, Any],
+def log_outputs(
     report: dict[str, Any],
     paths: dict[str, Path],
     tables: dict[str, tuple[pd.DataFrame, Path, str]],
 ) -> None:
-    """One ``clean_tabular`` run: params, counts, the output files, and the tables as inputs."""
+    """Into the active run: the counts, the output files, and the tables as inputs."""
     import mlflow
     import mlflow.data
 
-    with start_run("clean_tabular"):
-        log_params(params)
-        mlflow.log_metrics(flat_metrics(report))
-        for path in paths.values():
-            mlflow.log_artifact(str(path), artifact_path="clean")
-        with warnings.catch_warnings():  # schema hints and source-resolution chatter
-            warnings.simplefilter("ignore", UserWarning)
-            for name, (frame, source, context) in tables.items():
-                dataset = mlflow.data.from_pandas(frame, source=str(source), name=name)
-                mlflow.log_input(dataset, context=context)
+    mlflow.log_metrics(flat_metrics(report))
+    for path in paths.values():
+        mlflow.log_artifact(str(path), artifact_path="clean")
+    with warnings.catch_warnings():  # schema hints and source-resolution chatter
+        warnings.simplefilter("ignore", UserWarning)
+        for name, (frame, source, context) in tables.items():
+            dataset = mlflow.data.from_pandas(frame, source=str(source), name=name)
+            mlflow.log_input(dataset, context=context)
 
 
 @dataclass
@@ -509,8 +542,12 @@ def build_clean_tables(
     if not raw.is_dir():
         raise StepError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
     check_fractions(val_frac, test_frac, max_price)
-    raw_products = read_raw_csv(raw / PRODUCTS_CSV, PRODUCT_COLUMNS)
-    raw_images = read_raw_csv(raw / IMAGES_CSV, IMAGE_COLUMNS)
+    raw_products, absent_products = read_raw_csv(
+        raw / PRODUCTS_CSV, PRODUCT_COLUMNS, REQUIRED_PRODUCT_COLUMNS
+    )
+    raw_images, absent_images = read_raw_csv(
+        raw / IMAGES_CSV, IMAGE_COLUMNS, REQUIRED_IMAGE_COLUMNS
+    )
 
     products, product_report = clean_products(raw_products, max_price)
     if products.empty:
@@ -548,6 +585,7 @@ def build_clean_tables(
     products["split"] = products["product_id"].map(split).astype("str")
 
     report = build_report(product_report, image_report, products, images, categories)
+    report["absent_columns"] = {PRODUCTS_CSV: absent_products, IMAGES_CSV: absent_images}
     return CleanTables(products, images, categories, report, raw_products, raw_images)
 
 
@@ -560,13 +598,13 @@ def clean_tabular(
     max_price: float = 100_000.0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Clean ``raw`` into ``out`` (see the module docstring), log the run, return the report."""
+    """Clean ``raw`` into ``out`` (see the module docstring) in one MLflow run; the report.
+
+    The run opens before the work: a crash leaves a FAILED run with its params.
+    """
     raw, out = Path(raw), Path(out)
     check_paths(raw, out)
-    check_tracking_server()  # fail before the work, not after it
-    tables = build_clean_tables(
-        raw, val_frac=val_frac, test_frac=test_frac, max_price=max_price, seed=seed
-    )
+    check_fractions(val_frac, test_frac, max_price)
     params = {
         "raw": str(raw),
         "out": str(out),
@@ -575,19 +613,23 @@ def clean_tabular(
         "max_price": max_price,
         "seed": seed,
     }
-    report = {**tables.report, "params": params}
-    paths = write_outputs(out, tables.products, tables.images, tables.categories, report)
-    log_to_mlflow(
-        params,
-        report,
-        paths,
-        {
-            "products_raw": (tables.raw_products, raw / PRODUCTS_CSV, "raw"),
-            "images_raw": (tables.raw_images, raw / IMAGES_CSV, "raw"),
-            "products_clean": (tables.products, paths["products"], "clean"),
-            "images_clean": (tables.images, paths["images"], "clean"),
-        },
-    )
+    with start_run("clean_tabular"):
+        log_params(params)
+        tables = build_clean_tables(
+            raw, val_frac=val_frac, test_frac=test_frac, max_price=max_price, seed=seed
+        )
+        report = {**tables.report, "params": params}
+        paths = write_outputs(out, tables.products, tables.images, tables.categories, report)
+        log_outputs(
+            report,
+            paths,
+            {
+                "products_raw": (tables.raw_products, raw / PRODUCTS_CSV, "raw"),
+                "images_raw": (tables.raw_images, raw / IMAGES_CSV, "raw"),
+                "products_clean": (tables.products, paths["products"], "clean"),
+                "images_clean": (tables.images, paths["images"], "clean"),
+            },
+        )
     return report
 
 
@@ -625,7 +667,7 @@ def build_report(
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     from steps.runtime import non_negative_int
 
     parser = runtime.ArgumentParser(
@@ -650,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     report = clean_tabular(
         args.raw,
         args.out,

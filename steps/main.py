@@ -10,6 +10,10 @@ inputs (file names, sizes and modification times), the same code, and outputs th
 still as that run left them. Each step's run is tagged with that key
 (``pipeline.cache_key``) and nested under this run in the MLflow UI.
 
+Each step runs with the environment manager this pipeline was given itself
+(``mlflow run . -e main`` with conda builds ``conda.yaml``'s environment for every step;
+``--env-manager local`` runs them all in the current one).
+
 Reads and writes what the chained steps read and write.
 """
 
@@ -24,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry.clean_data import TABLE_FILES, image_folder
 from steps import runtime
 from steps.runtime import (
     StepError,
@@ -43,6 +48,9 @@ CODE_FOLDERS = ("steps", "registry")
 CACHE_KEY_TAG = "pipeline.cache_key"
 OUTPUT_DIGEST_TAG = "pipeline.output_digest"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# `mlflow run --env-manager conda|virtualenv|uv` tags its run with the manager; local sets none.
+PROJECT_ENV_TAG = "mlflow.project.env"
+ENV_MANAGERS = ("local", "conda", "virtualenv", "uv")
 
 
 @dataclass
@@ -118,8 +126,18 @@ def find_cached_run(client, experiment_id: str, step: Step, key: str):
     return None
 
 
-def run_step(step: Step, parent_run_id: str, experiment_id: str, code: str) -> str:
-    """Run ``step`` as its own MLflow run (or reuse a cached one); returns its run id."""
+def env_manager_of(client, run_id: str) -> str:
+    """The environment manager ``mlflow run`` started run ``run_id`` with (``local`` when it
+    says none, as with ``--env-manager local`` or outside ``mlflow run``)."""
+    manager = client.get_run(run_id).data.tags.get(PROJECT_ENV_TAG, "local")
+    return manager if manager in ENV_MANAGERS else "local"
+
+
+def run_step(
+    step: Step, parent_run_id: str, experiment_id: str, code: str, env_manager: str = "local"
+) -> str:
+    """Run ``step`` as its own MLflow run (or reuse a cached one) with ``env_manager``; returns
+    its run id."""
     import mlflow
     from mlflow.exceptions import ExecutionException
     from mlflow.tracking import MlflowClient
@@ -141,7 +159,7 @@ def run_step(step: Step, parent_run_id: str, experiment_id: str, code: str) -> s
             str(PROJECT_ROOT),
             entry_point=step.entry_point,
             parameters=step.parameters,
-            env_manager="local",
+            env_manager=env_manager,
             experiment_id=experiment_id,
             run_name=step.entry_point,
             synchronous=True,
@@ -158,8 +176,8 @@ def run_step(step: Step, parent_run_id: str, experiment_id: str, code: str) -> s
 def plan(args: argparse.Namespace) -> list[Step]:
     """The steps to run, in order, with their parameters, inputs and outputs."""
     raw, clean = Path(args.raw), Path(args.clean)
-    images = clean / "images" / str(args.size)
-    tables = [clean / "images.parquet", clean / "products.parquet", clean / "categories.json"]
+    images = image_folder(clean, args.size)
+    tables = [clean / name for name in TABLE_FILES]
     steps: list[Step] = []
     if args.source:
         steps.append(
@@ -300,12 +318,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_params(vars(args))
         parent, experiment = run.info.run_id, run.info.experiment_id
         client = MlflowClient()
+        env_manager = env_manager_of(client, parent)
+        log.info("the steps run with --env-manager %s, as this pipeline does", env_manager)
         run_ids: dict[str, str] = {}
         for step in plan(args):
-            run_ids[step.entry_point] = run_step(step, parent, experiment, code)
+            run_ids[step.entry_point] = run_step(step, parent, experiment, code, env_manager)
         version = registered_version(client, args.model_name, run_ids["train"])
         if version is not None:
-            run_ids["index"] = run_step(index_step(args, version), parent, experiment, code)
+            index = index_step(args, version)
+            run_ids["index"] = run_step(index, parent, experiment, code, env_manager)
         mlflow.log_dict(run_ids, "pipeline_runs.json")
         if version is None:
             log.warning("training registered no version of %s: nothing to promote", args.model_name)
@@ -329,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             cacheable=False,
         )
         try:
-            run_step(promote, parent, experiment, code)
+            run_step(promote, parent, experiment, code, env_manager)
         except StepError:
             log.warning(
                 "version %s of %s was not promoted (see the reason above); production is unchanged",

@@ -34,7 +34,7 @@ def legacy_stage_choice(value: str) -> bool | None:
     return str_to_bool(value)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = runtime.ArgumentParser(
         prog="python -m steps.promote",
         description="Promote a registered model version to production (alias `production`).",
@@ -64,7 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also move the deprecated Production stage: true, false or auto (default auto: "
         "only when a version is in that stage already)",
     )
-    return parser.parse_args(argv)
+    return parser
 
 
 def step_params(args: argparse.Namespace) -> dict[str, str]:
@@ -88,7 +88,7 @@ def record_decision(decision: Decision) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> Decision:
-    args = parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     import mlflow
 
     with start_run("promote") as run:

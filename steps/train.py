@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import tempfile
 import warnings
-from collections.abc import Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ from registry.model import (
     register_classifier,
 )
 from steps import runtime
+from steps.evaluation import log_classification_report
 from steps.runtime import StepError
 from steps.training import checkpoint as ckpt
 from steps.training.config import TrainConfig
@@ -56,6 +58,7 @@ from steps.training.distributed import (
     setup,
     teardown,
 )
+from steps.training.interrupt import Interrupted, StopSignals
 from steps.training.loop import (
     EarlyStopping,
     EpochRecord,
@@ -72,18 +75,20 @@ from steps.training.model import (
     parse_trainable_layers,
     trainable_parameters,
 )
-from steps.training.report import log_test_report
 from steps.training.stages import build_stage, eval_source
 
 log = logging.getLogger(__name__)
 
 RUN_NAME = "train"
+AUTO = "auto"
+CLEAN_SIZE_USED = "clean_size_used"
+EVALUATION_DIR = "evaluation"
 
 
 # --------------------------------------------------------------------------- arguments
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = runtime.ArgumentParser(
         prog="python -m steps.train",
@@ -101,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=runtime.positive_int, default=d.image_size)
     p.add_argument(
         "--clean-size",
-        type=runtime.positive_int,
-        default=d.clean_size,
-        help="which images/<size> folder of clean_images to read",
+        type=runtime.auto_or_positive_int,
+        default=AUTO if d.clean_size is None else d.clean_size,
+        help="which images/<size> folder of clean_images to read; auto: the smallest at least "
+        "8/7 of --image-size, else the largest",
     )
     p.add_argument("--batch-size", type=runtime.positive_int, default=d.batch_size)
     p.add_argument("--lr", type=runtime.positive_float, default=d.lr)
@@ -134,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     if args.image_size < 16:
         raise StepError(f"--image-size must be at least 16 pixels, got {args.image_size}")
     return TrainConfig(
@@ -192,6 +198,34 @@ def _open_run(cfg: TrainConfig, ctx: Context):
     return active
 
 
+@contextmanager
+def _killed_on_signal(signals: StopSignals, ctx: Context, run) -> Iterator[None]:
+    """End rank 0's run as KILLED when SIGTERM or SIGINT stopped the block.
+
+    The signal may surface as :class:`Interrupted` or, under DDP, as a failed collective
+    once a peer has stopped: what counts is that a signal came. Other errors pass as they
+    are (the run then ends FAILED).
+    """
+    try:
+        yield
+    except BaseException:
+        signum = signals.quiet()
+        if signum is None:
+            raise
+        if ctx.is_main:
+            import mlflow
+
+            mlflow.end_run("KILLED")
+            log.warning(
+                "stopped by %s: run %s is KILLED; continue it with "
+                "`python -m steps.train --resume %s`",
+                signal.Signals(signum).name,
+                run.info.run_id,
+                run.info.run_id,
+            )
+        raise Interrupted(signum) from None
+
+
 def _log_inputs(data: CleanData) -> None:
     import mlflow
 
@@ -207,18 +241,30 @@ def _log_inputs(data: CleanData) -> None:
 
 
 def _prepare(cfg: TrainConfig, ctx: Context):
-    """Checkpoint (when resuming), config, data and the network on its device."""
+    """Checkpoint (when resuming), config, data and the network on its device.
+
+    The config that comes back has ``clean_size`` resolved (``auto`` becomes a number).
+    """
     checkpoint = None
     if cfg.resume:
+        fetched: dict | str | None = None
         if ctx.is_main:
             import mlflow
 
             mlflow.set_tracking_uri(runtime.tracking_uri())
-            checkpoint = ckpt.fetch_checkpoint(cfg.resume)
-        checkpoint = broadcast_object(ctx, checkpoint)
+            try:
+                fetched = ckpt.fetch_checkpoint(cfg.resume)
+            except StepError as exc:
+                fetched = str(exc)  # every rank stops with it, none waits for a checkpoint
+        # Every rank resumes from rank 0's copy of the checkpoint: the same epoch and weights.
+        fetched = broadcast_object(ctx, fetched)
+        if isinstance(fetched, str):
+            raise StepError(fetched)
+        checkpoint = fetched
         cfg = cfg.resumed_with(checkpoint["args"])
         log.info("resuming run %s after epoch %d", cfg.resume, checkpoint["epoch"])
-    data = load_clean_data(cfg.clean, cfg.clean_size)
+    data = load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size)
+    cfg = replace(cfg, clean_size=data.size)
     torch.manual_seed(cfg.seed)
     if checkpoint is None:
         net, weights_used = build_model(cfg.arch, len(data.categories), cfg.weights)
@@ -235,13 +281,19 @@ def _prepare(cfg: TrainConfig, ctx: Context):
 class EpochLogger:
     """Rank 0's end-of-epoch work: metrics with ``step=epoch`` and the checkpoints."""
 
-    def __init__(self, cfg, net, optimizer, scheduler, scaler, stopper, extra, folder: Path):
+    def __init__(
+        self, cfg, net, optimizer, scheduler, scaler, stopper, extra, folder: Path, signals
+    ):
         self.cfg, self.net, self.optimizer = cfg, net, optimizer
         self.scheduler, self.scaler, self.stopper = scheduler, scaler, stopper
-        self.extra, self.folder = extra, folder
+        self.extra, self.folder, self.signals = extra, folder, signals
         self.best_path: Path | None = None
 
     def __call__(self, record: EpochRecord, improved: bool) -> None:
+        with self.signals.critical():  # a SIGTERM now waits for the checkpoint to be logged
+            self._log(record, improved)
+
+    def _log(self, record: EpochRecord, improved: bool) -> None:
         import mlflow
 
         mlflow.log_metrics(record.metrics(), step=record.epoch)
@@ -279,7 +331,9 @@ def _evaluate_test(net: nn.Module, data: CleanData, cfg: TrainConfig, ctx: Conte
     images = decode_images(data.paths(frame), cfg.image_size, cfg.num_workers)
     labels = labels_of(frame)
     logits = predict_logits(net, eval_source(images, labels, cfg.batch_size, ctx), ctx)
-    metrics = log_test_report(softmax_numpy(logits), labels.numpy(), data.categories)
+    metrics = log_classification_report(
+        softmax_numpy(logits), labels.numpy(), data.categories, artifact_dir=EVALUATION_DIR
+    )
     log.info(
         "test: accuracy %.3f, top-3 %.3f, macro-F1 %.3f on %d images",
         metrics["test_accuracy"],
@@ -310,27 +364,38 @@ def _log_model(net, data, cfg, outcome: TrainOutcome, digest: str) -> None:
 
 
 def train(cfg: TrainConfig) -> TrainOutcome | None:
-    """Train, evaluate and register; returns the outcome on rank 0, None on other ranks."""
+    """Train, evaluate and register; returns the outcome on rank 0, None on other ranks.
+
+    SIGTERM or SIGINT ends the run as KILLED (after the epoch's checkpoint when one is being
+    written) and raises :class:`Interrupted`; ``--resume`` continues the run.
+    """
     ctx = setup()
     try:
         if ctx.is_main:
             runtime.check_tracking_server()
-        return _train(cfg, ctx)
+        with StopSignals() as signals:
+            return _train(cfg, ctx, signals)
     finally:
         teardown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: Context) -> TrainOutcome | None:
+def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome | None:
+    asked = AUTO if cfg.clean_size is None else cfg.clean_size
     cfg, data, net, weights_used, checkpoint = _prepare(cfg, ctx)
     digest = data_digest(cfg.clean)
     if checkpoint is not None and checkpoint.get(DATA_DIGEST_TAG) not in (None, digest):
         log.warning("the cleaned data changed since run %s started (digest differs)", cfg.resume)
     log.info("training %s on %s, weights %s", cfg.arch, ctx.describe(), weights_used)
-    with _open_run(cfg, ctx) as run, tempfile.TemporaryDirectory(prefix="train-") as tmp:
+    with (
+        _open_run(cfg, ctx) as run,
+        _killed_on_signal(signals, ctx, run),
+        tempfile.TemporaryDirectory(prefix="train-") as tmp,
+    ):
         if ctx.is_main:
             import mlflow
 
-            runtime.log_params({**cfg.as_params(), "weights_used": weights_used})
+            params = {**cfg.as_params(), "clean_size": asked, CLEAN_SIZE_USED: cfg.clean_size}
+            runtime.log_params({**params, "weights_used": weights_used})
             mlflow.set_tags({"weights_used": weights_used, DATA_DIGEST_TAG: digest})
             mlflow.set_tags({"device": str(ctx.device), "world_size": ctx.world_size})
             if checkpoint is None:
@@ -347,30 +412,22 @@ def _train(cfg: TrainConfig, ctx: Context) -> TrainOutcome | None:
             first_epoch = int(checkpoint["epoch"]) + 1
         extra = {"weights_used": weights_used, DATA_DIGEST_TAG: digest}
         epoch_logger = EpochLogger(
-            cfg, net, optimizer, scheduler, scaler, stopper, extra, Path(tmp)
+            cfg, net, optimizer, scheduler, scaler, stopper, extra, Path(tmp), signals
         )
         if ctx.is_main:
             mlflow.log_metric("setup_seconds", stage.setup_seconds, step=first_epoch - 1)
-        try:
-            records = fit(
-                stage,
-                optimizer,
-                scheduler,
-                torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                stopper,
-                ctx,
-                first_epoch=first_epoch,
-                epochs=cfg.epochs,
-                scaler=scaler,
-                on_epoch_end=epoch_logger if ctx.is_main else None,
-            )
-        except KeyboardInterrupt:
-            if ctx.is_main:
-                log.warning(
-                    "interrupted: continue with `python -m steps.train --resume %s`",
-                    run.info.run_id,
-                )
-            raise
+        records = fit(
+            stage,
+            optimizer,
+            scheduler,
+            torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+            stopper,
+            ctx,
+            first_epoch=first_epoch,
+            epochs=cfg.epochs,
+            scaler=scaler,
+            on_epoch_end=epoch_logger if ctx.is_main else None,
+        )
         barrier(ctx)
         if not ctx.is_main:
             return None

@@ -15,17 +15,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from registry.clean_data import CleanData
+from registry.image_features import ImageFeatures, gradient_histogram
 from steps import baselines as step
 from steps.baselines import (
-    CleanData,
     check_rows,
     hash_split,
     price_metrics,
     product_splits,
     results_markdown,
-    top_k_accuracy,
 )
-from steps.image_features import ImageFeatures, gradient_histogram
+from steps.evaluation import align_probabilities, label_indices, top_k_accuracy
 from steps.runtime import StepError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +95,7 @@ def write_clean(folder: Path, products: int, images_per_class: dict[str, str]) -
                 "image_id": image_id,
                 "product_id": ids[k % products],
                 "root_category": "A" if k % 2 else "B",
+                "label": k % 2,
                 "split": split,
             }
         )
@@ -127,7 +128,7 @@ def test_products_take_their_images_split_and_the_rest_a_hashed_one() -> None:
     )
     products = pd.DataFrame({"product_id": ["a", "b", "c", "d"]})
     clean = CleanData(
-        Path("."), products, images, [], {"params": {"val_frac": 0.2, "test_frac": 0.1}}
+        Path("."), images, [], products, {"params": {"val_frac": 0.2, "test_frac": 0.1}}
     )
     splits = product_splits(products, clean)
     assert list(splits[:2]) == ["test", "val"]
@@ -143,9 +144,12 @@ def test_top_k_accuracy_counts_the_true_class_among_the_k_most_probable() -> Non
             [0.3, 0.4, 0.2, 0.1],  # c third
         ]
     )
-    assert top_k_accuracy(["a", "a", "c"], probabilities, classes, 1) == pytest.approx(1 / 3)
-    assert top_k_accuracy(["a", "a", "c"], probabilities, classes, 3) == pytest.approx(2 / 3)
-    assert top_k_accuracy(["z", "z", "z"], probabilities, classes, 3) == 0.0  # never seen
+    true = label_indices(["a", "a", "c"], classes)
+    assert top_k_accuracy(probabilities, true, 1) == pytest.approx(1 / 3)
+    assert top_k_accuracy(probabilities, true, 3) == pytest.approx(2 / 3)
+    # a class the model never saw (its column is all zeros after alignment) is never right
+    aligned = align_probabilities(probabilities[:, :3], classes[:3], classes)
+    assert top_k_accuracy(aligned, label_indices(["d"] * 3, classes), 3) == 0.0
 
 
 def test_price_metrics_are_in_pounds_and_r2_on_log_price() -> None:
@@ -285,7 +289,7 @@ def test_no_clean_data_names_the_step_to_run(tmp_path: Path) -> None:
 def test_missing_image_size_names_clean_images_and_the_sizes_there(tmp_path: Path) -> None:
     clean = write_clean(tmp_path / "clean", 20, {f"i{k}": "train" for k in range(4)})
     result = run_cli("steps.baselines", "--clean", str(clean), "--image-size", "256", cwd=tmp_path)
-    assert_one_line_error(result, "clean_images", "size=256", "32")
+    assert_one_line_error(result, "clean_images", "--size 256", "found: 32")
 
 
 def test_too_few_rows_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
@@ -332,7 +336,8 @@ def baselines_run(baselines_clean: Path, tmp_path_factory: pytest.TempPathFactor
         for variable in INHERITED_RUN:
             patch.delenv(variable, raising=False)
         mlflow.set_tracking_uri(uri)
-        report = step.main(["--clean", str(baselines_clean), "--image-size", str(IMAGE_SIZE)])
+        report = step.main(["--clean", str(baselines_clean)])  # --image-size auto: 64 px
+        assert report["image_size"] == IMAGE_SIZE
         yield {"uri": uri, "report": report, "home": home, "clean": baselines_clean}
         while mlflow.active_run():
             mlflow.end_run()
@@ -471,7 +476,8 @@ def test_the_image_model_brings_its_code_and_loads_outside_the_repo(
         f"model = mlflow.pyfunc.load_model('runs:/{run_id}/model')\n"
         f"frame = pd.DataFrame({{'image': [open({str(image)!r}, 'rb').read()]}})\n"
         "print(model.predict(frame)[0])\n"
-        "print(sys.modules['steps.image_features'].__file__)\n"
+        "print(sys.modules['registry.image_features'].__file__)\n"
+        "print('steps' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in INHERITED_RUN}
     env["MLFLOW_TRACKING_URI"] = baselines_run["uri"]
@@ -485,9 +491,10 @@ def test_the_image_model_brings_its_code_and_loads_outside_the_repo(
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    category, module_file = result.stdout.strip().splitlines()[-2:]
+    category, module_file, steps_imported = result.stdout.strip().splitlines()[-3:]
     assert category in json.loads((baselines_run["clean"] / "categories.json").read_text())
     assert str(REPO) not in module_file and "code" in Path(module_file).parts
+    assert steps_imported == "False"  # a logged baseline carries registry/ code only
 
 
 @pytest.mark.slow

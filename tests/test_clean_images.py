@@ -236,6 +236,23 @@ def test_the_run_is_logged(tmp_path: Path, tracking: str) -> None:
     assert [f["image_id"] for f in failures["failures"]] == ["broken"]
 
 
+def test_a_crash_leaves_a_failed_run_with_its_params(
+    tmp_path: Path, tracking: str, monkeypatch
+) -> None:
+    import mlflow
+
+    def crash(jobs, size):
+        raise RuntimeError("disk on fire")
+
+    raw = make_raw(tmp_path / "raw", count=1)
+    monkeypatch.setattr(step, "normalize_chunk", crash)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        clean_images(raw, tmp_path / "clean", size=SIZE, workers=1)
+    [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+    assert run.info.run_name == "clean_images" and run.info.status == "FAILED"
+    assert run.data.params["size"] == str(SIZE) and run.data.params["workers"] == "1"
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

@@ -21,6 +21,8 @@ from PIL import Image
 from steps.clean_tabular import (
     IMAGE_COLUMNS,
     PRODUCT_COLUMNS,
+    REQUIRED_IMAGE_COLUMNS,
+    REQUIRED_PRODUCT_COLUMNS,
     allocate_split,
     build_clean_tables,
     clean_image_rows,
@@ -293,7 +295,7 @@ QUIRKY_PRODUCTS = (
 def test_bare_cr_in_header_and_fields_does_not_split_records(tmp_path: Path) -> None:
     path = tmp_path / "Products.csv"
     path.write_bytes(QUIRKY_PRODUCTS)
-    frame = read_raw_csv(path, PRODUCT_COLUMNS)
+    frame = read_raw_csv(path, PRODUCT_COLUMNS, REQUIRED_PRODUCT_COLUMNS)[0]
     assert list(frame.columns) == list(PRODUCT_COLUMNS)  # index column gone, no "\r"
     assert len(frame) == 3
     assert frame.loc[0, "product_description"] == "Lovely mirror.\rCollection only,\r\rcash."
@@ -317,17 +319,28 @@ def test_bare_cr_in_header_and_fields_does_not_split_records(tmp_path: Path) -> 
 def test_crlf_records_are_read_too(tmp_path: Path) -> None:
     path = tmp_path / "Products.csv"
     path.write_bytes(QUIRKY_PRODUCTS.replace(b",2022-02-27\n", b",2022-02-27\r\n"))
-    frame = read_raw_csv(path, PRODUCT_COLUMNS)
+    frame = read_raw_csv(path, PRODUCT_COLUMNS, REQUIRED_PRODUCT_COLUMNS)[0]
     assert len(frame) == 3
     assert frame.loc[1, "create_time"] == "2022-02-27"
 
 
-def test_missing_columns_are_named(tmp_path: Path) -> None:
+def test_missing_required_columns_are_named(tmp_path: Path) -> None:
     path = tmp_path / "Products.csv"
     path.write_text(",id,product_name,price\r\n0,a,b,£1.00\n")
-    with pytest.raises(StepError, match="category, product_description") as error:
-        read_raw_csv(path, PRODUCT_COLUMNS)
+    with pytest.raises(StepError, match=r"lacks column\(s\) category \(") as error:
+        read_raw_csv(path, PRODUCT_COLUMNS, REQUIRED_PRODUCT_COLUMNS)
     assert "\n" not in str(error.value)
+
+
+def test_optional_columns_may_be_absent_and_come_out_empty(tmp_path: Path) -> None:
+    path = tmp_path / "Products.csv"
+    path.write_text(",id,category\r\n0,a,Appliances / Irons\r\n")
+    frame, absent = read_raw_csv(path, PRODUCT_COLUMNS, REQUIRED_PRODUCT_COLUMNS)
+    assert absent == [c for c in PRODUCT_COLUMNS if c not in ("id", "category")]
+    assert list(frame.loc[0, absent]) == [""] * len(absent)
+    clean, _ = clean_products(frame, max_price=100_000)
+    assert clean.loc[0, "name"] == "" and clean.loc[0, "price_flag"] == "missing"
+    assert clean[["description", "url", "page_id", "create_time"]].isna().all().all()
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x01\x02"])
@@ -335,7 +348,7 @@ def test_unreadable_csv_is_a_step_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "Products.csv"
     path.write_bytes(content)
     with pytest.raises(StepError):
-        read_raw_csv(path, PRODUCT_COLUMNS)
+        read_raw_csv(path, PRODUCT_COLUMNS, REQUIRED_PRODUCT_COLUMNS)[0]
 
 
 # --------------------------------------------------------------------------- products
@@ -417,7 +430,7 @@ def test_images_joined_probed_and_counted(tmp_path: Path) -> None:
     (raw / "images" / "notes.txt").write_text("not an image")
 
     products = pd.DataFrame({"product_id": ["a", "b"]})
-    raw_rows = read_raw_csv(raw / "Images.csv", IMAGE_COLUMNS)
+    raw_rows, _ = read_raw_csv(raw / "Images.csv", IMAGE_COLUMNS, REQUIRED_IMAGE_COLUMNS)
     clean, report = clean_image_rows(raw_rows, products, raw)
 
     assert report["dropped"] == {
@@ -646,7 +659,9 @@ def test_tracking_server_down_fails_before_writing(
         ("no_image_files", "no usable images"),
     ],
 )
-def test_bad_exports_are_one_line_step_errors(tmp_path: Path, breakage: str, message: str) -> None:
+def test_bad_exports_are_one_line_step_errors(
+    tmp_path: Path, tracking: str, breakage: str, message: str
+) -> None:
     raw = tmp_path / "raw"
     if breakage == "no_category_anywhere":
         write_export(raw, [product("a", category="")], [image_row("i", "a")])
@@ -739,3 +754,129 @@ def test_demo_export_cleans_to_the_contract(demo_raw: Path) -> None:
     assert tables.categories == sorted(set(images["root_category"]))
     assert all((demo_raw / file).is_file() for file in images["file"])
     assert sum(report["splits"]["images"].values()) == len(images)
+
+
+def test_a_crash_leaves_a_failed_run_with_its_params(
+    tmp_path: Path, tracking: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from steps import clean_tabular as step
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    raw = balanced_export(tmp_path / "raw", per_category=1)
+    monkeypatch.setattr(step, "clean_image_rows", crash)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        clean_tabular(raw, tmp_path / "clean", seed=3)
+    [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+    assert run.info.run_name == "clean_tabular" and run.info.status == "FAILED"
+    assert run.data.params["seed"] == "3" and run.data.params["raw"] == str(raw)
+
+
+# ------------------------------------------------------ exports as they really come
+
+DEC_2022_PRODUCTS = ["id", "product_name", "category", "product_description", "price", "location"]
+DEC_2022_IMAGES = ["id", "product_id"]
+ENDINGS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
+
+
+def export_as(raw: Path, out: Path, layout: str, ending: str) -> Path:
+    """A copy of the export ``raw`` in ``layout`` (``full`` or ``dec2022``, the December 2022
+    copies' columns) whose every line ends in ``ending``, line breaks in descriptions too."""
+    import shutil
+
+    products, _ = read_raw_csv(raw / "Products.csv", PRODUCT_COLUMNS, REQUIRED_PRODUCT_COLUMNS)
+    images, _ = read_raw_csv(raw / "Images.csv", IMAGE_COLUMNS, REQUIRED_IMAGE_COLUMNS)
+    if layout == "dec2022":
+        products, images = products[DEC_2022_PRODUCTS], images[DEC_2022_IMAGES]
+    breaks = products["product_description"].str.replace(r"\r\n|\r|\n", ending, regex=True)
+    products = products.assign(product_description=breaks)
+    out.mkdir(parents=True)
+    products.to_csv(out / "Products.csv", lineterminator=ending)
+    images.to_csv(out / "Images.csv", lineterminator=ending)
+    shutil.copytree(raw / "images", out / "images")
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_tables(demo_raw: Path):
+    return build_clean_tables(demo_raw)
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+@pytest.mark.parametrize("layout", ["full", "dec2022"])
+def test_every_layout_and_line_ending_gives_the_same_rows(
+    demo_raw: Path, demo_tables, tmp_path: Path, layout: str, ending: str
+) -> None:
+    raw = export_as(demo_raw, tmp_path / "raw", layout, ENDINGS[ending])
+    assert (b"\n" in (raw / "Products.csv").read_bytes()) == (ending != "cr")
+
+    tables = build_clean_tables(raw)
+
+    absent = {"full": [], "dec2022": ["url", "page_id", "create_time"]}[layout]
+    absent_images = {"full": [], "dec2022": ["bucket_link", "image_ref", "create_time"]}[layout]
+    assert tables.report["absent_columns"] == {
+        "Products.csv": absent,
+        "Images.csv": absent_images,
+    }
+    expected = demo_tables.products.drop(columns=absent)
+    pd.testing.assert_frame_equal(tables.products.drop(columns=absent), expected)
+    assert tables.products[absent].isna().all().all()
+    pd.testing.assert_frame_equal(tables.images, demo_tables.images)
+    descriptions = tables.products["description"].dropna()
+    assert descriptions.str.contains("\n").any()  # line breaks kept, as \n
+    assert not descriptions.str.contains("\r").any()
+
+
+def mlflow_run(entry_point: str, params: dict[str, str], tracking: str):
+    """``mlflow run . -e entry_point --env-manager local`` in a fresh process."""
+    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point]
+    argv += ["--env-manager", "local", "--experiment-name", "tests"]
+    for key, value in params.items():
+        argv += ["-P", f"{key}={value}"]
+    env = {k: v for k, v in os.environ.items() if k not in INHERITED_RUN}
+    env["MLFLOW_TRACKING_URI"] = tracking
+    # `mlflow run --env-manager local` runs the step with the first python on PATH: this one.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # A generous bound: three of these took 5 minutes with two busy loops beside the suite.
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("layout", "ending", "through_ingest"),
+    [("dec2022", "crlf", True), ("full", "cr", False), ("dec2022", "lf", False)],
+)
+def test_real_export_layouts_through_mlflow_run(
+    demo_raw: Path, demo_tables, tmp_path: Path, tracking: str, layout, ending, through_ingest
+) -> None:
+    """A December 2022 copy with CRLF endings goes through ingest, clean_tabular and
+    clean_images as `mlflow run` entry points; the other layouts and endings through
+    clean_tabular. Every row comes out as from the demo export itself."""
+    export = export_as(demo_raw, tmp_path / "export", layout, ENDINGS[ending])
+    raw, clean = tmp_path / "raw", tmp_path / "clean"
+    if through_ingest:
+        mlflow_run("ingest", {"source": str(export), "out": str(raw)}, tracking)
+        assert (raw / "Products.csv").read_bytes() == (export / "Products.csv").read_bytes()
+    else:
+        raw = export
+    mlflow_run("clean_tabular", {"raw": str(raw), "out": str(clean)}, tracking)
+    if through_ingest:
+        mlflow_run("clean_images", {"raw": str(raw), "out": str(clean), "size": "32"}, tracking)
+
+    products = pd.read_parquet(clean / "products.parquet")
+    images = pd.read_parquet(clean / "images.parquet")
+    report = json.loads((clean / "report.json").read_text())
+    absent = report["absent_columns"]["Products.csv"]
+    assert absent == ([] if layout == "full" else ["url", "page_id", "create_time"])
+    assert len(products) == len(demo_tables.products) and len(images) == len(demo_tables.images)
+    assert list(products["product_id"]) == list(demo_tables.products["product_id"])
+    assert list(products["description"].fillna("")) == list(
+        demo_tables.products["description"].fillna("")
+    )
+    if through_ingest:
+        cleaned = {path.stem for path in (clean / "images" / "32").glob("*.jpg")}
+        assert set(images["image_id"]) <= cleaned

@@ -282,7 +282,8 @@ def test_unreachable_endpoint_fails_fast(
     started = time.monotonic()
     with pytest.raises(StepError, match=f"cannot reach S3 at {endpoint}"):
         ingest("s3://bucket/raw", Path("raw"))
-    assert time.monotonic() - started < 20
+    # Minutes with boto3's default retries; well under one here, even on a busy machine.
+    assert time.monotonic() - started < 60
 
 
 def test_cli_s3_error_is_one_line(

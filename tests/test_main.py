@@ -46,6 +46,31 @@ def test_cache_key_depends_on_parameters_inputs_and_code(tmp_path: Path) -> None
     assert cache_key(step, code="v1") != key
 
 
+@pytest.mark.parametrize("manager", ["conda", "virtualenv", "uv", None])
+def test_steps_run_with_the_env_manager_the_pipeline_was_given(
+    tracking: str, monkeypatch: pytest.MonkeyPatch, manager: str | None
+) -> None:
+    import mlflow
+
+    from steps import main as pipeline
+
+    with mlflow.start_run() as run:
+        if manager:  # what `mlflow run --env-manager <manager>` tags its run with
+            mlflow.set_tag("mlflow.project.env", manager)
+    client = mlflow.MlflowClient()
+    expected = manager or "local"  # no tag: --env-manager local, or no `mlflow run` at all
+    assert pipeline.env_manager_of(client, run.info.run_id) == expected
+
+    class Submitted:
+        run_id = run.info.run_id
+
+    calls = []
+    monkeypatch.setattr(mlflow.projects, "run", lambda *a, **kw: calls.append(kw) or Submitted)
+    step = Step("clean_images", {"size": "8"}, cacheable=False)
+    pipeline.run_step(step, run.info.run_id, run.info.experiment_id, "code", expected)
+    assert calls[0]["env_manager"] == expected
+
+
 def _mlflow_run(root: Path, params: dict[str, str], env: dict[str, str]):
     import subprocess
     import sys

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -29,7 +32,51 @@ def test_conda_yaml_lists_the_same_dependencies_as_pyproject() -> None:
     pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     assert _names(pip_section) == _names(project["dependencies"])
     python = next(d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python"))
-    assert python.split("=")[-1] >= project["requires-python"].lstrip(">=")
+    assert _version(python.split("=")[-1]) >= _version(project["requires-python"].lstrip(">="))
+
+
+FIRST_PARTY = {"steps", "registry", "serve", "stack", "tests", "bench"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The top-level names ``path`` imports (absolute imports only)."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module.split(".")[0])
+    return modules
+
+
+@pytest.mark.parametrize("folders", [("steps", "registry", "serve", "stack", "bench"), ("tests",)])
+def test_every_imported_package_is_declared(folders: tuple[str, ...]) -> None:
+    """What the code imports is in pyproject's dependencies (tests: or in the dev extra)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = set(_names(project["dependencies"]))
+    if folders == ("tests",):
+        declared |= set(_names(project["optional-dependencies"]["dev"]))
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = []
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for module in sorted(_imported_modules(path) - FIRST_PARTY):
+                if module in sys.stdlib_module_names or module == "__future__":
+                    continue
+                names = {d.lower().replace("_", "-") for d in distributions.get(module, [])}
+                if not names & declared:
+                    undeclared.append(f"{path.relative_to(ROOT)}: {module} ({names or '?'})")
+    assert undeclared == []
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``"3.11"`` -> (3, 11): versions compare as numbers (``"3.9" > "3.11"`` as text)."""
+    return tuple(int(part) for part in text.strip().split("."))
+
+
+def test_versions_compare_as_numbers() -> None:
+    assert _version("3.11") > _version("3.9")
+    assert _version("3.10.2") > _version("3.10")
 
 
 def _entry_points() -> dict[str, dict]:
@@ -44,6 +91,26 @@ def test_every_entry_point_is_a_step_module_with_its_parameters() -> None:
         assert (ROOT / (match.group(1).replace(".", "/") + ".py")).exists(), name
         for parameter in spec.get("parameters", {}):
             assert "{" + parameter + "}" in command, f"{name}: parameter {parameter} unused"
+
+
+@pytest.mark.parametrize("name", sorted(_entry_points()))
+def test_mlproject_defaults_are_the_step_defaults(name: str) -> None:
+    """Each MLproject default, passed on the command line, parses to the step's own default:
+    the two are written once each and must agree (``train``'s come from ``TrainConfig``)."""
+    spec = _entry_points()[name]
+    module = importlib.import_module(re.match(r"python -m (steps\.\w+)", spec["command"]).group(1))
+    parser = module.get_args_parser()
+    required = {"ingest": ["--source", "somewhere"]}.get(name, [])
+    defaults = vars(parser.parse_args(required))
+    checked = 0
+    for parameter, declared in spec.get("parameters", {}).items():
+        if "default" not in declared:
+            continue
+        option = "--" + parameter.replace("_", "-")
+        given = vars(parser.parse_args([*required, option, str(declared["default"])]))
+        assert given[parameter] == defaults[parameter], f"{name}: {parameter}"
+        checked += 1
+    assert checked >= 1
 
 
 @pytest.mark.parametrize("name", sorted(_entry_points()))

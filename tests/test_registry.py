@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime
@@ -473,11 +474,14 @@ def test_smoke_check_uses_clean_images_when_given(client, tmp_path: Path) -> Non
     pd.DataFrame(
         {
             "image_id": ids,
+            "product_id": ids,
             "root_category": ["R", "G", "B"],
+            "label": [1, 2, 0],
             "split": ["test"] * 3,
             "file": [f"images/{i}.jpg" for i in ids],
         }
     ).to_parquet(clean / "images.parquet")
+    (clean / "categories.json").write_text('["B", "G", "R"]')
 
     decision = promote(NAME, "1", clean=clean, client=client)
 
@@ -504,8 +508,9 @@ def test_two_promotions_at_once_leave_one_production(client) -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=600)  # a generous bound, not a speed test
 
+    assert not any(thread.is_alive() for thread in threads)
     assert errors == []
     aliases = _aliases(client)
     holders = [
@@ -603,7 +608,8 @@ def test_cli_unreachable_server_fails_fast(monkeypatch, capsys) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_endpoint())
     started = time.monotonic()
     assert registry_main(["list"]) == 2
-    assert time.monotonic() - started < 10
+    # MLflow's own client retries for minutes; the check answers at once, even on a busy machine.
+    assert time.monotonic() - started < 60
     assert capsys.readouterr().err.startswith("error: cannot reach the MLflow tracking server")
 
 
@@ -694,7 +700,7 @@ def test_two_promote_processes_at_once_leave_one_production(client, tmp_path: Pa
         )
         for version in ("2", "4")
     ]
-    results = [process.communicate(timeout=120) for process in processes]
+    results = [process.communicate(timeout=600) for process in processes]
 
     assert [p.returncode for p in processes] == [0, 0], results
     aliases = _aliases(client)
@@ -719,8 +725,12 @@ def test_promote_and_rollback_against_an_mlflow_server(tmp_path: Path, monkeypat
         _log_version(tmp_path, COLOUR_MODEL, {"test_accuracy": 0.6}, "one")
         _log_version(tmp_path, COLOUR_MODEL, {"test_accuracy": 0.7}, "two")
         client = MlflowClient(server.url)
+        scratch = tmp_path / "scratch"  # where every temporary folder goes from now on
+        scratch.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
         promote(NAME, "1", client=client)
+        assert list(scratch.iterdir()) == []  # the smoke check removed the model it downloaded
         with pytest.raises(PromotionRefused):
             client.set_registered_model_alias(NAME, "production", "2")
             promote(NAME, "1", client=client)

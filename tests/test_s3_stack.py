@@ -85,7 +85,7 @@ def test_step_artifacts_reach_s3_through_the_server(
 # --------------------------------------------------------------------------- python -m stack
 
 
-def stack(command: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+def stack(command: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "stack", command],
         cwd=ROOT,
@@ -113,7 +113,7 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "STACK_HOST": LOOPBACK,
         "STACK_PORT": str(free_port()),
         "STACK_WORKERS": "1",
-        "STACK_START_TIMEOUT": "150",
+        "STACK_START_TIMEOUT": "400",  # generous: a busy CI machine can take minutes
     }
     for name in ("ARTIFACTS_DESTINATION", "BACKEND_STORE_URI", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -36,6 +38,7 @@ from steps.training.model import (
 )
 from steps.training.transforms import eval_batch, train_transform
 
+REPO = Path(__file__).resolve().parents[1]
 CATEGORIES = ["Appliances", "Baby & Kids Stuff", "Home & Garden"]
 SIZE = 32
 CPU = Context(torch.device("cpu"))
@@ -127,12 +130,9 @@ def metric_steps(client: mlflow.MlflowClient, run_id: str, key: str) -> list[int
 # ---------------------------------------------------------------------- arguments
 
 
-def test_defaults_match_the_mlproject_contract():
-    cfg = parse_config([])
-    assert (cfg.epochs, cfg.arch, cfg.weights, cfg.image_size) == (15, "resnet50", "auto", 224)
-    assert (cfg.clean_size, cfg.batch_size, cfg.lr, cfg.weight_decay) == (256, 64, 1e-3, 1e-4)
-    assert (cfg.trainable_layers, cfg.label_smoothing, cfg.patience) == (1, 0.1, 5)
-    assert cfg.register is True and cfg.model_name == "marketplace-classifier"
+def test_the_command_line_defaults_are_the_config_defaults():
+    """argparse reads TrainConfig's defaults; test_project checks MLproject against argparse."""
+    assert parse_config([]) == TrainConfig()
 
 
 def test_mlproject_style_numbers_parse():
@@ -347,22 +347,26 @@ def test_trains_head_only_on_the_cleaned_demo_export(demo_clean, tracking):
 
 
 @pytest.mark.slow
-def test_resume_continues_the_interrupted_run(tiny_clean, tracking, monkeypatch):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_ends_the_run_killed_and_resume_continues_it(
+    tiny_clean, tracking, monkeypatch, signum, code
+):
     real_epoch = loop.train_one_epoch
 
-    def interrupted_in_epoch_2(*args, **kwargs):
+    def signalled_in_epoch_2(*args, **kwargs):
         if args[6] == 2:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)  # Ctrl-C, or `kill`, in the middle of epoch 2
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_one_epoch", interrupted_in_epoch_2)
+    monkeypatch.setattr(loop, "train_one_epoch", signalled_in_epoch_2)
     with pytest.raises(SystemExit) as stopped:
         main(tiny_args(tiny_clean, "--epochs", "3", "--weights", "none", "--register", "false"))
-    assert stopped.value.code == 130
+    assert stopped.value.code == code
     [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")
     client = mlflow.MlflowClient()
-    assert run.info.status == "FAILED"
+    assert run.info.status == "KILLED"
     assert metric_steps(client, run.info.run_id, "val_loss") == [1]  # only epoch 2 is lost
+    assert signal.getsignal(signum) is not None  # the handlers were put back
 
     monkeypatch.setattr(loop, "train_one_epoch", real_epoch)
     outcome = train(
@@ -382,25 +386,101 @@ def test_resume_continues_the_interrupted_run(tiny_clean, tracking, monkeypatch)
         train(parse_config(tiny_args(tiny_clean, "--resume", run.info.run_id)))
 
 
-@pytest.mark.slow
-def test_two_process_ddp_on_cpu(tiny_clean, tracking):
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+def subprocess_env() -> dict[str, str]:
+    """This checkout first on the path, one thread per process, no run to attach to."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
+    }
+    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + [
         "-m",
         "steps.train",
-        *tiny_args(tiny_clean, "--epochs", "2", "--weights", "none", "--register", "false"),
+        *argv,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")  # rank 0 only
-    assert run.data.tags["world_size"] == "2"
-    assert metric_steps(mlflow.MlflowClient(), run.info.run_id, "train_loss") == [1, 2]
-    assert "test_accuracy" in run.data.metrics
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 600):
+    """Poll ``condition()`` until it is true; fail if ``process`` ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process.poll() is not None:
+            raise AssertionError(
+                f"ended ({process.returncode}) before {what}: {process_log(process)}"
+            )
+        time.sleep(0.25)
+    raise AssertionError(f"no {what} within {timeout:.0f} s")
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    """``command`` in its own session (a signal reaches it alone), stderr to ``log``."""
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            command, stderr=stderr, env=subprocess_env(), start_new_session=True
+        )
+    process.log = log  # type: ignore[attr-defined]
+    return process
+
+
+def process_log(process: subprocess.Popen) -> str:
+    return process.log.read_text()[-3000:]  # type: ignore[attr-defined]
+
+
+def stop_and_check(process: subprocess.Popen, run_id: str) -> list[int]:
+    """SIGTERM ``process``; it ends, the run is KILLED with the last complete epoch's
+    checkpoint; the epochs logged."""
+    client = mlflow.MlflowClient()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) != 0, process_log(process)
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED", process_log(process)
+    epochs = metric_steps(client, run_id, "val_loss")
+    assert epochs == list(range(1, len(epochs) + 1))  # one history, no gap, no repeat
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt")
+    assert torch.load(local, weights_only=True)["epoch"] == epochs[-1]
+    return epochs
+
+
+def epochs_logged(run_id: str | None, after: int = 0):
+    def condition():
+        if mlflow.MlflowClient().get_experiment_by_name("tests") is None:
+            return None
+        runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+        if not runs:
+            return None
+        steps = metric_steps(mlflow.MlflowClient(), run_id or runs[0].info.run_id, "val_loss")
+        return (run_id or runs[0].info.run_id) if steps and max(steps) > after else None
+
+    return condition
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ddp", [False, True], ids=["one-process", "ddp-2-cpu"])
+def test_sigterm_to_a_real_training_process_and_its_resume(tiny_clean, tracking, tmp_path, ddp):
+    """A training killed with SIGTERM (alone, or torchrun with 2 gloo ranks) ends KILLED
+    with the last complete epoch's checkpoint; its resume (every rank from that checkpoint)
+    continues the same run at the next epoch, and is stopped the same way."""
+    argv = tiny_args(tiny_clean, "--epochs", "1000", "--patience", "0", "--weights", "none")
+    argv += ["--register", "false"]
+    command = torchrun(*argv) if ddp else [sys.executable, "-m", "steps.train", *argv]
+    first = start(command, tmp_path / "first.log")
+    run_id = wait_for(epochs_logged(None), first, "a first epoch")
+    stopped = stop_and_check(first, run_id)
+
+    resume = [*argv, "--resume", run_id]
+    command = torchrun(*resume) if ddp else [sys.executable, "-m", "steps.train", *resume]
+    second = start(command, tmp_path / "second.log")
+    wait_for(epochs_logged(run_id, after=stopped[-1]), second, "an epoch after resuming")
+    resumed = stop_and_check(second, run_id)
+    assert "resuming run" in second.log.read_text()
+    assert resumed[: len(stopped)] == stopped and len(resumed) > len(stopped)
+    [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")  # one run
+    assert run.data.tags["world_size"] == ("2" if ddp else "1")
 
 
 # ---------------------------------------------------------------------- bad input

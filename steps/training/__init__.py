@@ -7,5 +7,7 @@
 - ``distributed``: device choice, mixed precision and PyTorch DDP under ``torchrun``.
 - ``loop``: batches, one epoch of training, evaluation, optimiser, scheduler, early stopping.
 - ``checkpoint``: per-epoch checkpoints as run artifacts, and resuming from them.
-- ``report``: the test-split evaluation (metrics, confusion matrix, per-class report).
+
+The test-split evaluation (metrics, confusion matrix, per-class report) is
+:mod:`steps.evaluation`, shared with the sklearn baselines.
 """

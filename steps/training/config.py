@@ -41,7 +41,7 @@ class TrainConfig:
     arch: str = "resnet50"
     weights: str = "auto"
     image_size: int = 224
-    clean_size: int = 256
+    clean_size: int | None = None  # None: auto, the smallest cleaned size that fits
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4

@@ -12,8 +12,9 @@ project's one normalisation) to ``size`` x ``size``, then
   pixels see mostly colour).
 
 It has no fitted state, so a logged baseline model takes raw image bytes, as the deep model
-does. The module imports only numpy, scikit-learn and ``registry.imaging``, so that it can
-travel with a logged model (``code_paths``) and load outside this repository.
+does. It lives in ``registry/`` (what a logged model may carry) and imports only numpy,
+Pillow, scikit-learn and ``registry.imaging``, so that it travels with a logged baseline
+(``code_paths``) and loads where ``steps/`` is absent.
 
 Reads and writes nothing.
 """
@@ -32,6 +33,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from registry.imaging import load_normalized
 
 DEFAULT_COLUMN = "image"
+HOG_SIZE = 64  # side of the image the colour histogram and the HOG are taken on
 DOWNSIZE = Image.Resampling.BOX
 
 
@@ -51,7 +53,7 @@ class ImageFeatures(TransformerMixin, BaseEstimator):
         self,
         size: int = 16,
         bins: int = 8,
-        hog_size: int = 64,
+        hog_size: int = HOG_SIZE,
         cells: int = 6,
         orientations: int = 9,
         column: str = DEFAULT_COLUMN,

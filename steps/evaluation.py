@@ -1,0 +1,136 @@
+"""Classification metrics and reports, the same for the sklearn baselines and the ResNet.
+
+Everything works on class probabilities ``(N, C)`` whose columns follow the category list
+(``categories.json``) and on true labels as indices into it; :func:`align_probabilities`
+and :func:`label_indices` bring an sklearn model's ``classes_`` and category names there.
+
+* :func:`classification_metrics`: ``<prefix>_accuracy``, ``<prefix>_top3_accuracy``,
+  ``<prefix>_macro_f1`` (over the classes that occur, as true or predicted) and
+  ``<prefix>_loss`` (mean negative log probability of the true class);
+* :func:`confusion_figure`: the row-normalised confusion matrix with counts in the cells;
+* :func:`log_classification_report`: the metrics, that figure and the per-class report
+  (``classification_report.json`` / ``.txt``) logged to the active MLflow run.
+
+Reads and writes nothing itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+TOP_K = 3
+LOG_FLOOR = 1e-12
+
+
+def label_indices(names: Sequence[str], categories: Sequence[str]) -> np.ndarray:
+    """Category names -> their indices in ``categories``; a name not there is a ValueError."""
+    index = {name: position for position, name in enumerate(categories)}
+    try:
+        return np.array([index[name] for name in names], dtype=np.int64)
+    except KeyError as exc:
+        raise ValueError(f"{exc.args[0]!r} is not one of the categories") from None
+
+
+def align_probabilities(
+    probabilities: np.ndarray, classes: Sequence[str], categories: Sequence[str]
+) -> np.ndarray:
+    """Columns in ``classes`` order (an sklearn model's ``classes_``) -> ``categories`` order.
+
+    A category the model never saw gets probability 0.
+    """
+    aligned = np.zeros((len(probabilities), len(categories)), dtype=np.float64)
+    aligned[:, label_indices(list(classes), categories)] = probabilities
+    return aligned
+
+
+def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int = TOP_K) -> float:
+    """Share of rows whose true class is among the ``k`` most probable (ties: lower index)."""
+    k = min(k, probabilities.shape[1])
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]  # (N, k)
+    return float((top == np.asarray(labels)[:, None]).any(axis=1).mean())
+
+
+def classification_metrics(
+    probabilities: np.ndarray, labels: np.ndarray, prefix: str, k: int = TOP_K
+) -> dict[str, float]:
+    """Accuracy, top-``k`` accuracy, macro-F1 and log loss of ``probabilities`` ``(N, C)``."""
+    from sklearn.metrics import f1_score
+
+    labels = np.asarray(labels, dtype=np.int64)
+    predicted = probabilities.argmax(axis=1)
+    present = sorted(set(labels.tolist()) | set(predicted.tolist()))
+    picked = probabilities[np.arange(len(labels)), labels]
+    return {
+        f"{prefix}_accuracy": float((predicted == labels).mean()),
+        f"{prefix}_top{k}_accuracy": top_k_accuracy(probabilities, labels, k),
+        f"{prefix}_macro_f1": float(
+            f1_score(labels, predicted, labels=present, average="macro", zero_division=0)
+        ),
+        f"{prefix}_loss": float(-np.log(np.clip(picked, LOG_FLOOR, None)).mean()),
+    }
+
+
+def confusion_figure(
+    labels: np.ndarray, predicted: np.ndarray, categories: Sequence[str], title: str
+):
+    """A matplotlib figure of the row-normalised confusion matrix, counts in the cells."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import confusion_matrix
+
+    counts = confusion_matrix(labels, predicted, labels=list(range(len(categories))))
+    totals = counts.sum(axis=1, keepdims=True)
+    rates = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    side = 3 + 0.55 * len(categories)
+    figure = Figure(figsize=(side + 2, side))
+    ax = figure.subplots()
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(categories)), categories, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(categories)), categories, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (row, col), count in np.ndenumerate(counts):
+        if count:
+            colour = "white" if rates[row, col] > 0.5 else "black"
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=7, color=colour)
+    figure.colorbar(image, ax=ax, fraction=0.04, label="share of the true class")
+    ax.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def log_classification_report(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    categories: Sequence[str],
+    *,
+    prefix: str = "test",
+    artifact_dir: str = "",
+    title: str = "test split",
+) -> dict[str, float]:
+    """Log the metrics, ``confusion_matrix.png`` and ``classification_report.{json,txt}``
+    (under ``artifact_dir``) to the active run; return the metrics."""
+    import mlflow
+    from sklearn.metrics import classification_report
+
+    metrics = classification_metrics(probabilities, labels, prefix)
+    mlflow.log_metrics(metrics)
+    folder = f"{artifact_dir}/" if artifact_dir else ""
+    predicted = probabilities.argmax(axis=1)
+    mlflow.log_figure(
+        confusion_figure(labels, predicted, categories, f"{title}: confusion matrix"),
+        f"{folder}confusion_matrix.png",
+    )
+    kwargs = {
+        "labels": list(range(len(categories))),
+        "target_names": list(categories),
+        "zero_division": 0,
+    }
+    report = classification_report(labels, predicted, output_dict=True, **kwargs)
+    mlflow.log_dict(report, f"{folder}classification_report.json")
+    mlflow.log_text(
+        classification_report(labels, predicted, digits=3, **kwargs),
+        f"{folder}classification_report.txt",
+    )
+    return metrics
