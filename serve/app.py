@@ -169,15 +169,19 @@ def _model_label(scope: Scope) -> str:
 # ----------------------------------------------------------------------------- dependencies
 
 
-def get_holder(request: Request) -> ModelHolder:
+# The dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
+# dependency in its thread pool, a thread hop each (three per /predict) for a dict lookup.
+
+
+async def get_holder(request: Request) -> ModelHolder:
     return request.app.state.holder
 
 
-def get_classifier(request: Request) -> Classifier:
+async def get_classifier(request: Request) -> Classifier:
     return request.app.state.classifier
 
 
-def get_model(request: Request, holder: Annotated[ModelHolder, Depends(get_holder)]):
+async def get_model(request: Request, holder: Annotated[ModelHolder, Depends(get_holder)]):
     """The version serving this request (fixed for its whole life), or 503."""
     model = holder.current
     if model is None:
@@ -187,7 +191,7 @@ def get_model(request: Request, holder: Annotated[ModelHolder, Depends(get_holde
     return model
 
 
-def get_searchable_model(model: Annotated[ServedModel, Depends(get_model)], request: Request):
+async def get_searchable_model(model: Annotated[ServedModel, Depends(get_model)], request: Request):
     """The serving version, when it has a search index; else 503 with the command to build it."""
     if model.index is None:
         retry = str(math.ceil(request.app.state.settings.reload_interval))
@@ -204,7 +208,7 @@ SearchableDep = Annotated[ServedModel, Depends(get_searchable_model)]
 bearer = HTTPBearer(auto_error=False, description="SERVE_ADMIN_TOKEN")
 
 
-def require_admin(
+async def require_admin(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:

@@ -44,6 +44,10 @@ class OnnxEngine:
 
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ONNX Runtime's threads spin between and after runs by default, burning the cores
+        # that the decode threads and the event loop need (bench/serve.py: up to half the
+        # CPU of a request on 2 cores). Off, they sleep when idle.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             path, options, providers=["CPUExecutionProvider"]
         )
