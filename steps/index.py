@@ -92,7 +92,7 @@ class Catalogue:
 # ---------------------------------------------------------------------- inputs
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = runtime.ArgumentParser(
         prog="python -m steps.index",
         description="Embed every catalogue photo with a model version and log its FAISS "
@@ -120,7 +120,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--force", type=str_to_bool, default=False, help="rebuild even when nothing changed"
     )
-    return parser.parse_args(argv)
+    return parser
 
 
 def resolve(model_uri: str, model_name: str) -> ResolvedModel:
@@ -431,7 +431,7 @@ def _tag_version(client, model: ResolvedModel, run_id: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> str:
     """Build (or reuse) the index; returns the id of the run that holds it."""
-    args = parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     import mlflow
 
     catalogue = load_catalogue(args.clean, args.clean_size)
