@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import schemathesis
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -620,43 +619,6 @@ def test_a_tracking_server_that_goes_down_does_not_stop_the_answers(store_templa
     finally:
         server.stop()
         mlflow.set_tracking_uri(None)
-
-
-@pytest.fixture(scope="module")
-def live_service(store_template: Path, tmp_path_factory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("fuzz")
-    uri = copy_store(store_template, folder / "store")
-    set_alias(uri, GOOD)
-    env = {"MLFLOW_TRACKING_URI": uri, "SERVE_ADMIN_TOKEN": "fuzz"}
-    with running_service(folder, env) as service:
-        import httpx
-
-        wait_until(lambda: httpx.get(service.url + "/ready").status_code == 200)
-        yield service.url
-
-
-@pytest.mark.slow
-def test_fuzzing_the_openapi_schema_finds_no_server_error(live_service):
-    """Schemathesis generates requests for every operation; none may get a 5xx."""
-    from hypothesis import HealthCheck, given, settings
-
-    schema = schemathesis.openapi.from_url(live_service + "/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 9
-    for operation in operations:
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=15,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        def never_a_server_error(case):
-            response = case.call(timeout=60)
-            assert response.status_code < 500, (case.method, case.path, response.text[:300])
-
-        never_a_server_error()
 
 
 # ----------------------------------------------------------------------------- shipping

@@ -283,3 +283,48 @@ def test_the_page_in_a_real_browser(store, photos, demo_clean, tmp_path):
             expect(page.locator("#status")).to_contain_text("not an image", timeout=60_000)
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def live_service(search_store, tmp_path_factory) -> Iterator[str]:
+    """A real ``python -m serve`` with a version and its index: every route can answer."""
+    import httpx
+
+    _, source = search_store
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "store").mkdir()
+    shutil.copy2(source / "mlflow.db", folder / "store" / "mlflow.db")
+    uri = f"sqlite:///{folder / 'store' / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri, "SERVE_ADMIN_TOKEN": "fuzz"}
+    with running_service(folder / "service", env) as service:
+        wait_until(
+            lambda: httpx.get(service.url + "/model").json().get("index", {}).get("available"),
+            what="the service with its index",
+        )
+        yield service.url
+
+
+@pytest.mark.slow
+def test_fuzzing_the_openapi_schema_finds_no_server_error(live_service):
+    """Schemathesis generates requests for every operation of a service that has its model
+    and its index (so no 503 is expected either); none may get a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(live_service + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 9
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=15,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def never_a_server_error(case):
+            response = case.call(timeout=60)
+            assert response.status_code < 500, (case.method, case.path, response.text[:300])
+
+        never_a_server_error()
