@@ -1,0 +1,964 @@
+"""Benchmark: the search index's speed, recall and memory, and what /search costs over /predict.
+
+Three parts, each measuring what ships (``registry.search_index.build_index`` with its
+default settings, ``resolve_kind`` for ``auto``, ``memory_bytes``; the ``index`` step's own
+functions; ``python -m serve``):
+
+- **index**: exact (``flat``), ``hnsw`` and ``ivfpq`` indexes over clustered synthetic
+  vectors, at 10k, 100k and 1M vectors of 512 and 2048 dimensions, plus the size where
+  ``auto`` switches from exact to HNSW (``AUTO_EXACT_MAX_FLOATS / dim`` vectors). The
+  vectors are a seeded Gaussian mixture on the sphere with the low intrinsic dimension of
+  image embeddings: a cluster of about 1,000 vectors per centre (a random unit vector), each
+  cluster spread along its own random 16-dimensional subspace (norm about 0.6) plus a little
+  noise in every dimension (norm about 0.3), the same geometry at every dimension. The
+  queries are held-out points of the same mixture (never indexed vectors). For each index:
+  build seconds, bytes per vector (``memory_bytes / n``), single-query latency (p50, p99:
+  one query at a time, asking FAISS for the rows ``SearchIndex.search`` asks for), batched
+  queries per second (batches of 64) and recall@10 against exact search on the same queries
+  (ground truth by ``faiss.knn``, a brute-force scan that needs no copy of the vectors). HNSW
+  is also measured at other ``ef_search`` depths and IVF-PQ at other ``nprobe``, over the
+  same graph or lists.
+- **real**: the demo's real embeddings. A small demo export is made, cleaned and trained on
+  the demo's way (resnet18 at 48 px from random weights, every layer trained) into a
+  throwaway sqlite store; the ``index`` step indexes the version; its functions embed the
+  catalogue; ``steps.index.evaluate`` gives, for each kind, recall@10 against exact search and
+  precision@10 of same-category listings (test photos against a train + val index).
+- **http**: ``python -m serve`` on a free loopback port serving that version with its index;
+  the same demo photos (640 to 1024 px JPEGs) sent as multipart uploads to ``/predict`` and
+  ``/search`` (k = 12), one asyncio httpx client keeping 1 and 4 requests in flight, the two
+  routes interleaved (order alternating) ``--repeat`` times, the best run of each counting:
+  requests/s, p50, p99, server CPU per request; the ratio /search over /predict against the
+  1.3x target, and projected to a 1M x 512 catalogue with the index part's ``auto`` latency.
+
+What does not fit is skipped, not guessed: before each index is built its peak memory
+(vectors + index) is estimated and compared with ``--max-gib``, and its build time is
+extrapolated from the largest measured size of the same kind (n log n for HNSW, linear
+otherwise) and compared with ``--max-build-seconds``. A skipped point is recorded in the
+JSON with its reason and the estimates. Memory is freed between points.
+
+    .venv/bin/python bench/search.py            # the default grid (about 25 minutes on 2 cores)
+    .venv/bin/python bench/search.py --quick    # a smoke run: small sizes, 512 dims
+    .venv/bin/python bench/search.py --parts index --sizes 1000000 --dims 2048 \\
+        --max-gib 40 --max-build-seconds 7200    # the big points, on a machine with the memory
+
+Writes bench/results/search.json and prints the figures. Nothing is logged to MLflow beyond
+the throwaway store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import gc
+import io
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # runnable as `python bench/search.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+from registry import search_index  # noqa: E402  (after the path fix above)
+
+RESULTS = REPO / "bench" / "results" / "search.json"
+PARTS = ("index", "real", "http")
+SIZES = (10_000, 100_000, 1_000_000)
+DIMS = (512, 2048)
+KINDS = ("flat", "hnsw", "ivfpq")
+RECALL_K = 10
+# Rows SearchIndex.search asks FAISS for, for k = DEFAULT_K and no filter (2k + 8).
+FETCH = 2 * search_index.DEFAULT_K + 8
+WARMUP_QUERIES = 10
+EF_SWEEP = (32, 64, 128, 256)  # below FETCH rows, FAISS searches FETCH deep anyway
+NPROBE_FACTORS = (1, 2, 4, 8)  # times the default nprobe
+GIB = 2**30
+
+# The mixture (see the docstring): the same geometry at every dimension.
+CLUSTER_SIZE = 1_000
+CLUSTER_RANK = 16
+CLUSTER_SPREAD = 0.6  # norm of a vector's offset from its centre within the subspace
+NOISE = 0.3  # norm of the noise in every dimension
+GENERATE_CHUNK = 65_536
+
+# The real part: a demo export trained the demo's way (see the Makefile's DEMO_PARAMS).
+MODEL_NAME = "marketplace-classifier"
+CLEAN_SIZE = 64
+IMAGE_SIZE = 48
+PHOTO_SIDES = (640, 1024)
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT_S = 300.0
+REQUEST_TIMEOUT_S = 300.0
+BOUNDARY = "bench-search-boundary-3c9e1a"
+SETTING_PREFIXES = ("SERVE_", "MLFLOW_")  # removed from a server's environment, then set
+TARGETS = {
+    "auto_p50_ms_1m_512": ("<", 2.0),
+    "auto_recall_at_10_1m_512": (">=", 0.95),
+    "search_over_predict_p50_c1": ("<=", 1.3),
+}
+
+log = logging.getLogger("bench.search")
+
+
+# ---------------------------------------------------------------- synthetic vectors
+
+
+@dataclass
+class Mixture:
+    """Clusters of about CLUSTER_SIZE vectors, each along its own low-dimensional subspace."""
+
+    centres: np.ndarray  # (C, D) unit vectors
+    bases: np.ndarray  # (C, R, D) rows of norm about 1
+
+    @classmethod
+    def make(cls, vectors: int, dim: int, seed: int) -> Mixture:
+        rng = np.random.default_rng([seed, dim, vectors])
+        clusters = max(1, vectors // CLUSTER_SIZE)
+        centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        bases = rng.standard_normal((clusters, CLUSTER_RANK, dim), dtype=np.float32)
+        bases /= np.float32(math.sqrt(dim))
+        return cls(centres, bases)
+
+    def fill(self, out: np.ndarray, seed: int) -> None:
+        """Write samples into ``out`` ``(N, D)`` float32, a chunk at a time (no big temporary)."""
+        rng = np.random.default_rng(seed)
+        dim = out.shape[1]
+        scale = np.float32(CLUSTER_SPREAD / math.sqrt(CLUSTER_RANK))
+        noise = np.float32(NOISE / math.sqrt(dim))
+        for start in range(0, len(out), GENERATE_CHUNK):
+            block = out[start : start + GENERATE_CHUNK]
+            labels = rng.integers(0, len(self.centres), len(block))
+            latent = rng.standard_normal((len(block), CLUSTER_RANK), dtype=np.float32) * scale
+            block[:] = rng.standard_normal(block.shape, dtype=np.float32) * noise
+            block += self.centres[labels]
+            order = np.argsort(labels, kind="stable")
+            cuts = np.flatnonzero(np.diff(labels[order])) + 1
+            for rows in np.split(order, cuts):
+                block[rows] += latent[rows] @ self.bases[labels[rows[0]]]
+
+
+def make_vectors(vectors: int, queries: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``vectors`` unit rows to index and ``queries`` held-out unit rows of the same mixture."""
+    mixture = Mixture.make(vectors, dim, seed)
+    data = np.empty((vectors, dim), dtype=np.float32)
+    mixture.fill(data, seed + 1)
+    held_out = np.empty((queries, dim), dtype=np.float32)
+    mixture.fill(held_out, seed + 2)
+    return search_index.normalize(data, copy=False), search_index.normalize(held_out, copy=False)
+
+
+# ---------------------------------------------------------------- memory and estimates
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def estimated_index_bytes(kind: str, vectors: int, dim: int) -> int:
+    """What an index of ``kind`` will hold, from its settings (before building it)."""
+    if kind == "flat":
+        return vectors * dim * 4
+    if kind == "hnsw":  # 2M links at level 0, about 1/M of the nodes on upper levels
+        return vectors * (dim * 4 + int(search_index.HNSW_M * 2 * 4 * 1.07) + 12)
+    lists = search_index.default_nlist(vectors)
+    training = min(vectors, 50_000) * dim * 4  # build_index's training sample
+    return vectors * (search_index.default_pq_m(dim) + 16) + lists * dim * 4 + training
+
+
+def estimated_build_seconds(kind: str, vectors: int, dim: int, measured: list[dict]) -> dict:
+    """Build seconds extrapolated from the largest measured index of ``kind`` (same dim first)."""
+    same_kind = [p for p in measured if p["kind"] == kind and "build_seconds" in p]
+    if not same_kind:
+        return {}
+    same_dim = [p for p in same_kind if p["dim"] == dim]
+    basis = max(same_dim or same_kind, key=lambda p: (p["vectors"], p["dim"]))
+    seconds = basis["build_seconds"] * (vectors / basis["vectors"]) * (dim / basis["dim"])
+    if kind == "hnsw":  # each insertion walks about log n levels of the graph
+        seconds *= math.log(vectors) / math.log(basis["vectors"])
+    return {
+        "estimated_build_seconds": round(seconds, 1),
+        "estimate_basis": f"{basis['kind']} {basis['vectors']} x {basis['dim']} "
+        f"({basis['build_seconds']} s), scaled "
+        + ("n log n x d" if kind == "hnsw" else "linearly in n x d"),
+    }
+
+
+def refusal(kind: str, vectors: int, dim: int, measured: list[dict], args) -> dict | None:
+    """Why this point is not measured (with the estimates), or None when it fits."""
+    # Checked before the vectors are generated: this process now, the vectors, the index.
+    peak = rss_bytes() + vectors * dim * 4 + estimated_index_bytes(kind, vectors, dim)
+    estimate = {
+        "estimated_peak_gib": round(peak / GIB, 2),
+        "estimated_bytes_per_vector": round(estimated_index_bytes(kind, vectors, dim) / vectors, 1),
+        **estimated_build_seconds(kind, vectors, dim, measured),
+    }
+    if kind == "flat" and "estimated_build_seconds" in estimate:
+        estimate.update(estimated_flat_latency(vectors, dim, measured))
+    if peak > args.max_gib * GIB:
+        reason = (
+            f"needs about {peak / GIB:.1f} GiB resident (the vectors and the index), "
+            f"more than --max-gib {args.max_gib:g}"
+        )
+        return {"skipped": reason, **estimate}
+    seconds = estimate.get("estimated_build_seconds")
+    if seconds is not None and seconds > args.max_build_seconds:
+        reason = (
+            f"its build would take about {seconds / 60:.0f} min on this machine, more than "
+            f"--max-build-seconds {args.max_build_seconds:g}"
+        )
+        return {"skipped": reason, **estimate}
+    return None
+
+
+def estimated_flat_latency(vectors: int, dim: int, measured: list[dict]) -> dict:
+    """An exact scan reads every vector: its latency scales with n x d."""
+    flats = [p for p in measured if p["kind"] == "flat" and "single_p50_ms" in p]
+    if not flats:
+        return {}
+    basis = max(flats, key=lambda p: p["vectors"] * p["dim"])
+    factor = vectors * dim / (basis["vectors"] * basis["dim"])
+    return {"estimated_single_p50_ms": round(basis["single_p50_ms"] * factor, 1)}
+
+
+# ---------------------------------------------------------------- the index part
+
+
+def single_query_ms(index, queries: np.ndarray, budget_s: float, at_least: int) -> np.ndarray:
+    """Milliseconds per query, one query at a time, until all are done or the budget is spent."""
+    for row in range(min(WARMUP_QUERIES, len(queries))):
+        index.search(queries[row : row + 1], FETCH)
+    seconds = []
+    deadline = time.perf_counter() + budget_s
+    for row in range(len(queries)):
+        if row >= at_least and time.perf_counter() > deadline:
+            break
+        started = time.perf_counter()
+        index.search(queries[row : row + 1], FETCH)
+        seconds.append(time.perf_counter() - started)
+    return np.array(seconds) * 1000.0
+
+
+def batched(index, queries: np.ndarray, batch: int) -> tuple[np.ndarray, float]:
+    """Every query's rows, searched ``batch`` at a time, and the seconds it took."""
+    index.search(queries[:batch], FETCH)  # warm-up
+    parts = []
+    started = time.perf_counter()
+    for start in range(0, len(queries), batch):
+        parts.append(index.search(queries[start : start + batch], FETCH)[1])
+    return np.concatenate(parts), time.perf_counter() - started
+
+
+def latency_figures(index, queries: np.ndarray, truth: np.ndarray, args, budget_s: float) -> dict:
+    single = single_query_ms(index, queries, budget_s, args.min_single_queries)
+    rows, seconds = batched(index, queries, args.batch)
+    return {
+        "single_p50_ms": round(float(np.percentile(single, 50)), 3),
+        "single_p99_ms": round(float(np.percentile(single, 99)), 3),
+        "single_queries": len(single),
+        "batched_queries_per_second": round(len(queries) / seconds, 1),
+        "recall_at_10": round(search_index.recall_at(rows, truth, RECALL_K), 4),
+    }
+
+
+def sweep(index, kind: str, queries: np.ndarray, truth: np.ndarray, args) -> list[dict]:
+    """The same index at other search depths: recall@10 and latency for each."""
+    import faiss
+
+    typed = faiss.downcast_index(index)
+    if kind == "hnsw":
+        name, default = "ef_search", int(typed.hnsw.efSearch)
+        values = sorted(set(EF_SWEEP) | {default})
+
+        def apply(value: int) -> None:
+            typed.hnsw.efSearch = value
+
+    elif kind == "ivfpq":
+        name, default = "nprobe", int(typed.nprobe)
+        values = sorted({min(int(typed.nlist), default * f) for f in NPROBE_FACTORS})
+
+        def apply(value: int) -> None:
+            typed.nprobe = value
+
+    else:
+        return []
+    points = []
+    try:
+        for value in values:
+            apply(value)
+            figures = latency_figures(index, queries, truth, args, args.sweep_seconds)
+            points.append({name: value, "default": value == default, **figures})
+    finally:
+        apply(default)
+    return points
+
+
+def measure_index(kind: str, data: np.ndarray, queries, truth, args) -> dict:
+    """Build one index over ``data`` and measure it (see the docstring)."""
+    gc.collect()
+    before = rss_bytes()
+    started = time.perf_counter()
+    index = search_index.build_index(data, kind, copy=False)  # data is normalised already
+    build_seconds = time.perf_counter() - started
+    grown = rss_bytes() - before
+    memory = search_index.memory_bytes(index)
+    point = {
+        "build_seconds": round(build_seconds, 2),
+        "memory_bytes": memory,
+        "bytes_per_vector": round(memory / len(data), 1),
+        "rss_growth_bytes_per_vector": round(grown / len(data), 1),
+        "settings": search_index.search_settings(index),
+        **latency_figures(index, queries, truth, args, args.latency_seconds),
+    }
+    points = sweep(index, kind, queries, truth, args)
+    if points:
+        point["sweep"] = points
+    del index
+    gc.collect()
+    return point
+
+
+def sizes_for(dim: int, args) -> list[int]:
+    """The sizes asked for, and the size where ``auto`` switches at this dimension."""
+    switch = search_index.AUTO_EXACT_MAX_FLOATS // dim
+    extra = (
+        {switch} if args.switch_points and min(args.sizes) <= switch <= max(args.sizes) else set()
+    )
+    return sorted(set(args.sizes) | extra)
+
+
+def run_index_part(args) -> list[dict]:
+    points: list[dict] = []
+    for dim in args.dims:
+        for vectors in sizes_for(dim, args):
+            base = {
+                "vectors": vectors,
+                "dim": dim,
+                "auto": search_index.resolve_kind("auto", vectors, dim),
+            }
+            refused = {kind: refusal(kind, vectors, dim, points, args) for kind in args.kinds}
+            for kind in args.kinds:
+                if refused[kind] is not None:
+                    log.info("%d x %d %s skipped: %s", vectors, dim, kind, refused[kind]["skipped"])
+                    points.append({**base, "kind": kind, **refused[kind]})
+            wanted = [kind for kind in args.kinds if refused[kind] is None]
+            if not wanted:
+                continue
+            log.info("%d x %d: generating %d + %d vectors", vectors, dim, vectors, args.queries)
+            started = time.perf_counter()
+            data, queries = make_vectors(vectors, args.queries, dim, args.seed)
+            generate_seconds = time.perf_counter() - started
+            truth = exact_rows(queries, data)
+            for kind in wanted:
+                log.info("%d x %d: %s", vectors, dim, kind)
+                point = {**base, "kind": kind, **measure_index(kind, data, queries, truth, args)}
+                point["generate_seconds"] = round(generate_seconds, 1)
+                points.append(point)
+                log.info("%d x %d %s: %s", vectors, dim, kind, _short(point))
+            del data, queries, truth
+            gc.collect()
+    return points
+
+
+def exact_rows(queries: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """The exact top RECALL_K rows of each query (brute force in blocks, no index copy)."""
+    import faiss
+
+    _, rows = faiss.knn(queries, data, RECALL_K, metric=faiss.METRIC_INNER_PRODUCT)
+    return rows
+
+
+# ---------------------------------------------------------------- the real part
+
+
+@contextlib.contextmanager
+def tracking_env(uri: str, experiment: str) -> Iterator[None]:
+    """Steps log to ``uri``/``experiment`` while inside (as under `mlflow run` with a store)."""
+    import mlflow
+
+    names = (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_RUN_ID",
+        "MLFLOW_EXPERIMENT_ID",
+    )
+    saved = {name: os.environ.get(name) for name in names}
+    previous = mlflow.get_tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        mlflow.set_tracking_uri(previous)
+
+
+@dataclass
+class DemoVersion:
+    """A trained, registered and indexed demo version in a throwaway store."""
+
+    tracking_uri: str
+    version: int
+    clean: Path
+    raw: Path
+    facts: dict = field(default_factory=dict)
+
+
+def make_demo_version(folder: Path, args) -> DemoVersion:
+    """Export, clean, train (the demo's way, smaller) and index one version in ``folder``."""
+    import mlflow
+
+    from steps import index as index_step
+    from steps.clean_images import clean_images
+    from steps.clean_tabular import clean_tabular
+    from steps.demo_data import make_export
+    from steps.train import parse_config, train
+
+    raw, clean = folder / "raw", folder / "clean"
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    experiment = "bench-search"
+    mlflow.MlflowClient(tracking_uri=uri).create_experiment(
+        experiment, artifact_location=(folder / "artifacts").as_uri()
+    )
+    seconds = {}
+    with tracking_env(uri, experiment):
+        started = time.perf_counter()
+        make_export(raw, products=args.real_products, seed=args.seed)
+        clean_tabular(raw, clean)
+        clean_images(raw, clean, size=CLEAN_SIZE)
+        seconds["data"] = time.perf_counter() - started
+        started = time.perf_counter()
+        argv = ["--clean", str(clean), "--clean-size", str(CLEAN_SIZE)]
+        argv += ["--image-size", str(IMAGE_SIZE), "--arch", "resnet18", "--weights", "none"]
+        argv += ["--epochs", str(args.real_epochs), "--batch-size", "32", "--lr", "0.002"]
+        argv += ["--trainable-layers", "all", "--seed", str(args.seed), "--model-name", MODEL_NAME]
+        outcome = train(parse_config(argv))
+        seconds["train"] = time.perf_counter() - started
+        started = time.perf_counter()
+        version = int(outcome.model_version)
+        index_argv = ["--clean", str(clean), "--clean-size", str(CLEAN_SIZE)]
+        index_step.main([*index_argv, "--model-uri", f"models:/{MODEL_NAME}/{version}"])
+        seconds["index_step"] = time.perf_counter() - started
+    facts = {
+        "products": args.real_products,
+        "epochs": args.real_epochs,
+        "model": f"resnet18 at {IMAGE_SIZE} px from random weights, every layer trained, "
+        f"batch 32, lr 0.002 (the demo's settings, fewer products and epochs)",
+        "test_accuracy": round(float(outcome.test_metrics.get("test_accuracy", float("nan"))), 4),
+        "seconds": {key: round(value, 1) for key, value in seconds.items()},
+    }
+    return DemoVersion(uri, version, clean, raw, facts)
+
+
+def run_real_part(demo: DemoVersion) -> dict:
+    """Recall@10 and precision@10 of each kind over the version's embeddings of the catalogue."""
+    from steps import index as index_step
+
+    catalogue = index_step.load_catalogue(demo.clean, CLEAN_SIZE)
+    with tracking_env(demo.tracking_uri, "bench-search"):
+        model = index_step.resolve(f"models:/{MODEL_NAME}/{demo.version}", MODEL_NAME)
+        embedder = index_step.load_embedder(model)
+        started = time.perf_counter()
+        paths = list(catalogue.images["path"])
+        vectors = index_step.embed_photos(embedder, paths, 64)
+        embed_seconds = time.perf_counter() - started
+    vectors = search_index.normalize(vectors, copy=False)
+    kinds = {}
+    for kind in KINDS:
+        metrics = index_step.evaluate(vectors, catalogue, kind)
+        index = search_index.build_index(vectors, kind)
+        kinds[kind] = {
+            "recall_at_10": round(metrics.get("recall_at_10", 1.0), 4),
+            "precision_at_1": round(metrics["precision_at_1"], 4),
+            "precision_at_10": round(metrics["precision_at_10"], 4),
+            "bytes_per_vector": round(search_index.memory_bytes(index) / len(vectors), 1),
+            "settings": search_index.search_settings(index),
+        }
+        if kind == "flat":
+            kinds[kind]["recall_at_10"] = 1.0  # exact by definition: the reference
+    served = int(catalogue.images["split"].isin(["train", "val"]).sum())
+    return {
+        **demo.facts,
+        "photos": len(vectors),
+        "dim": int(vectors.shape[1]),
+        "indexed_for_evaluation": served,
+        "queries": int((catalogue.images["split"] == "test").sum()),
+        "majority_share": round(float(metrics["majority_share"]), 4),
+        "auto": search_index.resolve_kind("auto", *vectors.shape),
+        "embed_images_per_second": round(len(vectors) / embed_seconds, 1),
+        "kinds": kinds,
+    }
+
+
+# ---------------------------------------------------------------- the http part
+
+
+@dataclass
+class Service:
+    """``python -m serve`` in its own process group."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the process group's live processes (Linux)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.process.pid:
+                total += int(fields[11]) + int(fields[12])
+        return total / ticks
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def start_service(demo: DemoVersion, folder: Path) -> Service:
+    """The service with default settings, serving the demo version (and its index)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
+    env.pop("MODEL_URI", None)
+    env.update(
+        {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "PYTHONPATH": str(REPO),
+            "MLFLOW_TRACKING_URI": demo.tracking_uri,
+            "MODEL_URI": f"models:/{MODEL_NAME}/{demo.version}",
+            "SERVE_HOST": LOOPBACK,
+            "SERVE_PORT": str(port),
+            "SERVE_CACHE_DIR": str(folder / "cache"),
+        }
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / "serve.log"
+    with log_path.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serve"],
+            cwd=folder,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Service(f"http://{LOOPBACK}:{port}", process, log_path)
+
+
+def wait_searchable(service: Service, timeout: float = START_TIMEOUT_S) -> dict:
+    """Poll /model until the version and its index are loaded; fail early if the server dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"the service exited early:\n{service.log_tail()}")
+        try:
+            with urllib.request.urlopen(service.url + "/model", timeout=5) as reply:
+                body = json.loads(reply.read())
+            if (body.get("index") or {}).get("available"):
+                return body
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"no model with an index within {timeout:.0f} s:\n{service.log_tail()}")
+
+
+def demo_photos(raw: Path, count: int) -> list[bytes]:
+    """The export's first ``count`` photos that decode fully at a real photo's size."""
+    from PIL import Image
+
+    photos = []
+    for path in sorted((raw / "images").glob("*.jpg")):
+        data = path.read_bytes()
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                long_side = max(image.size)
+        except OSError:  # the export's deliberately broken files
+            continue
+        if PHOTO_SIDES[0] <= long_side <= PHOTO_SIDES[1]:
+            photos.append(data)
+        if len(photos) == count:
+            break
+    if not photos:
+        raise SystemExit(f"no readable photo in {raw / 'images'}")
+    return photos
+
+
+def multipart_body(photo: bytes) -> bytes:
+    head = (
+        f"--{BOUNDARY}\r\n"
+        'Content-Disposition: form-data; name="image"; filename="photo.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    return head + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+async def send(client, url: str, bodies: list[bytes], count: int, concurrency: int) -> dict:
+    """``count`` requests with ``concurrency`` in flight: latencies, errors."""
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    latencies: list[float] = []
+    errors: list[str] = []
+    issued = 0
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < count:
+            body, issued = bodies[issued % len(bodies)], issued + 1
+            started = time.perf_counter()
+            reply = await client.post(url, content=body, headers=headers)
+            latencies.append(time.perf_counter() - started)
+            if reply.status_code != 200:
+                errors.append(f"{reply.status_code}: {reply.text[:300]}")
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"latencies": latencies, "errors": errors}
+
+
+async def drive(service: Service, route: str, bodies, concurrency: int, requests: int, warmup):
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+        url = service.url + route
+        await send(client, url, bodies, max(warmup, concurrency), concurrency)
+        cpu, started = service.cpu_seconds(), time.perf_counter()
+        sent = await send(client, url, bodies, requests, concurrency)
+        seconds, cpu = time.perf_counter() - started, service.cpu_seconds() - cpu
+    latencies = np.array(sent["latencies"]) * 1000.0
+    point = {
+        "requests_per_second": round(requests / seconds, 2),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        "server_cpu_ms_per_request": round(cpu / requests * 1000.0, 2),
+        "errors": len(sent["errors"]),
+    }
+    if sent["errors"]:
+        point["first_error"] = sent["errors"][0]
+        log.warning("%s: %d errors, first: %s", route, len(sent["errors"]), sent["errors"][0])
+    return point
+
+
+def run_http_part(demo: DemoVersion, folder: Path, args) -> dict:
+    """/predict and /search on the same service, interleaved; the best run of each counts."""
+    bodies = [multipart_body(photo) for photo in demo_photos(demo.raw, args.photos)]
+    service = start_service(demo, folder)
+    try:
+        served = wait_searchable(service)
+        routes = ["/predict", "/search"]
+        points: dict[str, dict[str, dict]] = {route: {} for route in routes}
+        for concurrency in args.concurrency:
+            runs: dict[str, list[dict]] = {route: [] for route in routes}
+            for attempt in range(args.repeat):
+                for route in routes if attempt % 2 == 0 else routes[::-1]:
+                    point = asyncio.run(
+                        drive(service, route, bodies, concurrency, args.requests, args.warmup)
+                    )
+                    runs[route].append(point)
+                    log.info("%s c=%d run %d: %s", route, concurrency, attempt + 1, point)
+            for route, results in runs.items():
+                best = max(results, key=lambda r: r["requests_per_second"])
+                best["all_requests_per_second"] = [r["requests_per_second"] for r in results]
+                best["all_p50_ms"] = [r["p50_ms"] for r in results]
+                points[route][str(concurrency)] = best
+    finally:
+        service.stop()
+    ratios = {}
+    for concurrency in map(str, args.concurrency):
+        predict, search = points["/predict"][concurrency], points["/search"][concurrency]
+        ratios[concurrency] = {
+            "p50": round(search["p50_ms"] / predict["p50_ms"], 3),
+            "throughput": round(predict["requests_per_second"] / search["requests_per_second"], 3),
+            "server_cpu": round(
+                search["server_cpu_ms_per_request"] / predict["server_cpu_ms_per_request"], 3
+            ),
+        }
+    index_info = served.get("index") or {}
+    return {
+        "model_uri": f"models:/{MODEL_NAME}/{demo.version}",
+        "engine": served.get("engine"),
+        "index": {key: index_info.get(key) for key in ("kind", "vectors", "products", "dim")},
+        "photos": len(bodies),
+        "requests_per_point": args.requests,
+        "repeat": args.repeat,
+        "points": points,
+        "search_over_predict": ratios,
+    }
+
+
+# ---------------------------------------------------------------- targets and report
+
+
+def find_point(points: list[dict], vectors: int, dim: int, kind: str) -> dict | None:
+    for point in points:
+        if (point["vectors"], point["dim"], point["kind"]) == (vectors, dim, kind):
+            return point
+    return None
+
+
+def check_targets(results: dict) -> dict:
+    """Each target's figure, bound and whether it is met (where its points were measured)."""
+    figures = {}
+    points = results.get("index", [])
+    auto = search_index.resolve_kind("auto", 1_000_000, 512)
+    headline = find_point(points, 1_000_000, 512, auto)
+    if headline and "single_p50_ms" in headline:
+        figures["auto_p50_ms_1m_512"] = headline["single_p50_ms"]
+        figures["auto_recall_at_10_1m_512"] = headline["recall_at_10"]
+    http = results.get("http")
+    if http and "1" in http["search_over_predict"]:
+        figures["search_over_predict_p50_c1"] = http["search_over_predict"]["1"]["p50"]
+    checked = {}
+    for name, value in figures.items():
+        sense, bound = TARGETS[name]
+        met = {"<": value < bound, "<=": value <= bound, ">=": value >= bound}[sense]
+        checked[name] = {"value": value, "target": f"{sense} {bound}", "met": met}
+    if http and headline and "single_p50_ms" in headline:
+        predict = http["points"]["/predict"]["1"]["p50_ms"]
+        search = http["points"]["/search"]["1"]["p50_ms"]
+        checked["search_over_predict_p50_c1_projected_1m_512"] = {
+            "value": round((search + headline["single_p50_ms"]) / predict, 3),
+            "target": f"<= {TARGETS['search_over_predict_p50_c1'][1]}",
+            "met": (search + headline["single_p50_ms"]) / predict
+            <= TARGETS["search_over_predict_p50_c1"][1],
+            "how": "(/search p50 + the auto index's single-query p50 at 1M x 512) / /predict p50",
+        }
+    return checked
+
+
+def machine_facts() -> dict:
+    import faiss
+
+    return {
+        "cpus": os.cpu_count(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB, 1),
+        "python": platform.python_version(),
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+
+
+def _short(point: dict) -> str:
+    keys = ("build_seconds", "bytes_per_vector", "single_p50_ms", "single_p99_ms")
+    keys += ("batched_queries_per_second", "recall_at_10")
+    return ", ".join(f"{key}={point[key]}" for key in keys if key in point)
+
+
+def print_tables(results: dict) -> None:
+    if results.get("index"):
+        print(
+            f"\n{'dim':>5}{'vectors':>10} {'kind':<6}{'auto':>5}{'build s':>9}{'B/vec':>8}"
+            f"{'p50 ms':>9}{'p99 ms':>9}{'batch q/s':>11}{'recall@10':>10}"
+        )
+        for p in results["index"]:
+            auto = "*" if p["auto"] == p["kind"] else ""
+            head = f"{p['dim']:>5}{p['vectors']:>10} {p['kind']:<6}{auto:>5}"
+            if "skipped" in p:
+                print(f"{head}   skipped: {p['skipped']}")
+                continue
+            print(
+                f"{head}{p['build_seconds']:>9.1f}{p['bytes_per_vector']:>8.0f}"
+                f"{p['single_p50_ms']:>9.3f}{p['single_p99_ms']:>9.3f}"
+                f"{p['batched_queries_per_second']:>11.0f}{p['recall_at_10']:>10.3f}"
+            )
+    real = results.get("real")
+    if real:
+        print(f"\nreal embeddings: {real['photos']} photos x {real['dim']} dims ({real['model']})")
+        for kind, figures in real["kinds"].items():
+            print(
+                f"  {kind:<6} recall@10 {figures['recall_at_10']:.3f}  precision@10 "
+                f"{figures['precision_at_10']:.3f}  ({figures['bytes_per_vector']:.0f} B/vector)"
+            )
+        print(f"  majority share {real['majority_share']:.3f}")
+    http = results.get("http")
+    if http:
+        print(f"\n{'route':<10}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'srv CPU ms':>12}")
+        for route, points in http["points"].items():
+            for concurrency, p in points.items():
+                print(
+                    f"{route:<10}{concurrency:>5}{p['requests_per_second']:>9.1f}"
+                    f"{p['p50_ms']:>9.1f}{p['p99_ms']:>9.1f}{p['server_cpu_ms_per_request']:>12.1f}"
+                )
+    for name, target in results["targets"].items():
+        verdict = "met" if target["met"] else "MISSED"
+        print(f"  {name}: {target['value']} (target {target['target']}) {verdict}")
+
+
+def write_results(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that the service is stopped on the way out."""
+
+    def handler(signum: int, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="vectors")
+    parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument(
+        "--no-switch-points",
+        dest="switch_points",
+        action="store_false",
+        help="leave out the size where auto switches (AUTO_EXACT_MAX_FLOATS / dim)",
+    )
+    parser.add_argument("--queries", type=int, default=1000, help="held-out queries")
+    parser.add_argument("--batch", type=int, default=64, help="queries per batched search")
+    parser.add_argument(
+        "--latency-seconds", type=float, default=20.0, help="single-query budget per index"
+    )
+    parser.add_argument(
+        "--sweep-seconds", type=float, default=4.0, help="single-query budget per sweep step"
+    )
+    parser.add_argument("--min-single-queries", type=int, default=50)
+    parser.add_argument("--max-gib", type=float, default=12.0, help="resident memory budget")
+    parser.add_argument("--max-build-seconds", type=float, default=900.0, help="per index")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--real-products", type=int, default=1000, help="demo export size")
+    parser.add_argument("--real-epochs", type=int, default=6)
+    parser.add_argument("--photos", type=int, default=100, help="demo photos sent, in turn")
+    parser.add_argument("--requests", type=int, default=300, help="timed requests per point")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--repeat", type=int, default=2, help="interleaved runs; best counts")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of every part")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    if args.quick:
+        args.sizes, args.dims, args.queries = [5_000, 20_000], [512], 200
+        args.latency_seconds, args.sweep_seconds = 2.0, 0.5
+        args.real_products, args.real_epochs = 150, 1
+        args.photos, args.requests, args.warmup, args.repeat = 30, 40, 5, 1
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "PIL", "httpx", "serve", "registry", "steps"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    stop_on_sigterm()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    started = time.perf_counter()
+    results: dict = {
+        "benchmark": "search",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_facts(),
+        "load_average": {"start": load_start},
+        "settings": {
+            "parts": args.parts,
+            "queries": args.queries,
+            "batch": args.batch,
+            "fetch": FETCH,
+            "max_gib": args.max_gib,
+            "max_build_seconds": args.max_build_seconds,
+            "auto_exact_max_floats": search_index.AUTO_EXACT_MAX_FLOATS,
+            "hnsw": {
+                "m": search_index.HNSW_M,
+                "ef_construction": search_index.HNSW_EF_CONSTRUCTION,
+                "ef_search": search_index.HNSW_EF_SEARCH,
+            },
+            "mixture": {
+                "cluster_size": CLUSTER_SIZE,
+                "rank": CLUSTER_RANK,
+                "spread": CLUSTER_SPREAD,
+                "noise": NOISE,
+                "seed": args.seed,
+            },
+        },
+        "targets_wanted": {name: f"{sense} {bound}" for name, (sense, bound) in TARGETS.items()},
+    }
+    if "index" in args.parts:
+        results["index"] = run_index_part(args)
+        results["peak_rss_gib_after_index"] = round(peak_rss_bytes() / GIB, 2)
+    if "real" in args.parts or "http" in args.parts:
+        with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+            work = Path(tmp)
+            demo = make_demo_version(work / "store", args)
+            if "real" in args.parts:
+                results["real"] = run_real_part(demo)
+            if "http" in args.parts:
+                results["http"] = run_http_part(demo, work / "service", args)
+    results["targets"] = check_targets(results)
+    results["load_average"]["end"] = [round(v, 2) for v in os.getloadavg()]
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["peak_rss_gib"] = round(peak_rss_bytes() / GIB, 2)
+    write_results(results, args.results)
+    print_tables(results)
+    print(
+        f"\n{results['machine']['cpus']} cores, load average {load_start[0]} at the start, "
+        f"{results['load_average']['end'][0]} at the end, {results['seconds']:.0f} s; "
+        f"written to {args.results}"
+    )
+    return results
+
+
+if __name__ == "__main__":
+    main()
