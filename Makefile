@@ -72,6 +72,7 @@ bench: $(STAMP) ## run the benchmarks in bench/ (figures to bench/results/)
 	$(BIN)/python bench/clean_images.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/search.py
 
 clean: ## remove the demo data, the local store and the venv
 	rm -rf data mlruns mlartifacts mlflow.db .stack $(VENV)
