@@ -18,6 +18,18 @@ Images are drawn so that the category is learnable but not trivial: each categor
 kinds of object (shapes), drawn in any colour (with a weak per-category hue preference),
 at varied sizes, positions and small rotations, on varied backgrounds, sometimes beside a
 small object of another category. Prices depend on the category and on words in the name.
+
+The text is as imperfect as real listings', so that neither text nor photo alone is enough
+(drawn from a random stream of its own, so every other column, photo and price is what it
+would be without it):
+
+* ``VAGUE_SHARE`` (25 %) of listings have a vague title and description that name no item
+  ("Job lot", "Must go", "As new, collection only", ...);
+* ``MISLEADING_SHARE`` (12 %) have a title and description that name an item of another
+  category (what the seller also has, or a wrong guess of what the thing is);
+* ``ASIDE_SHARE`` (15 %) of the others mention an item of another category in the
+  description ("Also selling a tent, ask"), besides their own.
+
 Everything is deterministic for a seed.
 
 Reads: nothing. Writes: ``<out>/Products.csv``, ``<out>/Images.csv``, ``<out>/images/``.
@@ -31,6 +43,7 @@ import json
 import logging
 import math
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -161,6 +174,30 @@ PRICE_WORDS: tuple[tuple[str, float], ...] = (
     ("spares or repairs", 0.3),
 )
 PLAIN_WORDS = ("", "", "", "good condition", "excellent", "lovely", "barely used", "")
+# Imperfect text (see the module docstring): the shares, and what a vague listing says.
+VAGUE_SHARE = 0.25
+MISLEADING_SHARE = 0.12
+ASIDE_SHARE = 0.15
+TEXT_STREAM = 1  # the text's random stream: np.random.default_rng([seed, TEXT_STREAM])
+VAGUE_TITLES = (
+    "Job lot",
+    "Must go",
+    "As new, collection only",
+    "Clearing out",
+    "House clearance",
+    "Bits and bobs",
+    "Offers welcome",
+    "Spare room clear out",
+    "Moving abroad, must sell",
+    "Quick sale",
+)
+VAGUE_LINES = (
+    "Moving house so everything must go.",
+    "Used but works fine, see photos.",
+    "Selling for a family member, not sure of the details.",
+    "As seen in the pictures.",
+    "No time wasters please.",
+)
 LOCATIONS = (
     "Wokingham, Berkshire",
     "Reading, Berkshire",
@@ -435,7 +472,47 @@ def _format_price(rng: np.random.Generator, pounds: float) -> str:
     return "Â" + text if rng.random() < 0.01 else text
 
 
-def _product(rng: np.random.Generator, index: int, category: int) -> dict[str, object]:
+def _other_noun(text_rng: np.random.Generator, category: int) -> str:
+    """An item of a category other than ``category``."""
+    other = (category + 1 + int(text_rng.integers(len(CATEGORIES) - 1))) % len(CATEGORIES)
+    nouns = CATEGORIES[other].nouns
+    return nouns[int(text_rng.integers(len(nouns)))]
+
+
+def listing_text_kind(text_rng: np.random.Generator) -> str:
+    """``vague``, ``misleading``, ``aside`` or ``plain``, with the documented shares."""
+    roll = text_rng.random()
+    if roll < VAGUE_SHARE:
+        return "vague"
+    if roll < VAGUE_SHARE + MISLEADING_SHARE:
+        return "misleading"
+    if text_rng.random() < ASIDE_SHARE:
+        return "aside"
+    return "plain"
+
+
+def _imperfect_text(
+    text_rng: np.random.Generator, category: int, title: str, words: list[str], plain: str
+) -> tuple[str, list[str], str]:
+    """The title, the description's first lines and the text kind of one listing."""
+    kind = listing_text_kind(text_rng)
+    if kind == "vague":
+        title = VAGUE_TITLES[int(text_rng.integers(len(VAGUE_TITLES)))]
+        return title, [VAGUE_LINES[int(text_rng.integers(len(VAGUE_LINES)))]], kind
+    if kind == "misleading":
+        noun = _other_noun(text_rng, category)
+        title = " ".join(w for w in [*words, noun, plain] if w).strip()
+        title = title[0].upper() + title[1:]
+        return title, [f"{title} for sale."], kind
+    lines = [f"{title} for sale."]
+    if kind == "aside":
+        lines.append(f"Also selling a {_other_noun(text_rng, category)}, ask.")
+    return title, lines, kind
+
+
+def _product(
+    rng: np.random.Generator, index: int, category: int, text_rng: np.random.Generator
+) -> dict[str, object]:
     spec = CATEGORIES[category]
     noun = spec.nouns[rng.integers(len(spec.nouns))]
     price = spec.median_price * float(rng.lognormal(0, 0.35))
@@ -447,8 +524,9 @@ def _product(rng: np.random.Generator, index: int, category: int) -> dict[str, o
     plain = PLAIN_WORDS[rng.integers(len(PLAIN_WORDS))]
     title = " ".join(w for w in [*words, noun, plain] if w).strip()
     title = title[0].upper() + title[1:]
+    title, lines, _kind = _imperfect_text(text_rng, category, title, words, plain)
     location = LOCATIONS[rng.integers(len(LOCATIONS))]
-    lines = [f"{title} for sale.", f"Collection from {location.split(',')[0]} only."]
+    lines.append(f"Collection from {location.split(',')[0]} only.")
     if rng.random() < 0.5:
         lines.append("Cash on collection, no offers.")
     if rng.random() < 0.3:
@@ -456,7 +534,7 @@ def _product(rng: np.random.Generator, index: int, category: int) -> dict[str, o
         lines.append("Any questions please ask.")
     path = spec.paths[rng.integers(len(spec.paths))]
     day = np.datetime64("2022-02-01") + np.timedelta64(int(rng.integers(0, 60)), "D")
-    slug = "-".join(title.lower().split())
+    slug = "-".join(re.findall(r"[a-z0-9]+", title.lower()))
     page_id = int(rng.integers(1_400_000_000, 1_430_000_000))
     return {
         "id": _uuid(rng),
@@ -474,10 +552,11 @@ def _product(rng: np.random.Generator, index: int, category: int) -> dict[str, o
 def build_tables(products: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list[ImageSpec]]:
     """The Products and Images tables, and what to draw for every image file."""
     rng = np.random.default_rng(seed)
+    text_rng = np.random.default_rng([seed, TEXT_STREAM])
     rows, image_rows, specs = [], [], []
     for index in range(products):
         category = int(rng.integers(len(CATEGORIES)))
-        row = _product(rng, index, category)
+        row = _product(rng, index, category, text_rng)
         roll = rng.random()
         n_images = 0 if roll < 0.03 else 1 if roll < 0.25 else 2 if roll < 0.93 else 3
         for _ in range(n_images):

@@ -76,3 +76,45 @@ def test_bad_parameters_are_rejected(argv: list[str], tmp_path: Path) -> None:
 
     with pytest.raises(StepError, match="--products|--seed"):
         get_args_parser().parse_args(["--out", str(tmp_path), *argv])
+
+
+def _titles(products: pd.DataFrame) -> pd.Series:
+    return products["product_name"].str.split(" | in ", regex=False).str[0]
+
+
+def test_text_is_as_imperfect_as_documented() -> None:
+    from steps import demo_data
+
+    products, _, _ = build_tables(4000, seed=1)
+    products = products[products["category"] != ""].drop_duplicates()
+    titles = _titles(products).str.lower()
+    roots = products["category"].str.split(" / ").str[0]
+    nouns = {c.root: c.nouns for c in CATEGORIES}
+    vague = titles.isin([t.lower() for t in demo_data.VAGUE_TITLES])
+    own = [any(n in t for n in nouns[r]) for t, r in zip(titles, roots, strict=True)]
+    other = [
+        any(n in t for c, ns in nouns.items() if c != r for n in ns)
+        for t, r in zip(titles, roots, strict=True)
+    ]
+    misleading = ~vague & ~pd.Series(own, index=titles.index) & pd.Series(other, index=titles.index)
+    assert vague.mean() == pytest.approx(demo_data.VAGUE_SHARE, abs=0.03)
+    # A few misleading titles name an item that is also a word of their own category's
+    # ("keyboard"), so they are counted as plain here.
+    assert misleading.mean() == pytest.approx(demo_data.MISLEADING_SHARE, abs=0.03)
+    asides = products["product_description"].str.contains("Also selling a ")
+    assert 0.05 < asides.mean() < 0.15
+
+
+def test_the_text_stream_leaves_everything_else_as_it_was(monkeypatch) -> None:
+    from steps import demo_data
+
+    products, images, specs = build_tables(300, seed=2)
+    monkeypatch.setattr(demo_data, "VAGUE_SHARE", 0.0)
+    monkeypatch.setattr(demo_data, "MISLEADING_SHARE", 0.0)
+    monkeypatch.setattr(demo_data, "ASIDE_SHARE", 0.0)
+    plain_products, plain_images, plain_specs = build_tables(300, seed=2)
+    same = ["id", "category", "price", "location", "page_id", "create_time"]
+    pd.testing.assert_frame_equal(products[same], plain_products[same])
+    pd.testing.assert_frame_equal(images, plain_images)
+    assert specs == plain_specs
+    assert (_titles(products) != _titles(plain_products)).mean() > 0.2
