@@ -1,9 +1,12 @@
 """The smoke check a version must pass before it may hold ``production``.
 
 The candidate is loaded with ``mlflow.pyfunc.load_model`` and asked to classify a few
-images: test-split images from the cleaned data when a ``--clean`` folder is there
-(``images.parquet`` plus ``images/<size>/<image_id>.jpg``, or the raw file beside it), else
-the input example logged with the model, else a few generated images. Its answer must
+listings in the input its kind takes (the version's ``input`` tag, ``registry.kinds``): an
+image model gets images, a text model texts, a listing model photos with their listings'
+texts. They come from the test split of the cleaned data when a ``--clean`` folder is
+there (``images.parquet`` plus ``images/<size>/<image_id>.jpg``, or the raw file beside it;
+``products.parquet`` for the texts), else the input example logged with the model, else a
+few generated images and texts. Its answer must
 follow the classifier contract: one row per image, ``category`` a string, ``probability``
 in [0, 1], ``probabilities`` in [0, 1] summing to 1. Reads the model (downloaded into a
 temporary folder, removed afterwards) and the data; leaves nothing behind.
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.clean_data import cleaned_sizes, image_folder, load_clean
+from registry.kinds import COLUMNS, IMAGE, IMAGE_COLUMN, TEXT, TEXT_COLUMN, input_of
 from registry.store import RegistryError, UserError
 
 if TYPE_CHECKING:
@@ -34,6 +38,14 @@ SMOKE_IMAGES = 4
 SUM_TOLERANCE = 1e-3
 OUTPUT_COLUMNS = ("category", "probability", "probabilities")
 SYNTHETIC_COLOURS = ((200, 40, 40), (40, 160, 60), (40, 60, 200), (230, 230, 230))
+SYNTHETIC_TEXTS = (
+    "Sofa, good condition",
+    "Laptop for sale, barely used",
+    "Job lot",
+    "Mountain bike\nCollection only.",
+)
+# What a smoke check's rows are called in its summary, by the model's input kind.
+UNITS = {IMAGE: ("image", "images"), TEXT: ("text", "texts"), "image+text": ("listing", "listings")}
 
 
 class SmokeCheckError(RegistryError):
@@ -44,44 +56,52 @@ class SmokeCheckError(RegistryError):
 class SmokeResult:
     """A passed smoke check: how many images, where they came from, what came out."""
 
-    images: int
+    images: int  # rows predicted: images, texts or listings, by ``kind``
     source: str
     categories: list[str]
     seconds: float
+    kind: str = IMAGE
 
     def summary(self) -> str:
-        images = f"{self.images} image{'' if self.images == 1 else 's'}"
-        return f"passed on {images} from {self.source} ({self.seconds:.1f} s)"
+        one, many = UNITS[self.kind]
+        rows = f"{self.images} {one if self.images == 1 else many}"
+        return f"passed on {rows} from {self.source} ({self.seconds:.1f} s)"
 
 
 def smoke_check(
     model: Any, images: Sequence[bytes | str], source: str = "given images"
 ) -> SmokeResult:
-    """Predict ``images`` with a loaded pyfunc ``model`` and check the output contract.
+    """Predict ``images`` with a loaded pyfunc image ``model`` and check the output contract.
 
     Raises :class:`SmokeCheckError` naming the broken rule when predict raises or its answer
     is not one well-formed row per image.
     """
     import pandas as pd
 
-    if not images:
-        raise SmokeCheckError("the smoke check has no images to predict on")
+    return smoke_check_frame(model, pd.DataFrame({IMAGE_COLUMN: list(images)}), source, IMAGE)
+
+
+def smoke_check_frame(model: Any, rows: Any, source: str, kind: str) -> SmokeResult:
+    """Predict the DataFrame ``rows`` (the columns ``kind`` takes) and check the contract."""
+    if len(rows) == 0:
+        raise SmokeCheckError(f"the smoke check has no {UNITS[kind][1]} to predict on")
     started = time.perf_counter()
     try:
-        output = model.predict(pd.DataFrame({"image": list(images)}))
+        output = model.predict(rows)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise SmokeCheckError(f"predict raised {type(exc).__name__}: {first}") from exc
-    _check_output(output, len(images))
+    _check_output(output, len(rows), UNITS[kind][1])
     return SmokeResult(
-        images=len(images),
+        images=len(rows),
         source=source,
         categories=[str(c) for c in output["category"]],
         seconds=time.perf_counter() - started,
+        kind=kind,
     )
 
 
-def _check_output(output: Any, expected_rows: int) -> None:
+def _check_output(output: Any, expected_rows: int, unit: str = "images") -> None:
     import pandas as pd
 
     if not isinstance(output, pd.DataFrame):
@@ -90,7 +110,7 @@ def _check_output(output: Any, expected_rows: int) -> None:
     if missing:
         raise SmokeCheckError(f"predict output lacks the column(s) {', '.join(missing)}")
     if len(output) != expected_rows:
-        raise SmokeCheckError(f"predict returned {len(output)} rows for {expected_rows} images")
+        raise SmokeCheckError(f"predict returned {len(output)} rows for {expected_rows} {unit}")
     widths = set()
     for row, (category, probability, probabilities) in enumerate(
         zip(output["category"], output["probability"], output["probabilities"], strict=True)
@@ -154,6 +174,43 @@ def clean_test_images(clean: Path | None, count: int = SMOKE_IMAGES) -> list[byt
     return images
 
 
+def clean_test_listings(clean: Path | None, count: int = SMOKE_IMAGES) -> list[tuple[bytes, str]]:
+    """Up to ``count`` test-split photos with their listings' texts (title, new line,
+    description), one per category first; empty when the folder or its files are missing."""
+    if clean is None:
+        return []
+    try:
+        data = load_clean(
+            clean, products=True, columns=("image_id", "product_id", "root_category", "split")
+        )
+    except UserError as exc:
+        log.info("not using %s for the smoke check: %s", clean, exc)
+        return []
+    from registry.text_model import listing_text
+
+    products = data.products.assign(product_id=data.products["product_id"].astype(str))
+    text_of = {
+        pid: listing_text(name, description)
+        for pid, name, description in zip(
+            products["product_id"], products["name"], products["description"], strict=True
+        )
+    }
+    test = data.split("test").sort_values(["root_category", "image_id"])
+    ordered = test.assign(rank=test.groupby("root_category").cumcount()).sort_values(
+        ["rank", "root_category", "image_id"]
+    )
+    folders = [image_folder(clean, size) for size in reversed(cleaned_sizes(clean))]
+    pairs: list[tuple[bytes, str]] = []
+    for image_id, product_id in zip(ordered["image_id"], ordered["product_id"], strict=True):
+        text = text_of.get(str(product_id))
+        data_bytes = _read_image(clean, folders, str(image_id), None)
+        if text and data_bytes is not None:
+            pairs.append((data_bytes, text))
+        if len(pairs) == count:
+            break
+    return pairs
+
+
 def _read_image(clean: Path, folders: list[Path], image_id: str, file: str | None) -> bytes | None:
     candidates = [folder / f"{image_id}.jpg" for folder in folders]
     if file:
@@ -166,18 +223,25 @@ def _read_image(clean: Path, folders: list[Path], image_id: str, file: str | Non
 
 def input_example_images(model_dir: Path, count: int = SMOKE_IMAGES) -> list[Any]:
     """The ``image`` values of the input example logged with the model, if any."""
+    example = input_example_rows(model_dir, (IMAGE_COLUMN,), count)
+    return [] if example is None else list(example[IMAGE_COLUMN])
+
+
+def input_example_rows(model_dir: Path, columns: Sequence[str], count: int = SMOKE_IMAGES):
+    """The input example logged with the model as a DataFrame of ``columns``, or None."""
+    import pandas as pd
     from mlflow.models import Model
 
     try:
         example = Model.load(str(model_dir)).load_input_example(str(model_dir))
     except Exception as exc:
         log.debug("no usable input example in %s: %s", model_dir, exc)
-        return []
+        return None
     try:
-        values = list(example["image"])  # type: ignore[index]
-    except (KeyError, TypeError, IndexError):
-        return []
-    return values[:count]
+        frame = pd.DataFrame({column: list(example[column]) for column in columns})  # type: ignore[index]
+    except (KeyError, TypeError, IndexError, ValueError):
+        return None
+    return frame.head(count) if len(frame) else None
 
 
 def synthetic_images(count: int = SMOKE_IMAGES) -> list[bytes]:
@@ -204,6 +268,33 @@ def smoke_images(model_dir: Path, clean: Path | None) -> tuple[list[Any], str]:
     if images:
         return images, "the model's input example"
     return synthetic_images(), "generated images"
+
+
+def smoke_rows(model_dir: Path, clean: Path | None, kind: str):
+    """The rows to smoke-check a model of input ``kind`` with (a DataFrame of the columns it
+    takes), and where they came from."""
+    import pandas as pd
+
+    if kind == IMAGE:
+        images, source = smoke_images(model_dir, clean)
+        return pd.DataFrame({IMAGE_COLUMN: images}), source
+    columns = COLUMNS[kind]
+    pairs = clean_test_listings(clean)
+    if pairs:
+        frame = pd.DataFrame(pairs, columns=[IMAGE_COLUMN, TEXT_COLUMN])
+        if kind == TEXT:
+            frame = frame[[TEXT_COLUMN]].drop_duplicates().reset_index(drop=True)
+        return frame[list(columns)], f"the test split of {clean}"
+    example = input_example_rows(model_dir, columns)
+    if example is not None:
+        return example, "the model's input example"
+    generated = {IMAGE_COLUMN: synthetic_images(), TEXT_COLUMN: list(SYNTHETIC_TEXTS)}
+    return pd.DataFrame({c: generated[c] for c in columns}), "generated listings"
+
+
+def version_kind(client: MlflowClient, name: str, version: int | str) -> str:
+    """The input kind of version ``version`` of ``name`` (its ``input`` tag; image without)."""
+    return input_of(client.get_model_version(name, str(version)).tags)
 
 
 @contextmanager
@@ -242,10 +333,11 @@ def check_version(
 
     The downloaded copy of the model is removed afterwards, whatever the outcome.
     """
+    kind = version_kind(client, name, version)
     with load_version(client, name, version) as (model, local):
-        images, source = smoke_images(local, clean)
+        rows, source = smoke_rows(local, clean, kind)
         try:
-            result = smoke_check(model, images, source)
+            result = smoke_check_frame(model, rows, source, kind)
         except SmokeCheckError as exc:
             raise SmokeCheckError(f"version {version} failed the smoke check: {exc}") from exc
     log.info("smoke check of %s version %s %s", name, version, result.summary())

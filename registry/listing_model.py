@@ -1,0 +1,241 @@
+"""The logged listing classifier: a pyfunc that takes a photo and its listing's text.
+
+This module is what a registered ``marketplace-listing-classifier`` version *is*. It holds
+three parts and runs them in one call:
+
+1. the image network of a registered ``marketplace-classifier`` version (the same state
+   dict and config files as ``registry/model.py`` writes), which embeds the photo: the
+   pooled penultimate layer, L2-normalised, ``(N, D)``;
+2. a text classifier (``registry/text_model.py``), whose class probabilities ``(N, C)``
+   are the text's features;
+3. the fusion head (:class:`FusionHead`): the two side by side ``(N, D + C)``, through a
+   small MLP, to class probabilities.
+
+Training (``steps/train_combined.py``) builds the head and calls
+:func:`log_listing_classifier`. What a logged model holds (no pickles):
+``artifacts/classifier.pt`` + ``classifier.json`` (the image network),
+``artifacts/text/`` (the text classifier), ``artifacts/fusion.pt`` (the head's state dict)
++ ``fusion.json`` (its sizes, categories and where the image network came from),
+``code/registry/`` and the entry file ``marketplace_listing_classifier.py``.
+
+Input: a DataFrame with columns ``image`` (bytes, or base64 text) and ``text``, one row
+per photo. Output: ``category``, ``probability``, ``probabilities`` (category order).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from registry import model as image_model
+from registry import text_model
+from registry.kinds import IMAGE_COLUMN, TEXT_COLUMN
+from registry.text_model import TextClassifier, answer_frame, column_values
+
+FUSION_ARTIFACT = "fusion"
+FUSION_CONFIG_ARTIFACT = "fusion_config"
+FUSION_FILE = "fusion.pt"
+FUSION_CONFIG_FILE = "fusion.json"
+FORMAT_VERSION = 1
+
+ENTRY_CODE = '''"""Entry file of a logged listing classifier (MLflow models from code)."""
+import mlflow
+
+from registry.listing_model import MarketplaceListingClassifier
+
+mlflow.models.set_model(MarketplaceListingClassifier())
+'''
+ENTRY_FILE = "marketplace_listing_classifier.py"
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """The fusion head's sizes and the provenance of its parts, stored as JSON."""
+
+    categories: list[str]
+    image_dim: int
+    text_dim: int
+    hidden: int = 128
+    dropout: float = 0.3
+    image_model_uri: str = ""
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> FusionConfig:
+        data = json.loads(text)
+        return cls(
+            categories=list(data["categories"]),
+            image_dim=int(data["image_dim"]),
+            text_dim=int(data["text_dim"]),
+            hidden=int(data.get("hidden", 128)),
+            dropout=float(data.get("dropout", 0.3)),
+            image_model_uri=str(data.get("image_model_uri", "")),
+            format_version=int(data.get("format_version", FORMAT_VERSION)),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+class FusionHead(nn.Module):
+    """Image embedding and text probabilities side by side, through a small MLP."""
+
+    def __init__(self, config: FusionConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(config.image_dim + config.text_dim, config.hidden),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, config.num_classes),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)  # (B, D + C) -> (B, C)
+
+
+def fusion_features(image_embeddings: np.ndarray, text_probabilities: np.ndarray) -> np.ndarray:
+    """The head's input ``(N, D + C)``: the L2-normalised embedding, then the text's
+    probabilities."""
+    embeddings = np.asarray(image_embeddings, dtype=np.float32)
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    embeddings = embeddings / np.maximum(norms, 1e-12)
+    if len(embeddings) != len(text_probabilities):
+        raise ValueError(f"{len(embeddings)} image embeddings but {len(text_probabilities)} texts")
+    return np.hstack([embeddings, np.asarray(text_probabilities, dtype=np.float32)])
+
+
+@torch.inference_mode()
+def head_probabilities(head: FusionHead, features: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(N, C)`` of the head (in eval mode) for fused features."""
+    head.eval()
+    logits = head(torch.from_numpy(np.asarray(features, dtype=np.float32)))
+    return torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
+
+
+class MarketplaceListingClassifier(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: ``image`` and ``text`` in; category, probability, probabilities out."""
+
+    def __init__(
+        self,
+        image: image_model.MarketplaceClassifier | None = None,
+        text: TextClassifier | None = None,
+        head: FusionHead | None = None,
+        config: FusionConfig | None = None,
+    ) -> None:
+        self.image, self.text, self.head, self.config = image, text, head, config
+
+    def load_context(self, context) -> None:
+        artifacts = context.artifacts
+        self.image = image_model.MarketplaceClassifier()
+        self.image.load_context(context)  # the same "weights" and "config" artifacts
+        self.text = TextClassifier.load(Path(artifacts[text_model.TEXT_ARTIFACT]))
+        self.config = FusionConfig.from_json(
+            Path(artifacts[FUSION_CONFIG_ARTIFACT]).read_text(encoding="utf-8")
+        )
+        self.head = FusionHead(self.config)
+        state = torch.load(artifacts[FUSION_ARTIFACT], map_location="cpu", weights_only=True)
+        self.head.load_state_dict(state)
+        self.head.eval()
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self._require().categories)
+
+    def _require(self) -> FusionConfig:
+        if self.config is None or self.head is None or self.image is None or self.text is None:
+            raise RuntimeError("the listing classifier has no weights: load it with mlflow.pyfunc")
+        return self.config
+
+    def predict_proba(self, images: Sequence[Any], texts: Sequence[Any]) -> np.ndarray:
+        """Class probabilities ``(N, C)`` for photos and their listings' texts, row by row."""
+        config = self._require()
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts: one of each per row")
+        if len(images) == 0:
+            return np.zeros((0, config.num_classes))
+        embeddings = self.image.embed(list(images))  # (N, D)
+        features = fusion_features(embeddings, self.text.predict_proba(list(texts)))
+        return head_probabilities(self.head, features)
+
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        images = column_values(model_input, IMAGE_COLUMN)
+        texts = column_values(model_input, TEXT_COLUMN)
+        return answer_frame(self.predict_proba(images, texts), self.categories)
+
+
+# ---------------------------------------------------------------------------- logging
+
+
+def pip_requirements(encoder: str = text_model.TFIDF) -> list[str]:
+    """The image classifier's requirements and the text classifier's, once each."""
+    merged: dict[str, str] = {}
+    for requirement in image_model.pip_requirements() + text_model.pip_requirements(encoder):
+        merged.setdefault(requirement.split(">=")[0], requirement)
+    return list(merged.values())
+
+
+def model_signature():
+    """Input: ``image`` (binary) and ``text`` (string) columns; output: the prediction."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", IMAGE_COLUMN), ColSpec("string", TEXT_COLUMN)]),
+        outputs=text_model.answer_schema(),
+    )
+
+
+def log_listing_classifier(
+    net: nn.Module,
+    image_config: image_model.ClassifierConfig,
+    text: TextClassifier,
+    head: FusionHead,
+    config: FusionConfig,
+    *,
+    example_image: bytes,
+    example_text: str,
+    name: str = "model",
+):
+    """Log the three parts as one pyfunc model in the active run; return its ``ModelInfo``."""
+    with tempfile.TemporaryDirectory(prefix="listing-classifier-") as tmp:
+        folder = Path(tmp)
+        artifacts = image_model.write_model_files(net, image_config, folder / "files")
+        artifacts[text_model.TEXT_ARTIFACT] = str(text.save(folder / text_model.TEXT_ARTIFACT))
+        torch.save(
+            {k: v.detach().to("cpu") for k, v in head.state_dict().items()},
+            folder / "files" / FUSION_FILE,
+        )
+        (folder / "files" / FUSION_CONFIG_FILE).write_text(config.to_json(), encoding="utf-8")
+        artifacts[FUSION_ARTIFACT] = str(folder / "files" / FUSION_FILE)
+        artifacts[FUSION_CONFIG_ARTIFACT] = str(folder / "files" / FUSION_CONFIG_FILE)
+        entry = folder / ENTRY_FILE
+        entry.write_text(ENTRY_CODE, encoding="utf-8")
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(entry),
+            artifacts=artifacts,
+            code_paths=[str(Path(__file__).resolve().parent)],
+            signature=model_signature(),
+            input_example=pd.DataFrame(
+                {IMAGE_COLUMN: [example_image], TEXT_COLUMN: [example_text]}
+            ),
+            pip_requirements=pip_requirements(text.config.encoder),
+        )

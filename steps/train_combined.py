@@ -1,0 +1,483 @@
+"""Train the combined photo + text classifier (MLproject entry point ``train_combined``).
+
+Reads a registered image model (``--image-model-uri``; default the version of
+``marketplace-classifier`` that holds ``production``, else its newest), the clean data's
+``images.parquet``, ``products.parquet``, ``categories.json`` and the cleaned JPEGs in
+``images/<clean_size>/``.
+
+One row per photo, as the service receives a listing (a photo and its listing's text):
+
+* the photo's embedding by the image model: ``unwrap_python_model().embed``, batched by
+  the index step's own :func:`steps.index.embed_photos`;
+* the listing text's class probabilities by a text classifier fitted here on the train
+  listings (``steps.train_text``: the same encoder, ``C`` chosen on validation). For the
+  train rows these are *out of fold* (``--folds`` folds by listing: each listing's
+  probabilities come from a classifier that did not see it), so the head learns how far
+  to trust the text on listings the text model has not memorised;
+* the head (``registry.listing_model.FusionHead``: the L2-normalised embedding and the
+  text probabilities side by side, one hidden layer) trained with AdamW on the train
+  photos, per-epoch metrics with ``step=epoch``, early-stopped on the validation loss
+  (``--patience``), the best epoch kept.
+
+Reported on the test photos like the image model (steps.evaluation: accuracy, top-3,
+macro-F1, loss, confusion matrix, per-class report), and on the same photos, for the
+side-by-side: the image model alone (``test_image_only/...``) and the text alone
+(``test_text_only/...``).
+
+Writes one MLflow run: parameters, the photos table per split as inputs, the metrics, the
+pyfunc model ``model`` (``image`` and ``text`` in; it carries the image network, the text
+classifier and the head: ``registry/listing_model.py``) and with ``--register true`` a new
+version of ``--model-name`` tagged ``input=image+text`` and ``image_model`` (never its
+``production`` alias).
+
+    python -m steps.train_combined
+    mlflow run . -e train_combined -P image_model_uri=models:/marketplace-classifier/3 \\
+        --env-manager local
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from registry.clean_data import IMAGES_FILE, SPLITS, choose_size, image_folder, load_clean
+from registry.kinds import IMAGE_TEXT, INPUT_TAG, LISTING_MODEL_NAME
+from registry.listing_model import (
+    FusionConfig,
+    FusionHead,
+    fusion_features,
+    head_probabilities,
+    log_listing_classifier,
+)
+from registry.model import DATA_DIGEST_TAG, data_digest, register_classifier
+from registry.resolve import ResolvedModel
+from registry.store import DEFAULT_MODEL_NAME, PRODUCTION, RegistryError, connect
+from registry.versions import alias_holder, get_version
+from steps import runtime
+from steps.evaluation import classification_metrics, log_classification_report
+from steps.index import embed_photos, load_embedder
+from steps.runtime import StepError
+from steps.train_text import (
+    DEFAULT_C_VALUES,
+    Listings,
+    build_encoder,
+    fit_head,
+    load_listings,
+    metric_value,
+    optional_text,
+    parse_c_values,
+    select_and_fit,
+)
+from steps.training.loop import EarlyStopping
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "train_combined"
+EVALUATION_DIR = "evaluation"
+IMAGE_MODEL_TAG = "image_model"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def resolve_image_model(uri: str, model_name: str = DEFAULT_MODEL_NAME) -> ResolvedModel:
+    """The image model: ``uri`` pinned to its version, or ``model_name``'s production version
+    (its newest when none holds production)."""
+    from registry.resolve import resolve_model
+
+    client = connect()
+    if uri.strip():
+        return resolve_model(uri.strip(), client)
+    _require_image_model(client, model_name)
+    holder = alias_holder(client, model_name, PRODUCTION)
+    version = holder or get_version(client, model_name, "latest")
+    how = f"@{PRODUCTION}" if holder else "/latest"
+    return ResolvedModel(
+        uri=f"models:/{model_name}{how}",
+        load_uri=f"models:/{version.name}/{version.version}",
+        name=version.name,
+        version=int(version.version),
+        run_id=version.run_id,
+    )
+
+
+def _require_image_model(client, name: str) -> None:
+    from registry.versions import require_model
+
+    try:
+        require_model(client, name)
+    except RegistryError:
+        raise RegistryError(
+            f"no registered image model {name!r} to embed photos with: train one first "
+            "(`mlflow run . -e train --env-manager local`), or pass image_model_uri"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Photos:
+    """One row per photo with a split: ``image_id``, ``product_id``, ``label``, ``split``,
+    ``path`` and its listing's ``text``."""
+
+    frame: pd.DataFrame
+    categories: list[str]
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.frame[self.frame["split"] == name].reset_index(drop=True)
+
+
+def load_photos(listings: Listings, clean: Path, clean_size: int | None, needed: int) -> Photos:
+    """The photos of the listings, at ``images/<clean_size>/`` (auto: at least ``needed`` px)."""
+    size = choose_size(clean, needed, clean_size, flag="--clean-size")
+    data = load_clean(clean, columns=("image_id", "product_id", "label", "split"))
+    frame = data.images[data.images["split"].isin(SPLITS)].copy()
+    frame["product_id"] = frame["product_id"].astype(str)
+    text_of = listings.frame.set_index("product_id")["text"]
+    frame = frame[frame["product_id"].isin(text_of.index)]
+    folder = image_folder(clean, size)
+    frame["path"] = [folder / f"{image_id}.jpg" for image_id in frame["image_id"]]
+    present = frame["path"].map(Path.is_file)
+    if not present.all():
+        log.warning("%d photos have no cleaned JPEG in %s: left out", int((~present).sum()), folder)
+    frame = frame[present].reset_index(drop=True)
+    if frame.empty:
+        raise StepError(f"no cleaned photo in {folder}: run clean_images with --size {size}")
+    frame["text"] = frame["product_id"].map(text_of).to_numpy()
+    return Photos(frame, listings.categories)
+
+
+# --------------------------------------------------------------------------- text
+
+
+def out_of_fold_probabilities(
+    train: pd.DataFrame,
+    text_encoder: str,
+    c: float,
+    min_df: int,
+    num_classes: int,
+    folds: int,
+    seed: int,
+) -> np.ndarray:
+    """Class probabilities ``(N, C)`` of each train listing by a text classifier fitted on
+    the other folds (same encoder settings and ``C``)."""
+    from registry.text_model import TextClassifier, TextConfig
+
+    rng = np.random.default_rng(seed)
+    fold_of = rng.permutation(len(train)) % max(2, folds)
+    texts = train["text"].tolist()
+    labels = train["label"].to_numpy()
+    probabilities = np.zeros((len(train), num_classes))
+    shared = build_encoder(text_encoder, texts, min_df) if text_encoder.strip() else None
+    for fold in np.unique(fold_of):
+        held = fold_of == fold
+        fitted = [t for t, h in zip(texts, held, strict=True) if not h]
+        encoder = shared or build_encoder("", fitted, min_df)
+        features = encoder.transform(fitted)
+        coef, intercept = fit_head(features, labels[~held], num_classes, c, seed)
+        classifier = TextClassifier(
+            TextConfig(categories=[str(i) for i in range(num_classes)]), encoder, coef, intercept
+        )
+        probabilities[held] = classifier.predict_proba(
+            [t for t, h in zip(texts, held, strict=True) if h]
+        )
+    return probabilities
+
+
+# --------------------------------------------------------------------------- head
+
+
+@dataclass
+class HeadOutcome:
+    head: FusionHead
+    best_epoch: int
+    records: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_head(
+    config: FusionConfig,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    *,
+    epochs: int,
+    patience: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> HeadOutcome:
+    """Train the fusion head; keep the weights of the epoch with the best validation loss.
+
+    ``on_epoch(record, epoch)`` gets each epoch's train and validation metrics.
+    """
+    torch.manual_seed(seed)
+    head = FusionHead(config)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    criterion = torch.nn.CrossEntropyLoss()
+    x = torch.from_numpy(train_x.astype(np.float32))
+    y = torch.from_numpy(train_y.astype(np.int64))
+    generator = torch.Generator().manual_seed(seed)
+    stopper = EarlyStopping(patience)
+    best_state, records = None, []
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        head.train()
+        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(head(x[batch]), y[batch])
+            loss.backward()
+            optimizer.step()
+        record = classification_metrics(head_probabilities(head, train_x), train_y, "train")
+        val_metrics = classification_metrics(head_probabilities(head, val_x), val_y, "val")
+        record.update(val_metrics)
+        record["epoch_seconds"] = time.perf_counter() - started
+        records.append(record)
+        if stopper.update(metric_value(val_metrics, "loss"), epoch):
+            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(record, epoch)
+        if stopper.should_stop:
+            log.info("early stop after epoch %d (best %d)", epoch, stopper.best_epoch)
+            break
+    head.load_state_dict(best_state)
+    head.eval()
+    return HeadOutcome(head, stopper.best_epoch, records)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class CombinedOutcome:
+    run_id: str
+    best_epoch: int
+    test_metrics: dict[str, float]
+    reference_metrics: dict[str, float]
+    model_uri: str | None = None
+    model_version: str | None = None
+
+
+def _image_probabilities(python_model, embeddings: np.ndarray) -> np.ndarray:
+    """The image model's own answer from its embeddings: its ``fc`` layer, softmaxed."""
+    with torch.inference_mode():
+        logits = python_model.net.fc(torch.from_numpy(embeddings).to(python_model.device))
+        return torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+
+
+def _log_inputs(photos: Photos, clean: Path) -> None:
+    import mlflow
+
+    source = str((Path(clean) / IMAGES_FILE).resolve())
+    for split in SPLITS:
+        frame = photos.split(split).drop(columns=["path"])
+        if frame.empty:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=source, name="photos", targets="label")
+            mlflow.log_input(dataset, context=split)
+
+
+def train_combined(args: argparse.Namespace) -> CombinedOutcome:
+    import mlflow
+
+    image = resolve_image_model(args.image_model_uri, args.image_model_name)
+    listings = load_listings(args.clean)
+    c_values = parse_c_values(args.c_values)
+    with runtime.start_run(RUN_NAME) as run:
+        runtime.log_params(
+            {
+                key: (str(value).lower() if isinstance(value, bool) else value)
+                for key, value in vars(args).items()
+            }
+        )
+        digest = data_digest(args.clean)
+        mlflow.set_tags(
+            {INPUT_TAG: IMAGE_TEXT, IMAGE_MODEL_TAG: image.load_uri, DATA_DIGEST_TAG: digest}
+        )
+        embedder = load_embedder(image)
+        photos = load_photos(listings, args.clean, args.clean_size, embedder.config.image_size)
+        mlflow.log_param("clean_size_used", photos.frame["path"].iloc[0].parent.name)
+        _log_inputs(photos, args.clean)
+
+        log.info("embedding %d photos with %s", len(photos.frame), image.load_uri)
+        embeddings = embed_photos(embedder, list(photos.frame["path"]), args.batch_size)
+        by_split = {s: (photos.frame["split"] == s).to_numpy() for s in SPLITS}
+
+        log.info("text classifier: C chosen on validation, then out-of-fold train probabilities")
+        text = select_and_fit(listings, args.text_encoder, c_values, args.min_df, args.seed)
+        mlflow.log_params({"text_C": text.c, "text_encoder_kind": text.classifier.config.encoder})
+        num_classes = len(listings.categories)
+        train_listings = listings.split("train")
+        oof = out_of_fold_probabilities(
+            train_listings,
+            args.text_encoder,
+            text.c,
+            args.min_df,
+            num_classes,
+            args.folds,
+            args.seed,
+        )
+        text_probabilities = text.classifier.predict_proba(photos.frame["text"].tolist())
+        row_of = {pid: i for i, pid in enumerate(train_listings["product_id"])}
+        train_rows = np.flatnonzero(by_split["train"])
+        text_probabilities[train_rows] = oof[
+            [row_of[pid] for pid in photos.frame["product_id"].iloc[train_rows]]
+        ]
+        features = fusion_features(embeddings, text_probabilities)
+        labels = photos.frame["label"].to_numpy()
+
+        config = FusionConfig(
+            categories=listings.categories,
+            image_dim=embeddings.shape[1],
+            text_dim=num_classes,
+            hidden=args.hidden,
+            dropout=args.dropout,
+            image_model_uri=image.load_uri,
+        )
+        if not by_split["val"].any():
+            raise StepError("the validation split has no photos: early stopping needs some")
+        outcome = train_head(
+            config,
+            features[by_split["train"]],
+            labels[by_split["train"]],
+            features[by_split["val"]],
+            labels[by_split["val"]],
+            epochs=args.epochs,
+            patience=args.patience,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            on_epoch=lambda record, epoch: mlflow.log_metrics(record, step=epoch),
+        )
+        mlflow.log_metric("best_epoch", outcome.best_epoch)
+
+        test = by_split["test"]
+        test_metrics: dict[str, float] = {}
+        reference: dict[str, float] = {}
+        if test.any():
+            test_metrics = log_classification_report(
+                head_probabilities(outcome.head, features[test]),
+                labels[test],
+                listings.categories,
+                artifact_dir=EVALUATION_DIR,
+                title="photo + text model, test photos",
+            )
+            reference.update(
+                classification_metrics(
+                    _image_probabilities(embedder, embeddings[test]),
+                    labels[test],
+                    "test_image_only",
+                )
+            )
+            reference.update(
+                classification_metrics(text_probabilities[test], labels[test], "test_text_only")
+            )
+            mlflow.log_metrics(reference)
+            log.info(
+                "test photos: combined %.3f, image alone %.3f, text alone %.3f (accuracy)",
+                metric_value(test_metrics, "accuracy"),
+                metric_value({k: v for k, v in reference.items() if "image" in k}, "accuracy"),
+                metric_value({k: v for k, v in reference.items() if "text" in k}, "accuracy"),
+            )
+        result = CombinedOutcome(run.info.run_id, outcome.best_epoch, test_metrics, reference)
+
+        first = photos.split("test") if test.any() else photos.split("val")
+        info = log_listing_classifier(
+            embedder.net.cpu().eval(),
+            embedder.config,
+            text.classifier,
+            outcome.head,
+            config,
+            example_image=Path(first["path"].iloc[0]).read_bytes(),
+            example_text=str(first["text"].iloc[0]),
+        )
+        result.model_uri = info.model_uri
+        if args.register:
+            tags = {
+                **test_metrics,
+                INPUT_TAG: IMAGE_TEXT,
+                IMAGE_MODEL_TAG: image.load_uri,
+                DATA_DIGEST_TAG: digest,
+                "best_epoch": outcome.best_epoch,
+            }
+            version = register_classifier(info.model_uri, model_name=args.model_name, tags=tags)
+            result.model_version = str(version.version)
+            mlflow.set_tags(
+                {"registered_model": args.model_name, "registered_version": version.version}
+            )
+            log.info("registered %s version %s", args.model_name, version.version)
+    print(json.dumps({"run_id": result.run_id, "version": result.model_version, **test_metrics}))
+    return result
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = runtime.ArgumentParser(
+        prog="python -m steps.train_combined",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--clean", type=Path, default=Path("data/clean"), help="clean data")
+    parser.add_argument(
+        "--image-model-uri",
+        type=optional_text,
+        default="",
+        help="the image model to embed photos with (models:/<name>/<version>, "
+        "models:/<name>@<alias>, ...); empty: --image-model-name's production version, "
+        "else its newest",
+    )
+    parser.add_argument("--image-model-name", default=DEFAULT_MODEL_NAME)
+    parser.add_argument(
+        "--clean-size",
+        type=runtime.auto_or_positive_int,
+        default="auto",
+        help="which images/<size>/ to read; auto: the smallest at least the model's image size",
+    )
+    parser.add_argument(
+        "--text-encoder",
+        type=optional_text,
+        default="",
+        help="none: TF-IDF; else a Hugging Face model or folder",
+    )
+    parser.add_argument("--c-values", default=DEFAULT_C_VALUES, help="text head C candidates")
+    parser.add_argument("--min-df", type=runtime.positive_int, default=2)
+    parser.add_argument(
+        "--folds", type=runtime.positive_int, default=5, help="out-of-fold text probabilities"
+    )
+    parser.add_argument("--epochs", type=runtime.positive_int, default=60)
+    parser.add_argument(
+        "--patience",
+        type=runtime.non_negative_int,
+        default=8,
+        help="early stopping: epochs without a better val loss (0 = never stop early)",
+    )
+    parser.add_argument("--hidden", type=runtime.positive_int, default=128)
+    parser.add_argument("--dropout", type=runtime.fraction, default=0.3)
+    parser.add_argument("--lr", type=runtime.positive_float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=runtime.positive_int, default=64)
+    parser.add_argument("--seed", type=runtime.non_negative_int, default=0)
+    parser.add_argument("--register", type=runtime.str_to_bool, default=True)
+    parser.add_argument("--model-name", default=LISTING_MODEL_NAME, help="registered model")
+    return parser
+
+
+@runtime.cli
+def main(argv: Sequence[str] | None = None) -> None:
+    train_combined(get_args_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
