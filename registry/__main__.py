@@ -16,7 +16,8 @@ from registry.cli import ArgumentParser, UserError, run_cli
 from registry.store import DEFAULT_MODEL_NAME, PRODUCTION
 
 DEFAULT_CLEAN = "data/clean"
-DEFAULT_METRIC = "test_accuracy"  # registry.promotion.DEFAULT_METRIC, kept here to stay light
+DEFAULT_METRIC = "test/accuracy"  # registry.promotion.DEFAULT_METRIC, kept here to stay light
+METRIC_HELP = "(test/accuracy and the older spelling test_accuracy are the same metric)"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         return sub
 
     listing = command("list", "versions with their key metrics; who holds production")
-    listing.add_argument("--metric", default=DEFAULT_METRIC, help="first metric column")
+    listing.add_argument(
+        "--metric", default=DEFAULT_METRIC, help=f"first metric column {METRIC_HELP}"
+    )
 
     show = command("show", "one version: run, params, metrics, tags, aliases")
     show.add_argument(
@@ -55,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--version", default="best", help="number, alias, latest or best (default best)"
     )
     promote.add_argument(
-        "--metric", default=DEFAULT_METRIC, help="metric for best and for the rule"
+        "--metric", default=DEFAULT_METRIC, help=f"metric for best and for the rule {METRIC_HELP}"
     )
     promote.add_argument(
         "--force", action="store_true", help="skip the metric rule (never the smoke check)"

@@ -8,10 +8,13 @@ number, or ``best`` by a metric) when
 
 The version that held production keeps ``previous-production``; ``rollback`` swaps the two
 back. Each decision is written as ``promotion.*`` tags on the version (when, by whom, why,
-the metric values compared) and, with ``legacy_stage``, mirrored in the deprecated
-``Production`` stage. Promotions of one model take a lock (a registered model named
-``<name>.promotion-lock``, whose creation is atomic in any store), so two at once run one
-after the other and exactly one version ends up holding ``production``.
+the metric values compared), as a line in the version's description (and in the
+description of the version that left production), and, with ``legacy_stage``, mirrored in
+the deprecated ``Production`` stage. A refused candidate (the metric rule or the smoke
+check) is tagged ``promotion.refused`` with the reason, and its description says so.
+Promotions of one model take a lock (a registered model named ``<name>.promotion-lock``,
+whose creation is atomic in any store), so two at once run one after the other and exactly
+one version ends up holding ``production``.
 
 Reads and writes the Model Registry only.
 """
@@ -32,7 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from registry.smoke import check_version
+from registry.descriptions import append_to_version, decision_note
+from registry.smoke import SmokeCheckError, check_version
 from registry.store import (
     DEFAULT_MODEL_NAME,
     LEGACY_STAGE,
@@ -47,6 +51,7 @@ from registry.versions import (
     VersionInfo,
     alias_holder,
     best_version,
+    canonical_metric,
     describe,
     get_version,
     is_better_or_equal,
@@ -60,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METRIC = "test_accuracy"
+DEFAULT_METRIC = "test/accuracy"
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_TIMEOUT_S = 600.0  # the holder may be smoke-checking a large model on a busy CPU
 LOCK_STALE_S = 600.0
@@ -68,11 +73,23 @@ TAG_PREFIX = "promotion."
 SUPERSEDED_AT = TAG_PREFIX + "superseded_at"
 SUPERSEDED_BY = TAG_PREFIX + "superseded_by"
 SUPERSEDED_TAGS = frozenset({SUPERSEDED_AT, SUPERSEDED_BY})
+REFUSED = TAG_PREFIX + "refused"
+REFUSED_AT = TAG_PREFIX + "refused_at"
+REFUSED_BY = TAG_PREFIX + "refused_by"
+REFUSED_TAGS = frozenset({REFUSED, REFUSED_AT, REFUSED_BY})
+NONE = "none"  # a tag value for "no such thing" (no previous version, no metric value)
 READY = "READY"
 
 
 class PromotionRefused(RegistryError):
-    """The candidate broke the metric rule; the message says by how much."""
+    """The candidate broke the metric rule; the message says by how much.
+
+    ``why`` is the same without the advice, as the version's description records it.
+    """
+
+    def __init__(self, message: str, why: str = "") -> None:
+        super().__init__(message)
+        self.why = why or message
 
 
 @dataclass(frozen=True)
@@ -94,23 +111,85 @@ class Decision:
     legacy_stage: bool = False
     run_id: str | None = None
 
+    @property
+    def why(self) -> str:
+        """The reason given, else one that the decision itself gives."""
+        if self.reason:
+            return self.reason
+        if self.action == "rollback":
+            return "rollback (no reason given)"
+        if self.action == "unchanged":
+            return f"already in {PRODUCTION}"
+        if self.forced:
+            return "forced (no reason given)"
+        if self.previous is None or self.previous_value is None:
+            return f"the first version in {PRODUCTION} ({self.metric} {_fmt(self.value)})"
+        return (
+            f"{self.metric} {_fmt(self.value)} is at least production version "
+            f"{self.previous}'s {_fmt(self.previous_value)}"
+        )
+
     def tags(self) -> dict[str, str]:
         """The ``promotion.*`` tags written on the promoted version."""
         tags = {
             "action": self.action,
             "at": self.at,
             "by": self.by,
-            "reason": self.reason,
+            "reason": self.why,
             "metric": self.metric,
             "value": _fmt(self.value),
-            "previous_version": "" if self.previous is None else str(self.previous),
+            "previous_version": NONE if self.previous is None else str(self.previous),
             "previous_value": _fmt(self.previous_value),
             "forced": str(self.forced).lower(),
-            "smoke_check": self.smoke_check,
+            "smoke_check": self.smoke_check or NONE,
             "legacy_stage": str(self.legacy_stage).lower(),
-            "run_id": self.run_id or "",
+            "run_id": self.run_id or NONE,
         }
         return {TAG_PREFIX + key: value for key, value in tags.items()}
+
+    def notes(self) -> dict[int, tuple[str, str]]:
+        """What the descriptions say of this decision: for the version that got production
+        and, when another version held it, for that one: version -> (history line, status
+        line)."""
+        when = _when(self.at)
+        compared = f"{self.metric} {_fmt(self.value)}"
+        if self.previous is not None and self.previous_value is not None:
+            compared += f" vs {_fmt(self.previous_value)} of version {self.previous}"
+        given = f" Reason: {self.reason}." if self.reason else ""
+        smoke = f"; smoke check {self.smoke_check}" if self.smoke_check else ""
+        run = f" (promote run {self.run_id[:8]})" if self.run_id else ""
+        if self.action == "rollback":
+            headline = "back in production (rollback)"
+            text = f"by {self.by}, from version {self.previous}; {compared}{smoke}.{given}"
+            status = f"back by a rollback from version {self.previous}, by {self.by}"
+            left = f"rolled back to version {self.version} by {self.by}"
+        elif self.forced:
+            headline = "forced into production"
+            text = f"by {self.by}, the metric rule skipped; {compared}{smoke}.{given}{run}"
+            status = f"forced in by {self.by}, the metric rule skipped ({compared})"
+            left = f"version {self.version} was forced in by {self.by}"
+        else:
+            headline = "promoted to production"
+            rule = "" if self.previous_value is None else ", at least as good"
+            text = f"by {self.by}; {compared}{rule}{smoke}.{given}{run}"
+            status = f"promoted by {self.by}, {compared}{rule}"
+            left = f"version {self.version} was promoted by {self.by}"
+        notes = {
+            self.version: (
+                decision_note(when, headline, text),
+                f"In production since {when}: {status}.{given}",
+            )
+        }
+        if self.previous is not None and self.previous != self.version:
+            notes[self.previous] = (
+                decision_note(
+                    when,
+                    "left production",
+                    f"{left}; this version got `{PREVIOUS_PRODUCTION}`.{given}",
+                ),
+                f"Not in production since {when}: {left}.{given}",
+            )
+        return notes
 
     def summary(self) -> str:
         """One line for the terminal."""
@@ -126,7 +205,12 @@ class Decision:
 
 
 def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+    return NONE if value is None else f"{value:.4f}"
+
+
+def _when(at: str) -> str:
+    """``2026-12-01T09:12:00Z`` -> ``2026-12-01 09:12 UTC``."""
+    return at[:16].replace("T", " ") + " UTC"
 
 
 def current_user() -> str:
@@ -145,6 +229,7 @@ def choose_candidate(
     client: MlflowClient, name: str, version: str | int, metric: str
 ) -> VersionInfo:
     """The version ``version`` names: a number, an alias, ``latest``, or ``best`` by ``metric``."""
+    metric = canonical_metric(metric)
     if str(version).strip().lower() == BEST:
         holder = alias_holder(client, name, PRODUCTION)
         versions = [v for v in list_versions(client, name) if v.status == READY]
@@ -169,30 +254,33 @@ def check_rule(
     Raises :class:`PromotionRefused` when, without ``force``, the candidate lacks the metric,
     production lacks it, or the candidate is worse than production (saying by how much).
     """
+    metric = canonical_metric(metric)
     value = candidate.metric(metric)
     current_value = current.metric(metric) if current else None
     if force:
         return value, current_value
     if value is None:
-        known = ", ".join(sorted(candidate.metrics)) or "none"
+        known = ", ".join(candidate.canonical_metrics()) or "none"
+        why = f"version {candidate.version} has no metric {metric!r} (it has: {known})"
         raise PromotionRefused(
-            f"refused: version {candidate.version} has no metric {metric!r} (it has: {known}); "
-            "pass --metric with one it has, or --force with a --reason"
+            f"refused: {why}; pass --metric with one it has, or --force with a --reason", why
         )
     if current is None:
         return value, None
     if current_value is None:
+        why = f"production version {current.version} has no metric {metric!r} to compare with"
         raise PromotionRefused(
-            f"refused: production version {current.version} has no metric {metric!r} to compare "
-            f"with; pass --metric with one both have, or --force with a --reason"
+            f"refused: {why}; pass --metric with one both have, or --force with a --reason", why
         )
     if not is_better_or_equal(value, current_value, metric):
         gap = abs(value - current_value)
         side = "above" if lower_is_better(metric) else "below"
+        why = (
+            f"version {candidate.version} has {metric} {value:.4f}, {gap:.4f} {side} "
+            f"production version {current.version} ({current_value:.4f})"
+        )
         raise PromotionRefused(
-            f"refused: version {candidate.version} has {metric} {value:.4f}, {gap:.4f} {side} "
-            f"production version {current.version} ({current_value:.4f}); promote a better "
-            "version, or pass --force with a --reason"
+            f"refused: {why}; promote a better version, or pass --force with a --reason", why
         )
     return value, current_value
 
@@ -219,23 +307,27 @@ def promote(
     only when some version is in that stage already, so the two never disagree.
     ``run_id`` (the promote step's run) is recorded in the tags. Raises
     :class:`RegistryError` (:class:`PromotionRefused`, ``SmokeCheckError``) and moves nothing
-    when a check fails.
+    when a check fails; a candidate refused by the rule or the smoke check is tagged
+    ``promotion.refused`` and its description says why.
     """
     client = client or connect()
     by = by or current_user()
+    metric = canonical_metric(metric)  # `test_accuracy` and `test/accuracy` are one metric
     candidate = choose_candidate(client, name, version, metric)
     current = _holder_info(client, name, PRODUCTION)
     if current is not None and current.version == candidate.version:
         if legacy_stage and candidate.stage != LEGACY_STAGE:
             _set_legacy_stage(client, name, candidate.version)
         return _unchanged(candidate, metric, by, reason, run_id)
-    check_rule(candidate, current, metric, force)  # fail before the slow smoke check
-    smoke = check_version(client, name, candidate.version, clean)
+    with _refusal_recorded(client, candidate, by, reason):
+        check_rule(candidate, current, metric, force)  # fail before the slow smoke check
+        smoke = check_version(client, name, candidate.version, clean)
     with promotion_lock(client, name, timeout=lock_timeout):
         current = _holder_info(client, name, PRODUCTION)  # another promotion may have run
         if current is not None and current.version == candidate.version:
             return _unchanged(candidate, metric, by, reason, run_id)
-        value, current_value = check_rule(candidate, current, metric, force)
+        with _refusal_recorded(client, candidate, by, reason):
+            value, current_value = check_rule(candidate, current, metric, force)
         stage = _use_legacy_stage(client, name, legacy_stage)
         decision = Decision(
             action="promote",
@@ -277,6 +369,7 @@ def rollback(
     """
     client = client or connect()
     by = by or current_user()
+    metric = canonical_metric(metric)
     current, target = _rollback_pair(client, name)
     smoke = check_version(client, name, target.version, clean)
     with promotion_lock(client, name, timeout=lock_timeout):
@@ -305,6 +398,30 @@ def rollback(
         _move_production(client, decision)
     log.debug("%s", decision.summary())
     return decision
+
+
+@contextmanager
+def _refusal_recorded(
+    client: MlflowClient, candidate: VersionInfo, by: str, reason: str
+) -> Iterator[None]:
+    """Tag ``candidate`` refused, and say why in its description, when the block refuses it."""
+    try:
+        yield
+    except (PromotionRefused, SmokeCheckError) as exc:
+        why = exc.why if isinstance(exc, PromotionRefused) else str(exc)
+        at = _now()
+        name, version = candidate.name, str(candidate.version)
+        tags = {REFUSED: why[:1000], REFUSED_AT: at, REFUSED_BY: by}
+        try:
+            for key, value in tags.items():
+                client.set_model_version_tag(name, version, key, value)
+            given = f" Reason for trying: {reason}." if reason else ""
+            note = decision_note(_when(at), "refused", f"by {by}: {why}.{given}")
+            status = f"Refused on {_when(at)} by {by}: {why}."
+            append_to_version(client, name, version, note, status)
+        except Exception as record_error:  # the refusal itself matters more
+            log.warning("could not record the refusal on version %s: %s", version, record_error)
+        raise
 
 
 def _rollback_pair(client: MlflowClient, name: str) -> tuple[VersionInfo, VersionInfo]:
@@ -373,13 +490,15 @@ def _move_production(client: MlflowClient, decision: Decision) -> None:
         )
     for key, value in decision.tags().items():
         client.set_model_version_tag(name, version, key, value)
-    stale = SUPERSEDED_TAGS & set(client.get_model_version(name, version).tags)
-    for key in sorted(stale):  # it holds production again: it is no longer superseded
+    stale = (SUPERSEDED_TAGS | REFUSED_TAGS) & set(client.get_model_version(name, version).tags)
+    for key in sorted(stale):  # it holds production now: neither superseded nor refused
         client.delete_model_version_tag(name, version, key)
     if decision.previous is not None:
         previous = str(decision.previous)
         client.set_model_version_tag(name, previous, SUPERSEDED_AT, decision.at)
         client.set_model_version_tag(name, previous, SUPERSEDED_BY, version)
+    for number, (note, status) in decision.notes().items():
+        append_to_version(client, name, number, note, status)
     if decision.legacy_stage:
         _set_legacy_stage(client, name, decision.version)
 

@@ -8,13 +8,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from registry.versions import VersionInfo, describe, get_version, list_versions
+from registry.versions import (
+    VersionInfo,
+    canonical_metric,
+    describe,
+    get_version,
+    list_versions,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 MAX_METRIC_COLUMNS = 4
-METRIC_PREFIXES = ("test_", "val_")
+METRIC_PREFIXES = ("test/", "val/")
 MISSING = "-"
 
 
@@ -39,10 +45,12 @@ def format_number(value: float | None) -> str:
 
 
 def key_metrics(versions: Sequence[VersionInfo], first: str) -> list[str]:
-    """``first``, then the test_* and val_* metrics some version has, at most four."""
-    present = {m for v in versions for m in v.metrics} | {
-        t for v in versions for t in v.tags if v.metric(t) is not None
-    }
+    """``first``, then the test/* and val/* metrics some version has, at most four.
+
+    Names are the ``<split>/<name>`` spelling, whichever spelling a version logged."""
+    present = {m for v in versions for m in v.canonical_metrics()}
+    present |= {canonical_metric(t) for v in versions for t in v.tags if v.metric(t) is not None}
+    first = canonical_metric(first)
     ordered = [first] + sorted(m for m in present if m.startswith(METRIC_PREFIXES[0]))
     ordered += sorted(m for m in present if m.startswith(METRIC_PREFIXES[1]))
     unique = list(dict.fromkeys(ordered))
@@ -100,7 +108,7 @@ def version_report(client: MlflowClient, name: str, spec: str) -> str:
     ]
     sections = [f"{name} version {v.version}", _pairs(head)]
     sections += ["params", _pairs(sorted(v.params.items())) or "  (none)"]
-    metrics = [(k, format_number(x)) for k, x in sorted(v.metrics.items())]
+    metrics = [(k, format_number(x)) for k, x in v.canonical_metrics().items()]
     sections += ["metrics", _pairs(metrics) or "  (none)"]
     sections += ["tags", _pairs(sorted(v.tags.items())) or "  (none)"]
     return "\n".join(sections)
@@ -125,7 +133,7 @@ def comparison(client: MlflowClient, name: str, first: str, second: str) -> str:
         ["created (UTC)", _created(a), _created(b), ""],
         ["run", _run_label(a), _run_label(b), ""],
     ]
-    for metric in sorted(set(a.metrics) | set(b.metrics)):
+    for metric in sorted(set(a.canonical_metrics()) | set(b.canonical_metrics())):
         x, y = a.metric(metric), b.metric(metric)
         change = MISSING if x is None or y is None else f"{y - x:+.4f}"
         rows.append([metric, format_number(x), format_number(y), change])

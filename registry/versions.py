@@ -1,16 +1,23 @@
 """Reading registered model versions: their run, params, metrics, tags and aliases.
 
 A version's metrics come from the run that logged it (``client.get_run(run_id)``); the
-training step also copies its test metrics onto the version as tags (``test_accuracy``
+training step also copies its test metrics onto the version as tags (``test/accuracy``
 ...), which stand in when the run is gone or lacks the metric. Whether a bigger metric is
 better follows its name: ``*loss``, ``*error``, ``mae``, ``mse``, ``rmse`` are better
 smaller, everything else (accuracy, f1, ...) better bigger.
+
+Metric names are ``<split>/<name>`` (``test/accuracy``, ``val/loss``), so that the MLflow UI
+charts a split's metrics together. Versions trained before that carry the flat names
+(``test_accuracy``): :func:`canonical_metric` and :func:`legacy_metric` map one spelling to
+the other, and :meth:`VersionInfo.metric` and :func:`metric_value` accept either and find
+either, so old and new versions still compare.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -22,7 +29,10 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 LOWER_IS_BETTER = re.compile(r"(loss|error|mae|mse|rmse|perplexity)$", re.IGNORECASE)
-METRIC_TAG_PREFIXES = ("test_", "val_", "train_")
+SPLITS = ("train", "val", "test")
+LEGACY_METRIC = re.compile(r"(train|val|test)_(.+)")
+METRIC = re.compile(r"(train|val|test)/(.+)")
+METRIC_TAG_PREFIXES = tuple(f"{split}{sep}" for split in SPLITS for sep in ("/", "_"))
 WHOLE_FLOAT = re.compile(r"\d+\.0*")
 BEST = "best"
 LATEST = "latest"
@@ -47,10 +57,47 @@ class VersionInfo:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def metric(self, name: str) -> float | None:
-        """The value of metric ``name``, or None when neither the run nor a tag has it."""
-        if name in self.metrics:
-            return self.metrics[name]
-        return _number(self.tags.get(name))
+        """The value of metric ``name`` in either spelling (``test/accuracy`` or
+        ``test_accuracy``), or None when neither the run nor a tag has it."""
+        value = metric_value(self.metrics, name)
+        if value is None:
+            value = metric_value(self.tags, name)
+        return value
+
+    def canonical_metrics(self) -> dict[str, float]:
+        """Every metric under its ``<split>/<name>`` name (that spelling wins over the flat one)."""
+        return canonical_metrics(self.metrics)
+
+
+def canonical_metric(name: str) -> str:
+    """``test_accuracy`` -> ``test/accuracy``; a name already so spelled, or of no split, as is."""
+    match = LEGACY_METRIC.fullmatch(name)
+    return f"{match[1]}/{match[2]}" if match else name
+
+
+def legacy_metric(name: str) -> str:
+    """``test/accuracy`` -> ``test_accuracy``, the flat name versions logged before."""
+    match = METRIC.fullmatch(canonical_metric(name))
+    return f"{match[1]}_{match[2]}" if match else name
+
+
+def metric_value(values: Mapping[str, object], name: str) -> float | None:
+    """Metric ``name`` from ``values`` (run metrics, version tags, results.json), found under
+    its ``<split>/<name>`` name or else its flat legacy one, whichever way ``name`` is spelled;
+    None when absent or not a finite number."""
+    for key in dict.fromkeys((canonical_metric(name), legacy_metric(name), name)):
+        if key in values:
+            number = _number(values[key])
+            if number is not None:
+                return number
+    return None
+
+
+def canonical_metrics(values: Mapping[str, float]) -> dict[str, float]:
+    """``values`` with every key under its canonical name; the canonical spelling wins."""
+    out = {canonical_metric(k): v for k, v in values.items() if k != canonical_metric(k)}
+    out.update({k: v for k, v in values.items() if k == canonical_metric(k)})
+    return dict(sorted(out.items()))
 
 
 def lower_is_better(metric: str) -> bool:
@@ -73,7 +120,8 @@ def _number(value: object) -> float | None:
 
 
 def _tag_metrics(tags: dict[str, str]) -> dict[str, float]:
-    """Numeric version tags named like metrics (``test_accuracy`` ...), as training writes them."""
+    """Numeric version tags named like metrics (``test/accuracy``, or ``test_accuracy`` on older
+    versions), as training writes them."""
     metrics = {}
     for key, value in tags.items():
         number = _number(value)
@@ -202,7 +250,7 @@ def best_version(
     """
     scored = [v for v in versions if v.metric(metric) is not None]
     if not scored:
-        names = sorted({m for v in versions for m in v.metrics})
+        names = sorted({m for v in versions for m in v.canonical_metrics()})
         known = ", ".join(names) if names else "none"
         raise RegistryError(
             f"no version of {versions[0].name if versions else 'the model'} has the metric "

@@ -36,7 +36,7 @@ from serve.engines import Engine, EngineUnavailable, build_engine
 
 log = logging.getLogger(__name__)
 
-METRIC_PREFIXES = ("test_", "test/")
+METRIC_PREFIX = "test/"
 SUM_TOLERANCE = 1e-3
 LOCAL_UI_URL = "http://127.0.0.1:5000"
 
@@ -143,10 +143,10 @@ def _registry_facts(
     held = client.get_registered_model(resolved.name).aliases or {}
     aliases = [alias for alias, number in held.items() if int(number) == resolved.version]
     info = describe(client, version, aliases)
-    metrics = {
+    metrics = {  # test/accuracy ..., whichever spelling the version was logged with
         key: value
-        for key, value in info.metrics.items()
-        if key.startswith(METRIC_PREFIXES) and math.isfinite(value)
+        for key, value in info.canonical_metrics().items()
+        if key.startswith(METRIC_PREFIX) and math.isfinite(value)
     }
     experiment_id = None
     if resolved.run_id:

@@ -107,7 +107,7 @@ class ModelInfo(BaseModel):
             "source": "models:/marketplace-classifier/3",
             "follows": True,
             "aliases": ["production"],
-            "metrics": {"test_accuracy": 0.54, "test_top3_accuracy": 0.79},
+            "metrics": {"test/accuracy": 0.54, "test/top3_accuracy": 0.79},
             "categories": ["Appliances", "Home & Garden"],
             "arch": "resnet18",
             "image_size": 224,
@@ -135,7 +135,10 @@ class ModelInfo(BaseModel):
     source: str = Field(description="What that URI resolved to when this version loaded.")
     follows: bool = Field(description="Whether the URI is an alias/stage that is followed.")
     aliases: list[str]
-    metrics: dict[str, float] = Field(description="The version's test metrics.")
+    metrics: dict[str, float] = Field(
+        description="The version's test metrics (test/accuracy ..., also for versions logged "
+        "with the older names test_accuracy ...)."
+    )
     categories: list[str]
     arch: str
     image_size: int

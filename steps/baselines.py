@@ -19,11 +19,14 @@ fractions seen among products that have images, so it is the same on every run.
 With ``--search true`` the ridge ``alpha`` and the logistic-regression ``C`` and feature
 size are chosen on the validation split, each candidate a nested run of its model's run.
 
+Metrics are named ``<split>/<name>`` (``val/rmse``, ``test/accuracy``; the classifiers' by
+:mod:`steps.evaluation`), and the test metrics are tied to the test split's dataset.
+
 Reads: ``<clean>/products.parquet``, ``images.parquet``, ``categories.json``,
 ``images/<image-size>/<image_id>.jpg``. Writes: one MLflow run ``baselines`` with a child
-run per model (params, val/test metrics, plots, the model logged with ``mlflow.sklearn``)
-and ``results.json`` / ``results.md`` on the parent (``python -m steps.baselines_report``
-prints the table again).
+run per model (``price-ridge`` ...: params, val/test metrics, plots, the model logged with
+``mlflow.sklearn`` under the run's name) and ``results.json`` / ``results.md`` on the parent
+(``python -m steps.baselines_report`` prints the table again).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from registry.clean_data import (
     load_clean,
 )
 from registry.image_features import HOG_SIZE
+from registry.versions import metric_value
 from steps import runtime
 from steps.evaluation import (
     TOP_K,
@@ -58,6 +62,8 @@ from steps.evaluation import (
     classification_metrics,
     label_indices,
     log_classification_report,
+    log_split_metrics,
+    metric_key,
 )
 from steps.runtime import (
     StepError,
@@ -299,15 +305,15 @@ def build_image_model(kind: str, *, feature_size: int = 16, C: float = LOGREG_C,
 def price_metrics(
     true_pounds: np.ndarray, predicted_pounds: np.ndarray, prefix: str
 ) -> dict[str, float]:
-    """RMSE and MAE in pounds, R² on log price (``log1p``)."""
+    """RMSE and MAE in pounds, R² on log price (``log1p``): ``<prefix>/rmse`` ..."""
     from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
     true = np.asarray(true_pounds, dtype=float)
     predicted = np.clip(np.asarray(predicted_pounds, dtype=float), 0.0, None)
     return {
-        f"{prefix}_rmse": float(root_mean_squared_error(true, predicted)),
-        f"{prefix}_mae": float(mean_absolute_error(true, predicted)),
-        f"{prefix}_r2_log": float(r2_score(np.log1p(true), np.log1p(predicted))),
+        metric_key(prefix, "rmse"): float(root_mean_squared_error(true, predicted)),
+        metric_key(prefix, "mae"): float(mean_absolute_error(true, predicted)),
+        metric_key(prefix, "r2_log"): float(r2_score(np.log1p(true), np.log1p(predicted))),
     }
 
 
@@ -360,16 +366,17 @@ def _code_package(target: Path) -> list[str]:
     return [str(folder)]
 
 
-def log_sklearn_model(model, example: pd.DataFrame, *, images: bool) -> None:
-    """Log ``model`` with mlflow.sklearn: signature, input example, pinned requirements."""
+def log_sklearn_model(model, example: pd.DataFrame, *, images: bool, name: str):
+    """Log ``model`` as ``name`` (``price-ridge`` ...) with mlflow.sklearn: signature, input
+    example, pinned requirements; MLflow's ``ModelInfo``."""
     import mlflow
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, model.predict(example))
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.sklearn.log_model(
+        return mlflow.sklearn.log_model(
             model,
-            name="model",
+            name=name,
             signature=signature,
             input_example=example,
             pip_requirements=pip_requirements(images),
@@ -378,11 +385,13 @@ def log_sklearn_model(model, example: pd.DataFrame, *, images: bool) -> None:
         )
 
 
-def log_datasets(table: pd.DataFrame, source: Path, name: str, target: str) -> None:
-    """Log each split of ``table`` (without image bytes) as an MLflow dataset input."""
+def log_datasets(table: pd.DataFrame, source: Path, name: str, target: str) -> dict[str, Any]:
+    """Log each split of ``table`` (without image bytes) as an MLflow dataset input; the
+    datasets by split (metrics of a split are logged against its dataset)."""
     import mlflow
 
     columns = [column for column in table.columns if column != IMAGE_COLUMN]
+    datasets = {}
     for split in SPLITS:
         part = table.loc[table["split"] == split, columns].reset_index(drop=True)
         with warnings.catch_warnings():  # "source can be interpreted in multiple ways": harmless
@@ -391,6 +400,8 @@ def log_datasets(table: pd.DataFrame, source: Path, name: str, target: str) -> N
                 part, source=str(source), name=f"{name}-{split}", targets=target
             )
         mlflow.log_input(dataset, context=split)
+        datasets[split] = dataset
+    return datasets
 
 
 def _format_params(params: dict[str, Any]) -> str:
@@ -418,7 +429,7 @@ def search(
         with mlflow.start_run(run_name=f"{name} {_format_params(params)}", nested=True):
             mlflow.set_tags({"search": name, "rank_metric": rank_metric})
             candidate = fit(params)
-            mlflow.log_params(candidate.params)
+            log_params(candidate.params)
             mlflow.log_metrics(candidate.val_metrics)
         candidates.append(candidate)
         log.info(
@@ -477,29 +488,41 @@ def run_price_baselines(
         run_name = f"price-{kind}"
         with mlflow.start_run(run_name=run_name, nested=True) as run:
             mlflow.set_tags({"task": "price", "model": kind})
-            log_datasets(table, source, "products", "price")
-            best = search(run_name, grid, fit(kind), "val_rmse", higher_is_better=False)
+            datasets = log_datasets(table, source, "products", "price")
+            best = search(run_name, grid, fit(kind), "val/rmse", higher_is_better=False)
             params = {**fixed[kind], **best.params, "target": "log1p(price)"}
-            mlflow.log_params({**params, "search": len(grid) > 1})
+            log_params({**params, "search": len(grid) > 1})
             test = parts["test"]
             predicted = best.model.predict(test[PRICE_COLUMNS])
-            metrics = {**best.val_metrics, **price_metrics(test["price"], predicted, "test")}
-            metrics.update({f"{split}_rows": float(len(parts[split])) for split in SPLITS})
-            mlflow.log_metrics(metrics)
+            tested = price_metrics(test["price"], predicted, "test")
+            example = test[PRICE_COLUMNS].head(EXAMPLE_ROWS)
+            info = log_sklearn_model(best.model, example, images=False, name=run_name)
+            model_id = info.model_id  # metrics tied to the model and to their split's dataset
+            log_split_metrics(best.val_metrics, datasets["val"], model_id)
+            log_split_metrics(tested, datasets["test"], model_id)
+            rows = split_rows(parts)
+            for split in SPLITS:
+                key = metric_key(split, "rows")
+                log_split_metrics({key: rows[key]}, datasets[split], model_id)
+            metrics = {**best.val_metrics, **tested, **rows}
             mlflow.log_figure(
                 plot_predicted_vs_true(test["price"], predicted, f"{run_name}: test split"),
                 "pred_vs_true.png",
             )
-            log_sklearn_model(best.model, test[PRICE_COLUMNS].head(EXAMPLE_ROWS), images=False)
             log.info(
                 "%s: test RMSE £%.2f, MAE £%.2f, R² (log) %.3f",
                 run_name,
-                metrics["test_rmse"],
-                metrics["test_mae"],
-                metrics["test_r2_log"],
+                metrics["test/rmse"],
+                metrics["test/mae"],
+                metrics["test/r2_log"],
             )
         results.append(Result("price", kind, run.info.run_id, params, metrics))
     return results
+
+
+def split_rows(parts: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """``train/rows``, ``val/rows``, ``test/rows``."""
+    return {metric_key(split, "rows"): float(len(parts[split])) for split in SPLITS}
 
 
 def image_feature_cache(
@@ -566,35 +589,38 @@ def run_image_baselines(
         run_name = f"image-{kind}"
         with mlflow.start_run(run_name=run_name, nested=True) as run:
             mlflow.set_tags({"task": "image", "model": kind})
-            log_datasets(table, source, "images", "root_category")
-            best = search(run_name, grid, fit(kind), "val_accuracy", higher_is_better=True)
+            datasets = log_datasets(table, source, "images", "root_category")
+            best = search(run_name, grid, fit(kind), "val/accuracy", higher_is_better=True)
             params = {"strategy": "most_frequent"} if kind == "dummy" else dict(best.params)
-            mlflow.log_params({**params, "search": len(grid) > 1})
+            log_params({**params, "search": len(grid) > 1})
             if kind == "logreg":
                 probabilities = best.model[1:].predict_proba(cache[params["feature_size"]]["test"])
             else:
                 probabilities = best.model.predict_proba(parts["test"][[IMAGE_COLUMN]])
-            metrics = {
-                **best.val_metrics,
-                **{f"{split}_rows": float(len(parts[split])) for split in SPLITS},
-            }
-            mlflow.log_metrics(metrics)
+            example = parts["test"][[IMAGE_COLUMN]].head(EXAMPLE_ROWS)
+            info = log_sklearn_model(best.model, example, images=True, name=run_name)
+            model_id = info.model_id  # metrics tied to the model and to their split's dataset
+            log_split_metrics(best.val_metrics, datasets["val"], model_id)
+            rows = split_rows(parts)
+            for split in SPLITS:
+                key = metric_key(split, "rows")
+                log_split_metrics({key: rows[key]}, datasets[split], model_id)
+            metrics = {**best.val_metrics, **rows}
             metrics |= log_classification_report(
                 align_probabilities(probabilities, best.model.classes_, categories),
                 labels["test"],
                 categories,
                 title=f"{run_name}: test split",
-            )
-            log_sklearn_model(
-                best.model, parts["test"][[IMAGE_COLUMN]].head(EXAMPLE_ROWS), images=True
+                dataset=datasets["test"],
+                model_id=model_id,
             )
             log.info(
                 "%s: test accuracy %.3f, macro-F1 %.3f, top-%d %.3f",
                 run_name,
-                metrics["test_accuracy"],
-                metrics["test_macro_f1"],
+                metrics["test/accuracy"],
+                metrics["test/macro_f1"],
                 TOP_K,
-                metrics[f"test_top{TOP_K}_accuracy"],
+                metrics[f"test/top{TOP_K}_accuracy"],
             )
         results.append(Result("image", kind, run.info.run_id, params, metrics))
     return results
@@ -603,15 +629,16 @@ def run_image_baselines(
 # --- the summary ----------------------------------------------------------------------------
 
 PRICE_TABLE = (
-    ("test_rmse", "test RMSE (£)", "{:.2f}"),
-    ("test_mae", "test MAE (£)", "{:.2f}"),
-    ("test_r2_log", "test R² (log price)", "{:.3f}"),
+    ("test/rmse", "test RMSE (£)", "{:.2f}"),
+    ("test/mae", "test MAE (£)", "{:.2f}"),
+    ("test/r2_log", "test R² (log price)", "{:.3f}"),
 )
 IMAGE_TABLE = (
-    ("test_accuracy", "test accuracy", "{:.3f}"),
-    ("test_macro_f1", "test macro-F1", "{:.3f}"),
-    (f"test_top{TOP_K}_accuracy", f"test top-{TOP_K} accuracy", "{:.3f}"),
+    ("test/accuracy", "test accuracy", "{:.3f}"),
+    ("test/macro_f1", "test macro-F1", "{:.3f}"),
+    (f"test/top{TOP_K}_accuracy", f"test top-{TOP_K} accuracy", "{:.3f}"),
 )
+SUMMARY_METRICS = ("test/rmse", "test/r2_log", "test/accuracy", "test/macro_f1")
 MODEL_NAMES = {
     ("price", "dummy"): "median (DummyRegressor)",
     ("price", "ridge"): "ridge on TF-IDF + one-hot",
@@ -650,7 +677,9 @@ def summary(
 
 
 def results_markdown(results: dict[str, Any]) -> str:
-    """The README's results tables from a results.json dict; the same input, the same text."""
+    """The README's results tables from a results.json dict; the same input, the same text.
+
+    Older results.json files name metrics the flat way (``test_rmse``): read either."""
     lines = []
     rows = results.get("rows", {})
     for task, columns, title in (
@@ -675,9 +704,10 @@ def results_markdown(results: dict[str, Any]) -> str:
                 for k in keys
                 if k in model["params"]
             )
+            values = [metric_value(model["metrics"], key) for key, _, _ in columns]
             cells = [
-                fmt.format(model["metrics"][key]) if key in model["metrics"] else ""
-                for key, _, fmt in columns
+                "" if value is None else fmt.format(value)
+                for value, (_, _, fmt) in zip(values, columns, strict=True)
             ]
             lines.append(f"| {name} | {params or '-'} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -772,10 +802,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         mlflow.log_dict(report, "results.json")
         table = results_markdown(report)
         mlflow.log_text(table, "results.md")
-        for result in results:
-            for key in ("test_rmse", "test_r2_log", "test_accuracy", "test_macro_f1"):
+        for result in results:  # the parent's summary: test/price-ridge_rmse ...
+            for key in SUMMARY_METRICS:
                 if key in result.metrics:
-                    mlflow.log_metric(f"{result.task}_{result.model}_{key}", result.metrics[key])
+                    name = key.removeprefix("test/")
+                    mlflow.log_metric(
+                        f"test/{result.task}-{result.model}_{name}", result.metrics[key]
+                    )
     print(table)
     return report
 

@@ -199,7 +199,7 @@ def clean_images(
     images_dir = check_inputs(raw, out, size, workers)
     if not log_run:
         return normalize_all(raw, out, images_dir, size, workers)[0]
-    with start_run("clean_images"):
+    with start_run(f"clean_images {size}px"):
         log_params({"size": size, "workers": workers, "raw": str(raw), "out": str(out)})
         stats, processes = normalize_all(raw, out, images_dir, size, workers)
         log_params({"processes": processes})

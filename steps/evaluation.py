@@ -4,19 +4,26 @@ Everything works on class probabilities ``(N, C)`` whose columns follow the cate
 (``categories.json``) and on true labels as indices into it; :func:`align_probabilities`
 and :func:`label_indices` bring an sklearn model's ``classes_`` and category names there.
 
-* :func:`classification_metrics`: ``<prefix>_accuracy``, ``<prefix>_top3_accuracy``,
-  ``<prefix>_macro_f1`` (over the classes that occur, as true or predicted) and
-  ``<prefix>_loss`` (mean negative log probability of the true class);
+* :func:`classification_metrics`: ``<prefix>/accuracy``, ``<prefix>/top3_accuracy``,
+  ``<prefix>/macro_f1`` (over the classes that occur, as true or predicted) and
+  ``<prefix>/loss`` (mean negative log probability of the true class);
 * :func:`confusion_figure`: the row-normalised confusion matrix with counts in the cells;
-* :func:`log_classification_report`: the metrics, that figure and the per-class report
-  (``classification_report.json`` / ``.txt``) logged to the active MLflow run.
+* :func:`log_classification_report`: the metrics (tied to the split's dataset and the
+  logged model when given: MLflow 3 keeps that tie on the model's metrics), that figure and
+  the per-class report (``classification_report.json`` / ``.txt``) logged to the active
+  MLflow run.
+
+Every classifier's metrics are named here, once: ``<split>/<name>`` (``test/accuracy``,
+``val/loss``), which the MLflow UI charts as one group per split, and which
+:mod:`registry.versions` reads (older versions' flat ``test_accuracy`` too).
 
 Reads and writes nothing itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -52,10 +59,29 @@ def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int = TOP_K
     return float((top == np.asarray(labels)[:, None]).any(axis=1).mean())
 
 
+def metric_key(prefix: str, name: str) -> str:
+    """``("test", "accuracy")`` -> ``test/accuracy``: the one spelling of a split's metric."""
+    return f"{prefix}/{name}"
+
+
+def log_split_metrics(
+    metrics: Mapping[str, float], dataset=None, model_id: str | None = None
+) -> None:
+    """Log ``metrics`` to the active run, tied to the split's ``dataset`` and the logged
+    model ``model_id`` when given (the MLflow 3 way: the model's page lists them per dataset)."""
+    import mlflow
+
+    with warnings.catch_warnings():  # MLflow's hint about the dataset's integer columns
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.log_metrics(dict(metrics), dataset=dataset, model_id=model_id)
+
+
 def classification_metrics(
     probabilities: np.ndarray, labels: np.ndarray, prefix: str, k: int = TOP_K
 ) -> dict[str, float]:
-    """Accuracy, top-``k`` accuracy, macro-F1 and log loss of ``probabilities`` ``(N, C)``."""
+    """Accuracy, top-``k`` accuracy, macro-F1 and log loss of ``probabilities`` ``(N, C)``,
+    as ``<prefix>/accuracy``, ``<prefix>/top3_accuracy``, ``<prefix>/macro_f1``,
+    ``<prefix>/loss``."""
     from sklearn.metrics import f1_score
 
     labels = np.asarray(labels, dtype=np.int64)
@@ -63,12 +89,12 @@ def classification_metrics(
     present = sorted(set(labels.tolist()) | set(predicted.tolist()))
     picked = probabilities[np.arange(len(labels)), labels]
     return {
-        f"{prefix}_accuracy": float((predicted == labels).mean()),
-        f"{prefix}_top{k}_accuracy": top_k_accuracy(probabilities, labels, k),
-        f"{prefix}_macro_f1": float(
+        metric_key(prefix, "accuracy"): float((predicted == labels).mean()),
+        metric_key(prefix, f"top{k}_accuracy"): top_k_accuracy(probabilities, labels, k),
+        metric_key(prefix, "macro_f1"): float(
             f1_score(labels, predicted, labels=present, average="macro", zero_division=0)
         ),
-        f"{prefix}_loss": float(-np.log(np.clip(picked, LOG_FLOOR, None)).mean()),
+        metric_key(prefix, "loss"): float(-np.log(np.clip(picked, LOG_FLOOR, None)).mean()),
     }
 
 
@@ -108,14 +134,20 @@ def log_classification_report(
     prefix: str = "test",
     artifact_dir: str = "",
     title: str = "test split",
+    dataset=None,
+    model_id: str | None = None,
 ) -> dict[str, float]:
     """Log the metrics, ``confusion_matrix.png`` and ``classification_report.{json,txt}``
-    (under ``artifact_dir``) to the active run; return the metrics."""
+    (under ``artifact_dir``) to the active run; return the metrics.
+
+    ``dataset`` (an ``mlflow.data`` dataset of the scored split) and ``model_id`` (the logged
+    model scored, ``ModelInfo.model_id``) tie the metrics to them: the model's page in the
+    MLflow UI lists them against that dataset."""
     import mlflow
     from sklearn.metrics import classification_report
 
     metrics = classification_metrics(probabilities, labels, prefix)
-    mlflow.log_metrics(metrics)
+    log_split_metrics(metrics, dataset, model_id)
     folder = f"{artifact_dir}/" if artifact_dir else ""
     predicted = probabilities.argmax(axis=1)
     mlflow.log_figure(

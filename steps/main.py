@@ -280,13 +280,23 @@ def _holds_production(client, model_name: str, version: str) -> bool:
         return False
 
 
+def pipeline_run_name(args: argparse.Namespace) -> str:
+    """What the runs table shows for the pipeline: ``pipeline resnet18 e20 48px``."""
+    return f"pipeline {args.arch} e{args.epochs} {args.image_size}px"
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = runtime.ArgumentParser(
         prog="python -m steps.main", description="Run the whole pipeline, skipping unchanged steps."
     )
     parser.add_argument("--raw", default="data/raw", help="raw export folder")
     parser.add_argument("--clean", default="data/clean", help="clean data folder")
-    parser.add_argument("--source", default="", help="ingest from this folder or s3:// URI first")
+    parser.add_argument(
+        "--source",
+        type=runtime.optional_text,
+        default="",
+        help="ingest from this folder or s3:// URI first (none: no ingest)",
+    )
     parser.add_argument("--products", type=positive_int, default=2000, help="demo export size")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--size", type=positive_int, default=256, help="clean image size (px)")
@@ -314,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from mlflow.tracking import MlflowClient
 
     code = code_digest()
-    with start_run("main") as run:
+    with start_run(pipeline_run_name(args)) as run:
         log_params(vars(args))
         parent, experiment = run.info.run_id, run.info.experiment_id
         client = MlflowClient()

@@ -5,8 +5,10 @@ for the smoke check, a few test images from ``--clean`` (``images.parquet`` and
 ``images/<size>/``; the model's input example when the folder is absent). Writes the
 ``production`` and ``previous-production`` aliases, ``promotion.*`` tags on the version
 (when, by whom, why, the metric values compared) and, when asked or already in use, the
-legacy ``Production`` stage. This step's MLflow run records the decision: its params, and
-the same ``promotion.*`` tags plus ``promotion.outcome`` (promote, unchanged or refused).
+legacy ``Production`` stage. This step's MLflow run is named after what it did
+(``promote v3 -> production``, ``promote v3 refused``) and records the decision: its params,
+``promotion.version`` (the version it acted on), ``promotion.outcome`` (promote, unchanged
+or refused) and the decision's ``promotion.*`` tags that its params do not already say.
 
     mlflow run . -e promote -P version=best --env-manager local
     python -m steps.promote --version 3 --force true --reason "hotfix for #12"
@@ -19,12 +21,20 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from registry.promotion import DEFAULT_METRIC, Decision, promote
-from registry.store import DEFAULT_MODEL_NAME, RegistryError
+from registry.promotion import DEFAULT_METRIC, TAG_PREFIX, Decision, choose_candidate, promote
+from registry.store import DEFAULT_MODEL_NAME, PRODUCTION, RegistryError, connect
+from registry.versions import canonical_metric
 from steps import runtime
-from steps.runtime import StepError, cli, log_params, start_run, str_to_bool
+from steps.runtime import StepError, cli, log_params, optional_text, start_run, str_to_bool
 
 log = logging.getLogger(__name__)
+
+OUTCOME = TAG_PREFIX + "outcome"
+VERSION = TAG_PREFIX + "version"
+ERROR = TAG_PREFIX + "error"
+# Decision tags the run's params already hold (metric, force, reason, legacy_stage) or that
+# point at the run itself: not logged twice.
+SAID_BY_PARAMS = ("metric", "forced", "legacy_stage", "run_id")
 
 
 def legacy_stage_choice(value: str) -> bool | None:
@@ -44,13 +54,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--version", default="best", help="a version number, an alias, latest, or best"
     )
     parser.add_argument(
-        "--metric", default=DEFAULT_METRIC, help="metric that picks best and sets the rule"
+        "--metric",
+        type=canonical_metric,
+        default=DEFAULT_METRIC,
+        help="metric that picks best and sets the rule (test_accuracy, the older spelling of "
+        "test/accuracy, is the same metric)",
     )
     parser.add_argument(
         "--force", type=str_to_bool, default=False, help="skip the metric rule (true/false)"
     )
-    parser.add_argument("--reason", default="", help="why, recorded on the version")
-    parser.add_argument("--by", default="", help="who decides (default: the OS user)")
+    parser.add_argument(
+        "--reason", type=optional_text, default="", help="why, recorded on the version"
+    )
+    parser.add_argument(
+        "--by", type=optional_text, default="", help="who decides (none: the OS user)"
+    )
     parser.add_argument(
         "--clean",
         type=Path,
@@ -68,35 +86,74 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def step_params(args: argparse.Namespace) -> dict[str, str]:
-    """The step's params, as text (``mlflow run`` logs its own copy of them first)."""
+    """The step's params, as text (``mlflow run`` logs its own copy of them first); the
+    unset ``reason`` and ``by`` are left out."""
     legacy = "auto" if args.legacy_stage is None else str(args.legacy_stage).lower()
     return {
         "model_name": args.model_name,
         "version": args.version,
         "metric": args.metric,
         "force": str(args.force).lower(),
+        "reason": args.reason,
+        "by": args.by,
         "clean": str(args.clean),
         "legacy_stage": legacy,
     }
 
 
+def run_name(
+    version: int | str | None, outcome: str, forced: bool = False, model_name: str = ""
+) -> str:
+    """``promote v3 -> production``, ``promote v3 refused``: what the runs table shows (with
+    the model's name when it is not the default one)."""
+    target = f"v{version}" if version is not None else "(no version)"
+    if model_name and model_name != DEFAULT_MODEL_NAME:
+        target = f"{model_name} {target}"
+    if outcome == "promote":
+        return f"promote {target} -> {PRODUCTION}" + (" (forced)" if forced else "")
+    if outcome == "unchanged":
+        return f"promote {target} (already {PRODUCTION})"
+    return f"promote {target} refused"
+
+
 def record_decision(decision: Decision) -> None:
-    """Tag the active run with the decision."""
+    """Name and tag the active run with the decision."""
     import mlflow
 
-    mlflow.set_tags({**decision.tags(), "promotion.outcome": decision.action})
+    tags = {
+        key: value
+        for key, value in decision.tags().items()
+        if key.removeprefix(TAG_PREFIX) not in SAID_BY_PARAMS
+    }
+    tags.update({OUTCOME: decision.action, VERSION: str(decision.version)})
+    tags["mlflow.runName"] = run_name(
+        decision.version, decision.action, decision.forced, decision.name
+    )
+    mlflow.set_tags(tags)
+
+
+def _candidate_version(args: argparse.Namespace) -> int | None:
+    """The version ``--version`` names now (None when it names none)."""
+    try:
+        return choose_candidate(connect(), args.model_name, args.version, args.metric).version
+    except RegistryError:
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> Decision:
     args = get_args_parser().parse_args(argv)
     import mlflow
 
-    with start_run("promote") as run:
+    with start_run(f"promote {args.version}") as run:
         log_params(step_params(args))
+        candidate = _candidate_version(args)
+        if candidate is not None:
+            name = run_name(candidate, "promote", model_name=args.model_name)
+            mlflow.set_tags({"mlflow.runName": name, VERSION: candidate})
         try:
             decision = promote(
                 args.model_name,
-                args.version,
+                args.version if candidate is None else candidate,
                 metric=args.metric,
                 force=args.force,
                 reason=args.reason,
@@ -106,7 +163,13 @@ def main(argv: Sequence[str] | None = None) -> Decision:
                 run_id=run.info.run_id,
             )
         except RegistryError as exc:
-            mlflow.set_tags({"promotion.outcome": "refused", "promotion.error": str(exc)[:1000]})
+            mlflow.set_tags(
+                {
+                    OUTCOME: "refused",
+                    ERROR: str(exc)[:1000],
+                    "mlflow.runName": run_name(candidate, "refused", model_name=args.model_name),
+                }
+            )
             raise StepError(str(exc)) from None
         record_decision(decision)
     print(decision.summary())

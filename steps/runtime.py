@@ -43,6 +43,7 @@ __all__ = [
     "fraction",
     "log_params",
     "non_negative_int",
+    "optional_text",
     "positive_float",
     "positive_int",
     "start_run",
@@ -52,6 +53,11 @@ __all__ = [
 ]
 
 DEFAULT_EXPERIMENT = "marketplace-search"
+# The MLflow 3 UI opens an experiment in its GenAI view (traces) unless the experiment says it
+# holds model training; this tag says so (a value of the UI's own, `custom_model_development`).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+UNSET = ("", "none")
 
 log = logging.getLogger("steps")
 
@@ -67,11 +73,18 @@ def check_tracking_server(uri: str | None = None, timeout: float = 5.0) -> None:
     check_server(uri or tracking_uri(), timeout)
 
 
+def optional_text(value: str) -> str:
+    """argparse type: text, where ``none`` (an MLproject default) or nothing means unset."""
+    text = value.strip()
+    return "" if text.lower() in UNSET else text
+
+
 def start_run(run_name: str, **kwargs):
-    """Start (or, under ``mlflow run``, attach to) this step's MLflow run.
+    """Start (or, under ``mlflow run``, attach to and rename) this step's MLflow run.
 
     Outside ``mlflow run`` the experiment comes from MLFLOW_EXPERIMENT_NAME (default
-    ``marketplace-search``) and the store from :func:`tracking_uri`.
+    ``marketplace-search``) and the store from :func:`tracking_uri`. The experiment is
+    tagged as one of model training (:func:`mark_model_training`).
     """
     import mlflow
 
@@ -80,20 +93,48 @@ def start_run(run_name: str, **kwargs):
     mlflow.set_tracking_uri(uri)
     if "MLFLOW_RUN_ID" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
-    return mlflow.start_run(run_name=run_name, **kwargs)
+    active = mlflow.start_run(run_name=run_name, **kwargs)
+    mark_model_training(active.info.experiment_id)
+    return active
+
+
+def mark_model_training(experiment_id: str) -> None:
+    """Tag the experiment ``mlflow.experimentKind=custom_model_development`` unless it says
+    what it is already, so that the MLflow UI shows its runs, not an empty traces page."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+
+
+def param_text(value: object) -> str | None:
+    """How a param value is logged: ``true``/``false`` for booleans (the spelling ``mlflow
+    run`` passes), None for nothing (unset params are left out, not logged as ``''``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = str(value)
+    return text if text.strip() else None
 
 
 def log_params(params: Mapping[str, object]) -> None:
-    """Log the params the active run does not have yet.
+    """Log the params the active run does not have yet, each once, in one spelling.
 
     ``mlflow run`` logs the entry point's parameters as it received them (``true``,
     ``100000``); logging them again as Python values (``True``, ``100000.0``) would be a
-    change of value, which MLflow refuses.
+    change of value, which MLflow refuses. Booleans are logged ``true``/``false``; empty
+    and None values are left out (see :func:`param_text`).
     """
     import mlflow
 
     run = mlflow.active_run()
     existing = mlflow.get_run(run.info.run_id).data.params if run else {}
-    fresh = {key: value for key, value in params.items() if key not in existing}
+    fresh = {
+        key: text
+        for key, value in params.items()
+        if key not in existing and (text := param_text(value)) is not None
+    }
     if fresh:
         mlflow.log_params(fresh)

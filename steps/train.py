@@ -3,11 +3,15 @@
 Reads ``<clean>/images.parquet``, ``<clean>/categories.json`` and the cleaned JPEGs in
 ``<clean>/images/<clean_size>/`` (from clean_tabular and clean_images).
 
-Writes one MLflow run: every parameter (and ``weights_used``), the inputs (the images table
-per split), per-epoch metrics with ``step=epoch`` (train/val loss and accuracy, lr, epoch
-seconds, images per second), ``checkpoints/last.pt`` and ``checkpoints/best.pt``, the test
-metrics and ``evaluation/`` artifacts, the pyfunc model ``model``, and with ``--register
-true`` a new version of the registered model (never its ``production`` alias).
+Writes one MLflow run named after what it trains (``train resnet18 e15 224px``): every
+parameter (and ``weights_used``), the inputs (the images table per split), per-epoch metrics
+with ``step=epoch`` (``train/loss``, ``train/accuracy``, ``val/loss``, ``val/accuracy``,
+``lr``, ``epoch_seconds``, ``images_per_second``), system metrics (``system/...``: CPU,
+memory, GPU when there is one), ``checkpoints/last.pt`` and ``checkpoints/best.pt``,
+``best_epoch``, the test metrics (``test/accuracy`` ..., tied to the test split's dataset)
+and ``evaluation/`` artifacts, the pyfunc model (named ``--model-name``), and with
+``--register true`` a new version of the registered model, described (never its
+``production`` alias).
 
     python -m steps.train --epochs 15
     mlflow run . -e train -P epochs=15 --env-manager local
@@ -36,6 +40,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from registry.descriptions import (
+    model_description,
+    registration_note,
+    set_model_description_if_empty,
+)
 from registry.model import (
     ARCHS,
     DATA_DIGEST_TAG,
@@ -44,11 +53,12 @@ from registry.model import (
     log_classifier,
     register_classifier,
 )
+from registry.promotion import DEFAULT_METRIC
 from steps import runtime
 from steps.evaluation import log_classification_report
 from steps.runtime import StepError
 from steps.training import checkpoint as ckpt
-from steps.training.config import TrainConfig
+from steps.training.config import ALL_LAYERS, TrainConfig
 from steps.training.data import CleanData, decode_images, labels_of, load_clean_data
 from steps.training.distributed import (
     Context,
@@ -79,7 +89,6 @@ from steps.training.stages import build_stage, eval_source
 
 log = logging.getLogger(__name__)
 
-RUN_NAME = "train"
 AUTO = "auto"
 CLEAN_SIZE_USED = "clean_size_used"
 EVALUATION_DIR = "evaluation"
@@ -135,7 +144,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--register", type=runtime.str_to_bool, default=d.register)
     p.add_argument("--model-name", default=d.model_name)
-    p.add_argument("--resume", default="", help="run id of an interrupted train run")
+    p.add_argument(
+        "--resume",
+        type=runtime.optional_text,
+        default="",
+        help="run id of an interrupted train run (none: start a new run)",
+    )
     return p
 
 
@@ -180,14 +194,32 @@ class TrainOutcome:
     model_version: str | None = None
 
 
+def run_name(cfg: TrainConfig) -> str:
+    """What the runs table shows: ``train resnet18 e15 224px``."""
+    return f"train {cfg.arch} e{cfg.epochs} {cfg.image_size}px"
+
+
+def run_description(cfg: TrainConfig) -> str:
+    """The run's description (its page's first lines): the settings that tell runs apart."""
+    layers = cfg.trainable_layers
+    trained = "all layers" if layers >= ALL_LAYERS else f"trainable layers {layers}"
+    return (
+        f"{cfg.arch} at {cfg.image_size} px (clean images {cfg.clean_size} px), up to "
+        f"{cfg.epochs} epochs (patience {cfg.patience}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
+        f"{trained}, weights {cfg.weights}, seed {cfg.seed}."
+    )
+
+
 def _open_run(cfg: TrainConfig, ctx: Context):
-    """Rank 0's MLflow run: a new one, or the interrupted run when resuming."""
+    """Rank 0's MLflow run (system metrics on): a new one, or the interrupted run when
+    resuming."""
     if not ctx.is_main:
         return nullcontext()
+    opened = {"log_system_metrics": True, "description": run_description(cfg)}
     if not cfg.resume:
-        return runtime.start_run(RUN_NAME)
+        return runtime.start_run(run_name(cfg), **opened)
     project_run = os.environ.get("MLFLOW_RUN_ID")
-    active = runtime.start_run(RUN_NAME, run_id=cfg.resume)
+    active = runtime.start_run(run_name(cfg), run_id=cfg.resume, **opened)
     if project_run and project_run != cfg.resume:
         import mlflow
 
@@ -226,17 +258,30 @@ def _killed_on_signal(signals: StopSignals, ctx: Context, run) -> Iterator[None]
         raise Interrupted(signum) from None
 
 
-def _log_inputs(data: CleanData) -> None:
+def split_datasets(data: CleanData) -> dict:
+    """The images table of each non-empty split as an ``mlflow.data`` dataset."""
     import mlflow
 
     source = str((data.folder / "images.parquet").resolve())
+    datasets = {}
     for split in ("train", "val", "test"):
         frame = data.split(split)
         if frame.empty:
             continue
         with warnings.catch_warnings():  # MLflow's hints about source types and int columns
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(frame, source=source, name="images", targets="label")
+            datasets[split] = mlflow.data.from_pandas(
+                frame, source=source, name=f"images-{split}", targets="label"
+            )
+    return datasets
+
+
+def _log_inputs(datasets: dict) -> None:
+    import mlflow
+
+    with warnings.catch_warnings():  # MLflow's hint about the integer columns
+        warnings.simplefilter("ignore", UserWarning)
+        for split, dataset in datasets.items():
             mlflow.log_input(dataset, context=split)
 
 
@@ -322,45 +367,103 @@ def _load_best(net: nn.Module, epoch_logger: EpochLogger, run_id: str) -> None:
     net.load_state_dict(state["model"])
 
 
-def _evaluate_test(net: nn.Module, data: CleanData, cfg: TrainConfig, ctx: Context) -> dict:
-    """Test-split metrics and report of ``net`` through the eval preset (rank 0)."""
+def _predict_test(net: nn.Module, data: CleanData, cfg: TrainConfig, ctx: Context):
+    """Class probabilities ``(N, C)`` and labels of the test split through the eval preset
+    (rank 0), or None when the split is empty."""
     frame = data.split("test")
     if frame.empty:
         log.warning("the test split is empty: no test metrics")
-        return {}
+        return None
     images = decode_images(data.paths(frame), cfg.image_size, cfg.num_workers)
     labels = labels_of(frame)
     logits = predict_logits(net, eval_source(images, labels, cfg.batch_size, ctx), ctx)
+    return softmax_numpy(logits), labels.numpy()
+
+
+def _log_test_report(scored, data: CleanData, model_id: str | None) -> dict[str, float]:
+    """Log the test metrics (tied to the test dataset and the logged model) and report."""
+    if scored is None:
+        return {}
+    probabilities, labels = scored
     metrics = log_classification_report(
-        softmax_numpy(logits), labels.numpy(), data.categories, artifact_dir=EVALUATION_DIR
+        probabilities,
+        labels,
+        data.categories,
+        artifact_dir=EVALUATION_DIR,
+        dataset=split_datasets(data).get("test"),
+        model_id=model_id,
     )
     log.info(
         "test: accuracy %.3f, top-3 %.3f, macro-F1 %.3f on %d images",
-        metrics["test_accuracy"],
-        metrics["test_top3_accuracy"],
-        metrics["test_macro_f1"],
-        len(frame),
+        metrics["test/accuracy"],
+        metrics["test/top3_accuracy"],
+        metrics["test/macro_f1"],
+        len(labels),
     )
     return metrics
 
 
-def _log_model(net, data, cfg, outcome: TrainOutcome, digest: str) -> None:
-    """Log the pyfunc model and, with ``--register``, a new registered version."""
-    import mlflow
-
+def _log_model(net, data, cfg, outcome: TrainOutcome):
+    """Log the pyfunc model (named ``--model-name``); MLflow's ``ModelInfo``."""
     frame = data.split("test") if len(data.split("test")) else data.split("val")
     example, *parity = [path.read_bytes() for path in data.paths(frame.head(4))]
     config = ClassifierConfig(arch=cfg.arch, categories=data.categories, image_size=cfg.image_size)
-    info = log_classifier(net.cpu().eval(), config, example_image=example, parity_images=parity)
+    info = log_classifier(
+        net.cpu().eval(),
+        config,
+        example_image=example,
+        parity_images=parity,
+        name=cfg.model_name,
+    )
     outcome.model_uri = info.model_uri
-    if not cfg.register:
-        return
+    return info
+
+
+def _register(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: str) -> None:
+    """A new version of ``--model-name`` with its test metrics as tags, described."""
+    import mlflow
+
     tags = {**outcome.test_metrics, DATA_DIGEST_TAG: digest, "arch": cfg.arch}
     tags.update({"image_size": cfg.image_size, "best_epoch": outcome.best_epoch})
-    version = register_classifier(info.model_uri, model_name=cfg.model_name, tags=tags)
+    version = register_classifier(outcome.model_uri, model_name=cfg.model_name, tags=tags)
     outcome.model_version = str(version.version)
+    _describe_version(cfg, data, outcome, digest)
     mlflow.set_tags({"registered_model": cfg.model_name, "registered_version": version.version})
     log.info("registered %s version %s", cfg.model_name, version.version)
+
+
+def _describe_version(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: str):
+    """The new version's description and, the first time, the registered model's."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    set_model_description_if_empty(
+        client,
+        cfg.model_name,
+        model_description(
+            what=f"Classifies a Marketplace listing's photo into one of its "
+            f"{len(data.categories)} root categories (a ResNet fine-tuned in PyTorch; "
+            f"categories: {', '.join(data.categories)}).",
+            input_text="a column `image` of JPEG or PNG bytes (base64 text over REST); the "
+            "model resizes and pads each photo itself, as training did.",
+            output_text="`category`, `probability` and `probabilities` per photo; with "
+            '`params={"embedding": true}` also the `embedding` that search uses.',
+            metric=DEFAULT_METRIC,
+        ),
+    )
+    note = registration_note(
+        summary=f"**{cfg.arch}** at {cfg.image_size} px",
+        run_id=outcome.run_id,
+        run_name=run_name(cfg),
+        data_digest=digest,
+        metrics=outcome.test_metrics,
+        details=[
+            f"Best epoch {outcome.best_epoch} of {len(outcome.records) or cfg.epochs} run "
+            f"(up to {cfg.epochs}); weights {outcome.weights_used}, lr {cfg.lr:g}, "
+            f"batch {cfg.batch_size}, trainable layers {cfg.trainable_layers}."
+        ],
+    )
+    client.update_model_version(cfg.model_name, outcome.model_version, description=note)
 
 
 def train(cfg: TrainConfig) -> TrainOutcome | None:
@@ -396,10 +499,10 @@ def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome
 
             params = {**cfg.as_params(), "clean_size": asked, CLEAN_SIZE_USED: cfg.clean_size}
             runtime.log_params({**params, "weights_used": weights_used})
-            mlflow.set_tags({"weights_used": weights_used, DATA_DIGEST_TAG: digest})
-            mlflow.set_tags({"device": str(ctx.device), "world_size": ctx.world_size})
+            mlflow.set_tags({DATA_DIGEST_TAG: digest, "device": str(ctx.device)})
+            mlflow.set_tags({"world_size": ctx.world_size})
             if checkpoint is None:
-                _log_inputs(data)
+                _log_inputs(split_datasets(data))
         stage = build_stage(net, data, cfg, ctx)
         optimizer = build_optimizer(trainable_parameters(net), cfg.lr, cfg.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.epochs * len(stage.train))
@@ -433,9 +536,13 @@ def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome
             return None
         run_id = run.info.run_id
         outcome = TrainOutcome(run_id, records, stopper.best_epoch, weights_used)
+        mlflow.log_metric("best_epoch", stopper.best_epoch)
         _load_best(net, epoch_logger, run_id)
-        outcome.test_metrics = _evaluate_test(net, data, cfg, ctx)
-        _log_model(net, data, cfg, outcome, digest)
+        scored = _predict_test(net, data, cfg, ctx)
+        info = _log_model(net, data, cfg, outcome)
+        outcome.test_metrics = _log_test_report(scored, data, info.model_id)
+        if cfg.register:
+            _register(cfg, data, outcome, digest)
         return outcome
 
 

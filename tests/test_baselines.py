@@ -154,9 +154,9 @@ def test_top_k_accuracy_counts_the_true_class_among_the_k_most_probable() -> Non
 
 def test_price_metrics_are_in_pounds_and_r2_on_log_price() -> None:
     metrics = price_metrics(np.array([10.0, 20.0]), np.array([13.0, 16.0]), "test")
-    assert metrics["test_mae"] == pytest.approx(3.5)
-    assert metrics["test_rmse"] == pytest.approx(np.sqrt((9 + 16) / 2))
-    assert price_metrics(np.array([5.0, 50.0]), np.array([5.0, 50.0]), "val")["val_r2_log"] == 1.0
+    assert metrics["test/mae"] == pytest.approx(3.5)
+    assert metrics["test/rmse"] == pytest.approx(np.sqrt((9 + 16) / 2))
+    assert price_metrics(np.array([5.0, 50.0]), np.array([5.0, 50.0]), "val")["val/r2_log"] == 1.0
 
 
 @pytest.mark.parametrize("kind", ["ridge", "hgb"])
@@ -201,7 +201,15 @@ def test_check_rows_says_which_split_is_too_small() -> None:
     assert check_rows(table, "image", "label") == {"train": 12, "val": 1, "test": 1}
 
 
-def test_results_markdown_is_the_same_text_for_the_same_results() -> None:
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"test/rmse": 12.3456, "test/mae": 7.0, "test/r2_log": 0.81234},
+        {"test_rmse": 12.3456, "test_mae": 7.0, "test_r2_log": 0.81234},  # an older results.json
+    ],
+    ids=["split-slash-name", "older-flat-names"],
+)
+def test_results_markdown_is_the_same_text_for_the_same_results(metrics) -> None:
     results = {
         "rows": {"price": {"train": 8, "val": 1, "test": 2}},
         "models": [
@@ -210,7 +218,7 @@ def test_results_markdown_is_the_same_text_for_the_same_results() -> None:
                 "model": "ridge",
                 "run_id": "abc",
                 "params": {"alpha": 3.0},
-                "metrics": {"test_rmse": 12.3456, "test_mae": 7.0, "test_r2_log": 0.81234},
+                "metrics": metrics,
             }
         ],
     }
@@ -229,12 +237,12 @@ def test_search_ranks_candidates_on_val_each_in_a_nested_run(tracking: str) -> N
 
     def fit(params: dict) -> step.Candidate:
         return step.Candidate(
-            params, f"model C={params['C']}", {"val_accuracy": scores[params["C"]]}
+            params, f"model C={params['C']}", {"val/accuracy": scores[params["C"]]}
         )
 
     with mlflow.start_run(run_name="outer") as outer:
-        best = step.search("m", [{"C": c} for c in scores], fit, "val_accuracy", True)
-        single = step.search("s", [{"C": 0.1}], fit, "val_accuracy", True)
+        best = step.search("m", [{"C": c} for c in scores], fit, "val/accuracy", True)
+        single = step.search("s", [{"C": 0.1}], fit, "val/accuracy", True)
     assert best.model == "model C=1.0"
     assert single.model == "model C=0.1"
     client = MlflowClient(tracking)
@@ -243,7 +251,7 @@ def test_search_ranks_candidates_on_val_each_in_a_nested_run(tracking: str) -> N
         filter_string=f"tags.mlflow.parentRunId = '{outer.info.run_id}'",
     )
     assert sorted(run.info.run_name for run in children) == ["m C=0.1", "m C=1", "m C=10"]
-    assert {run.data.metrics["val_accuracy"] for run in children} == {0.5, 0.8}
+    assert {run.data.metrics["val/accuracy"] for run in children} == {0.5, 0.8}
 
 
 # --- image features ---------------------------------------------------------------------------
@@ -354,14 +362,14 @@ def test_every_baseline_beats_its_dummy_floor(baselines_run) -> None:
     floor = _metrics(report, "price", "dummy")
     for model in ("ridge", "hgb"):
         metrics = _metrics(report, "price", model)
-        assert metrics["test_rmse"] < 0.8 * floor["test_rmse"], model
-        assert metrics["test_mae"] < 0.8 * floor["test_mae"], model
-        assert metrics["test_r2_log"] > floor["test_r2_log"] + 0.3, model
+        assert metrics["test/rmse"] < 0.8 * floor["test/rmse"], model
+        assert metrics["test/mae"] < 0.8 * floor["test/mae"], model
+        assert metrics["test/r2_log"] > floor["test/r2_log"] + 0.3, model
     floor = _metrics(report, "image", "dummy")
     metrics = _metrics(report, "image", "logreg")
-    assert metrics["test_accuracy"] > 1.5 * floor["test_accuracy"]
-    assert metrics["test_macro_f1"] > floor["test_macro_f1"]
-    assert metrics["test_top3_accuracy"] > floor["test_top3_accuracy"]
+    assert metrics["test/accuracy"] > 1.5 * floor["test/accuracy"]
+    assert metrics["test/macro_f1"] > floor["test/macro_f1"]
+    assert metrics["test/top3_accuracy"] > floor["test/top3_accuracy"]
 
 
 @pytest.mark.slow
@@ -397,7 +405,17 @@ def test_runs_hold_the_metrics_artifacts_and_the_search(baselines_run) -> None:
             )
         )
         for split in ("val", "test"):
-            assert all(f"{split}_{key}" in run.data.metrics for key in keys), name
+            assert all(f"{split}/{key}" in run.data.metrics for key in keys), name
+        assert run.data.params["search"] in ("true", "false"), name  # one spelling, as the parent
+        # the model is logged under the run's name, its test metrics against the test split
+        [logged] = client.search_logged_models(
+            experiment_ids=[experiment.experiment_id],
+            filter_string=f"source_run_id = '{run.info.run_id}'",
+        )
+        assert logged.name == name
+        tied = {m.key: m.dataset_name for m in logged.metrics if m.key.startswith("test/")}
+        dataset = f"{'products' if name.startswith('price') else 'images'}-test"
+        assert tied and set(tied.values()) == {dataset}, name
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         expected = (
             {"pred_vs_true.png"}
@@ -417,15 +435,16 @@ def test_runs_hold_the_metrics_artifacts_and_the_search(baselines_run) -> None:
     ridge = children["price-ridge"]
     candidates = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == ridge.info.run_id]
     assert len(candidates) == len(step.RIDGE_ALPHA_GRID)
-    best = min(candidates, key=lambda r: r.data.metrics["val_rmse"])
+    best = min(candidates, key=lambda r: r.data.metrics["val/rmse"])
     assert float(ridge.data.params["alpha"]) == float(best.data.params["alpha"])
-    assert all("test_rmse" not in r.data.metrics for r in candidates)  # chosen on val alone
+    assert all("test/rmse" not in r.data.metrics for r in candidates)  # chosen on val alone
     logreg = children["image-logreg"]
     candidates = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == logreg.info.run_id]
     assert len(candidates) == 2 * len(step.LOGREG_C_GRID)
-    assert logreg.data.metrics["val_accuracy"] == max(
-        r.data.metrics["val_accuracy"] for r in candidates
+    assert logreg.data.metrics["val/accuracy"] == max(
+        r.data.metrics["val/accuracy"] for r in candidates
     )
+    assert parent.data.params["search"] == "true"
     results = json.loads(
         Path(client.download_artifacts(parent.info.run_id, "results.json")).read_text()
     )
@@ -448,10 +467,10 @@ def test_logged_models_load_and_predict_on_raw_columns(baselines_run) -> None:
         }
     )
     for model in ("dummy", "ridge", "hgb"):
-        loaded = mlflow.pyfunc.load_model(f"runs:/{run_ids['price', model]}/model")
+        loaded = mlflow.pyfunc.load_model(f"runs:/{run_ids['price', model]}/price-{model}")
         prices = np.asarray(loaded.predict(products), dtype=float)
         assert prices.shape == (2,) and np.all(prices > 0), model
-    ridge = mlflow.pyfunc.load_model(f"runs:/{run_ids['price', 'ridge']}/model")
+    ridge = mlflow.pyfunc.load_model(f"runs:/{run_ids['price', 'ridge']}/price-ridge")
     ps5, sofa = ridge.predict(products)
     assert ps5 > sofa  # a new console is dearer than a sofa for spares
 
@@ -459,7 +478,7 @@ def test_logged_models_load_and_predict_on_raw_columns(baselines_run) -> None:
     images = pd.DataFrame({"image": [p.read_bytes() for p in raw[:3]]})  # raw photos, any size
     categories = json.loads((baselines_run["clean"] / "categories.json").read_text())
     for model in ("dummy", "logreg"):
-        loaded = mlflow.pyfunc.load_model(f"runs:/{run_ids['image', model]}/model")
+        loaded = mlflow.pyfunc.load_model(f"runs:/{run_ids['image', model]}/image-{model}")
         predicted = list(loaded.predict(images))
         assert len(predicted) == 3 and set(predicted) <= set(categories), model
 
@@ -473,7 +492,7 @@ def test_the_image_model_brings_its_code_and_loads_outside_the_repo(
     image = next((baselines_run["clean"] / "images" / str(IMAGE_SIZE)).glob("*.jpg"))
     script = (
         "import sys, mlflow, pandas as pd\n"
-        f"model = mlflow.pyfunc.load_model('runs:/{run_id}/model')\n"
+        f"model = mlflow.pyfunc.load_model('runs:/{run_id}/image-logreg')\n"
         f"frame = pd.DataFrame({{'image': [open({str(image)!r}, 'rb').read()]}})\n"
         "print(model.predict(frame)[0])\n"
         "print(sys.modules['registry.image_features'].__file__)\n"

@@ -226,7 +226,7 @@ def test_the_run_is_logged(tmp_path: Path, tracking: str) -> None:
     raw = make_raw(tmp_path / "raw", count=1)
     clean_images(raw, tmp_path / "clean", size=SIZE, workers=1)
     run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
-    assert run.info.run_name == "clean_images"
+    assert run.info.run_name == f"clean_images {SIZE}px"
     params = run.data.params
     assert params["size"] == str(SIZE) and params["workers"] == "1" and params["processes"] == "1"
     metrics = run.data.metrics
@@ -249,7 +249,7 @@ def test_a_crash_leaves_a_failed_run_with_its_params(
     with pytest.raises(RuntimeError, match="disk on fire"):
         clean_images(raw, tmp_path / "clean", size=SIZE, workers=1)
     [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")
-    assert run.info.run_name == "clean_images" and run.info.status == "FAILED"
+    assert run.info.run_name == f"clean_images {SIZE}px" and run.info.status == "FAILED"
     assert run.data.params["size"] == str(SIZE) and run.data.params["workers"] == "1"
 
 

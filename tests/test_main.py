@@ -111,23 +111,34 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
 
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name("pipeline")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI: runs
     runs = client.search_runs([experiment.experiment_id])
+    assert len({run.info.run_name for run in runs}) == len(runs), "the runs table tells them apart"
+    production = client.get_model_version_by_alias("marketplace-classifier", "production")
     by_name = {run.info.run_name: run for run in runs}
-    assert {
-        "main",
-        "demo_data",
-        "clean_tabular",
-        "clean_images",
-        "train",
-        "index",
-        "promote",
-    } <= set(by_name)
+    named = {
+        "main": "pipeline resnet18 e1 32px",
+        "demo_data": "demo_data",
+        "clean_tabular": "clean_tabular",
+        "clean_images": "clean_images 48px",
+        "train": "train resnet18 e1 32px",
+        "index": "index",
+        "promote": f"promote v{production.version} -> production",
+    }
+    for step, name in named.items():
+        assert by_name[name].data.tags["mlflow.project.entryPoint"] == step
+    by_name = {step: by_name[name] for step, name in named.items()}
+    for run in runs:  # no empty params, booleans spelt one way
+        params = run.data.params
+        assert "" not in params.values() and not {"True", "False"} & set(params.values()), params
     parent = by_name["main"].info.run_id
     for name in ("demo_data", "clean_tabular", "clean_images", "train", "index"):
         assert by_name[name].info.status == "FINISHED"
         assert by_name[name].data.tags["mlflow.parentRunId"] == parent
-    production = client.get_model_version_by_alias("marketplace-classifier", "production")
     assert production.run_id == by_name["train"].info.run_id
+    assert by_name["promote"].data.tags["promotion.version"] == str(production.version)
+    assert production.description.startswith("In production since ")  # the status line
+    assert f"Reason: trained by pipeline run {parent}." in production.description
     index_run = by_name["index"]
     assert production.tags["search_index_run"] == index_run.info.run_id, "indexed, then promoted"
     assert index_run.data.tags["model_version"] == str(production.version)

@@ -6,13 +6,16 @@ that follows the classifier contract (mean colour -> category, weights in an art
     version 1  test_accuracy 0.6     version 3  test_accuracy 0.5, predict raises
     version 2  test_accuracy 0.7     version 4  no test_accuracy (val_accuracy 0.8)
 
-The store is built once per module and copied for each test.
+These versions are logged with the older, flat metric names (``test_accuracy``); the tests
+ask for the current ones (``test/accuracy``), and versions logged with those are added
+where a test needs them. The store is built once per module and copied for each test.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from registry import promotion
+from registry import descriptions, promotion
 from registry.__main__ import main as registry_main
 from registry.promotion import PromotionRefused, promote, promotion_lock, rollback
 from registry.resolve import resolve_model, resolve_model_uri
@@ -179,9 +182,9 @@ def test_promote_sets_production_and_records_who_when_why(client) -> None:
     assert tags["promotion.action"] == "promote"
     assert tags["promotion.by"] == "alice"
     assert tags["promotion.reason"] == "first model"
-    assert tags["promotion.metric"] == "test_accuracy"
+    assert tags["promotion.metric"] == "test/accuracy"
     assert tags["promotion.value"] == "0.6000"
-    assert tags["promotion.previous_version"] == ""
+    assert tags["promotion.previous_version"] == "none"
     assert tags["promotion.forced"] == "false"
     assert tags["promotion.smoke_check"].startswith(
         "passed on 1 image from the model's input example"
@@ -202,7 +205,7 @@ def test_better_version_takes_production_and_old_one_keeps_previous(client) -> N
     assert tags["promotion.previous_value"] == "0.6000"
     assert _tags(client, 1)["promotion.superseded_by"] == "2"
     assert decision.summary() == (
-        f"{NAME}: production promoted version 2 (was version 1); test_accuracy 0.7000 vs 0.6000"
+        f"{NAME}: production promoted version 2 (was version 1); test/accuracy 0.7000 vs 0.6000"
     )
 
 
@@ -213,7 +216,7 @@ def test_worse_version_is_refused_with_the_gap(client) -> None:
         promote(NAME, "1", client=client)
 
     message = str(refused.value)
-    assert "test_accuracy 0.6000" in message
+    assert "test/accuracy 0.6000" in message
     assert "0.1000 below production version 2 (0.7000)" in message
     assert "--force" in message
     assert _aliases(client) == {"production": 2}
@@ -259,7 +262,7 @@ def test_a_version_that_fails_the_smoke_check_never_gets_production(client) -> N
 
 def test_a_version_without_the_metric_is_refused_unless_forced(client) -> None:
     client.set_registered_model_alias(NAME, "production", "1")
-    with pytest.raises(PromotionRefused, match="version 4 has no metric 'test_accuracy'"):
+    with pytest.raises(PromotionRefused, match="version 4 has no metric 'test/accuracy'"):
         promote(NAME, "4", client=client)
     assert _aliases(client) == {"production": 1}
 
@@ -291,6 +294,136 @@ def test_unknown_model_and_version_are_clear_errors(client) -> None:
         promote("nope", "1", client=client)
     with pytest.raises(RegistryError, match=r"has no version 9 \(versions: 1, 2, 3, 4\)"):
         promote(NAME, "9", client=client)
+
+
+def test_a_decision_without_a_reason_gives_its_own(client) -> None:
+    promote(NAME, "1", client=client)
+    assert (
+        _tags(client, 1)["promotion.reason"]
+        == "the first version in production (test/accuracy 0.6000)"
+    )
+    promote(NAME, "2", client=client)
+    assert _tags(client, 2)["promotion.reason"] == (
+        "test/accuracy 0.7000 is at least production version 1's 0.6000"
+    )
+    rollback(NAME, client=client)
+    assert _tags(client, 1)["promotion.reason"] == "rollback (no reason given)"
+
+
+# --------------------------------------------------------------------------- the model page
+
+
+def _description(client, version: int) -> str:
+    return client.get_model_version(NAME, str(version)).description or ""
+
+
+def _history(client, version: int) -> list[str]:
+    """The headlines of a version's promotion history, oldest first."""
+    lines = _description(client, version).split(descriptions.DECISIONS_HEADING)[-1].splitlines()
+    return [re.search(r"\*\*(.+?)\*\*", line)[1] for line in lines if line.startswith("- ")]
+
+
+def test_the_descriptions_say_who_holds_production_and_why_the_others_do_not(client) -> None:
+    """A promotion, a refusal by the rule and by the smoke check, a forced promotion and a
+    rollback, read back from the versions' descriptions and tags."""
+    promote(NAME, "1", by="alice", client=client)
+    promote(NAME, "2", by="alice", reason="weekly retrain", client=client)
+    with pytest.raises(PromotionRefused):
+        promote(NAME, "1", by="bob", client=client)
+    refused = _tags(client, 1)
+    assert refused["promotion.refused"] == (
+        "version 1 has test/accuracy 0.6000, 0.1000 below production version 2 (0.7000)"
+    )
+    assert refused["promotion.refused_by"] == "bob" and "promotion.refused_at" in refused
+    with pytest.raises(SmokeCheckError):
+        promote(NAME, "3", force=True, by="bob", client=client)
+    promote(NAME, "1", force=True, by="carol", reason="v2 mislabels shoes", client=client)
+    rollback(NAME, by="dave", reason="shoes fixed upstream", client=client)
+
+    assert _aliases(client) == {"production": 2, "previous-production": 1}
+    assert _history(client, 2) == [
+        "promoted to production",
+        "left production",
+        "back in production (rollback)",
+    ]
+    assert _history(client, 1) == [
+        "promoted to production",
+        "left production",
+        "refused",
+        "forced into production",
+        "left production",
+    ]
+    assert _history(client, 3) == ["refused"]
+    assert _history(client, 4) == []  # never tried: nothing said
+    one, two, three = (_description(client, v) for v in (1, 2, 3))
+    assert "by alice; test/accuracy 0.7000 vs 0.6000 of version 1, at least as good" in two
+    assert "Reason: weekly retrain." in two
+    assert "smoke check passed on 1 image" in two
+    assert "by bob: version 1 has test/accuracy 0.6000, 0.1000 below production version 2" in one
+    assert "by carol, the metric rule skipped; test/accuracy 0.6000 vs 0.7000 of version 2" in one
+    assert "Reason: v2 mislabels shoes." in one
+    assert "rolled back to version 2 by dave; this version got `previous-production`" in one
+    assert "by dave, from version 1" in two and "Reason: shoes fixed upstream." in two
+    assert "by bob: version 3 failed the smoke check: predict raised" in three
+    # the status line, first (all the versions table shows): where each version stands, why
+    assert descriptions.status_of(two).startswith("In production since ")
+    assert descriptions.status_of(two).endswith(
+        ": back by a rollback from version 1, by dave. Reason: shoes fixed upstream."
+    )
+    assert descriptions.status_of(one).startswith("Not in production since ")
+    assert descriptions.status_of(one).endswith(
+        ": rolled back to version 2 by dave. Reason: shoes fixed upstream."
+    )
+    assert descriptions.status_of(three).startswith("Refused on ")
+    assert "by bob: version 3 failed the smoke check" in descriptions.status_of(three)
+    # refused stays on the version that never got production; the forced one lost it
+    assert _tags(client, 3)["promotion.refused"].startswith("version 3 failed the smoke check")
+    assert "promotion.refused" not in _tags(client, 1)
+    assert _tags(client, 2)["promotion.action"] == "rollback"
+    assert _tags(client, 2)["promotion.reason"] == "shoes fixed upstream"
+
+
+def test_a_long_history_keeps_the_registration_and_the_newest_decisions() -> None:
+    text = "**resnet18** at 48 px, trained by run `train` (abcdef12)."
+    for number in range(200):
+        text = descriptions.append_decision(
+            text, f"- 2026-12-01 09:{number:02d} UTC, **n{number}**"
+        )
+        assert len(text) <= descriptions.MAX_DESCRIPTION
+    assert text.startswith("**resnet18** at 48 px")
+    assert text.endswith("**n199**") and descriptions.DROPPED in text and "**n0**" not in text
+
+
+def test_versions_logged_with_either_metric_name_compare(client, tmp_path: Path, capsys) -> None:
+    """Versions 1-4 carry the older flat names; version 5 is logged as training logs now."""
+    import mlflow
+
+    mlflow.set_experiment("tests")
+    _log_version(tmp_path, COLOUR_MODEL, {"test/accuracy": 0.65, "val/accuracy": 0.9}, "new")
+    promote(NAME, "2", client=client)  # test_accuracy 0.7
+
+    with pytest.raises(PromotionRefused, match=r"version 5 has test/accuracy 0.6500, 0.0500 below"):
+        promote(NAME, "5", client=client)
+    assert registry_main(["promote", "--version", "5", "--metric", "test_accuracy"]) == 2
+    assert "version 5 has test/accuracy 0.6500" in capsys.readouterr().err  # the same metric
+    assert promote(NAME, "best", client=client).action == "unchanged"  # 0.7 beats 0.65
+    decision = promote(NAME, "best", metric="val_accuracy", client=client)
+    assert (decision.version, decision.metric, decision.value) == (5, "val/accuracy", 0.9)
+
+    assert registry_main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[3:5] == ["test/accuracy", "val/accuracy"]
+    rows = {line.split()[0]: line.split() for line in lines[2:] if line[:1].isdigit()}
+    assert rows["5"][3:5] == ["0.6500", "0.9000"] and rows["2"][3:5] == ["0.7000", "0.7100"]
+    assert registry_main(["compare", "2", "5"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    accuracy = [line.split() for line in table if "accuracy" in line]
+    assert accuracy == [
+        ["test/accuracy", "0.7000", "0.6500", "-0.0500"],
+        ["val/accuracy", "0.7100", "0.9000", "+0.1900"],
+    ]
+    assert registry_main(["show", "5"]) == 0
+    assert "  test/accuracy  0.6500" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- rollback
@@ -553,7 +686,7 @@ def test_cli_list_show_compare(client, capsys: pytest.CaptureFixture[str]) -> No
     assert registry_main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = lines[1].split()
-    assert header[:5] == ["version", "aliases", "stage", "test_accuracy", "val_accuracy"]
+    assert header[:5] == ["version", "aliases", "stage", "test/accuracy", "val/accuracy"]
     rows = {line.split()[0]: line for line in lines[2:] if line[:1].isdigit()}
     assert list(rows) == ["4", "3", "2", "1"]
     assert "production" in rows["2"] and "0.7000" in rows["2"]
@@ -563,15 +696,15 @@ def test_cli_list_show_compare(client, capsys: pytest.CaptureFixture[str]) -> No
     assert registry_main(["show"]) == 0
     shown = capsys.readouterr().out
     assert shown.startswith(f"{NAME} version 2\n")
-    assert "  test_accuracy  0.7000" in shown
+    assert "  test/accuracy  0.7000" in shown
     assert "promotion.previous_version  1" in shown
     assert "  arch  two" in shown
 
     assert registry_main(["compare", "previous-production", "production"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[1].split() == ["version", "1", "version", "2", "change"]
-    accuracy = next(line for line in table if line.startswith("test_accuracy"))
-    assert accuracy.split() == ["test_accuracy", "0.6000", "0.7000", "+0.1000"]
+    accuracy = next(line for line in table if line.startswith("test/accuracy"))
+    assert accuracy.split() == ["test/accuracy", "0.6000", "0.7000", "+0.1000"]
     arch = next(line for line in table if line.startswith("param arch"))
     assert arch.split() == ["param", "arch", "one", "two", "*"]
 
@@ -582,7 +715,7 @@ def test_cli_promote_refusal_and_rollback(client, capsys: pytest.CaptureFixture[
 
     assert registry_main(["promote", "--version", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: refused: version 1 has test_accuracy 0.6000, 0.1000 below")
+    assert err[-1].startswith("error: refused: version 1 has test/accuracy 0.6000, 0.1000 below")
 
     assert registry_main(["promote", "--version", "1", "--force", "--legacy-stage"]) == 0
     assert registry_main(["rollback", "--reason", "oops"]) == 0
@@ -639,7 +772,9 @@ def test_cli_help_for_every_command() -> None:
 
 def _step_runs(client) -> list:
     experiment = client.get_experiment_by_name("tests")
-    return client.search_runs([experiment.experiment_id], filter_string="run_name = 'promote'")
+    return client.search_runs(
+        [experiment.experiment_id], filter_string="attributes.run_name LIKE 'promote%'"
+    )
 
 
 def test_promote_step_records_the_decision_in_its_run(client, tmp_path: Path) -> None:
@@ -651,9 +786,13 @@ def test_promote_step_records_the_decision_in_its_run(client, tmp_path: Path) ->
 
     (run,) = _step_runs(client)
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "promote v2 -> production"
     assert run.data.params["version"] == "2" and run.data.params["force"] == "false"
+    assert run.data.params["reason"] == "weekly retrain" and run.data.params["by"] == "dana"
     assert run.data.tags["promotion.outcome"] == "promote"
+    assert run.data.tags["promotion.version"] == "2"
     assert run.data.tags["promotion.by"] == "dana"
+    assert "promotion.metric" not in run.data.tags  # the params say it: not logged twice
     assert _tags(client, 2)["promotion.run_id"] == run.info.run_id == decision.run_id
     assert _aliases(client) == {"production": 2}
 
@@ -662,14 +801,29 @@ def test_promote_step_refusal_is_a_failed_run_and_a_step_error(client) -> None:
     from steps.promote import main as promote_step
 
     client.set_registered_model_alias(NAME, "production", "2")
-    with pytest.raises(StepError, match="refused: version 1 has test_accuracy 0.6000"):
+    with pytest.raises(StepError, match="refused: version 1 has test/accuracy 0.6000"):
         promote_step(["--version", "1", "--force", "false"])
 
     (run,) = _step_runs(client)
     assert run.info.status == "FAILED"
+    assert run.info.run_name == "promote v1 refused"
+    assert run.data.tags["promotion.version"] == "1"
     assert run.data.tags["promotion.outcome"] == "refused"
     assert "0.1000 below" in run.data.tags["promotion.error"]
     assert _aliases(client) == {"production": 2}
+
+
+def test_promote_step_by_best_names_the_version_it_chose(client) -> None:
+    from steps.promote import main as promote_step
+
+    promote_step(["--clean", "nothing"])  # --version best, --metric test/accuracy
+    promote_step(["--clean", "nothing", "--metric", "test_accuracy"])  # the older spelling
+
+    first, again = sorted(_step_runs(client), key=lambda run: run.info.start_time)
+    assert first.info.run_name == "promote v2 -> production"
+    assert again.info.run_name == "promote v2 (already production)"
+    assert again.data.params["metric"] == "test/accuracy"
+    assert "reason" not in first.data.params  # unset: left out, not logged as ''
 
 
 # --------------------------------------------------------------------------- slow

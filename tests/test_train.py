@@ -43,14 +43,15 @@ CATEGORIES = ["Appliances", "Baby & Kids Stuff", "Home & Garden"]
 SIZE = 32
 CPU = Context(torch.device("cpu"))
 EPOCH_METRICS = (
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
+    "train/loss",
+    "train/accuracy",
+    "val/loss",
+    "val/accuracy",
     "lr",
     "epoch_seconds",
     "images_per_second",
 )
+TEST_METRICS = ("test/accuracy", "test/top3_accuracy", "test/macro_f1", "test/loss")
 
 
 def make_tiny_clean(out: Path, per_split=(16, 6, 6), seed: int = 0) -> Path:
@@ -294,24 +295,44 @@ def test_early_stopping_waits_patience_epochs():
 
 
 @pytest.mark.slow
-def test_smoke_run_logs_every_epoch_registers_and_serves(tiny_clean, resnet18_weights, tracking):
+def test_smoke_run_logs_every_epoch_registers_and_serves(
+    tiny_clean, resnet18_weights, tracking, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a sample a second
     main(tiny_args(tiny_clean, "--epochs", "2", "--weights", str(resnet18_weights)))
 
     client = mlflow.MlflowClient()
     [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")
     run_id = run.info.run_id
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == f"train resnet18 e2 {SIZE}px"  # what the runs table shows
+    assert "up to 2 epochs" in run.data.tags["mlflow.note.content"]  # the run's description
     for key in EPOCH_METRICS:
         assert metric_steps(client, run_id, key) == [1, 2], key
-    losses = [m.value for m in client.get_metric_history(run_id, "train_loss")]
+    losses = [m.value for m in client.get_metric_history(run_id, "train/loss")]
     assert losses[1] < losses[0]
-    for key in ("test_accuracy", "test_top3_accuracy", "test_macro_f1"):
+    for key in TEST_METRICS[:3]:
         assert 0.0 <= run.data.metrics[key] <= 1.0
+    assert run.data.metrics["best_epoch"] in (1, 2)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        run.data.metrics
+    )
+    assert not [k for k in run.data.metrics if k.startswith(("train_", "val_", "test_"))]
     assert run.data.params["arch"] == "resnet18"
     assert run.data.params["weights_used"] == f"file:{resnet18_weights}"
-    assert run.data.tags["weights_used"] == f"file:{resnet18_weights}"
+    assert run.data.params["register"] == "true"  # one spelling of booleans
+    assert "" not in run.data.params.values() and "resume" not in run.data.params  # unset: out
+    assert "weights_used" not in run.data.tags  # a param, not logged twice
     contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
     assert contexts == {"train", "val", "test"}
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    [logged] = client.search_logged_models([run.info.experiment_id])
+    assert logged.name == "marketplace-classifier" and logged.source_run_id == run_id
+    tied = {m.key: m.dataset_name for m in logged.metrics}
+    assert {key: tied.get(key) for key in TEST_METRICS} == dict.fromkeys(
+        TEST_METRICS, "images-test"
+    )
     artifacts = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
     assert artifacts == {"checkpoints/last.pt", "checkpoints/best.pt"}
     evaluation = {a.path for a in client.list_artifacts(run_id, "evaluation")}
@@ -320,9 +341,18 @@ def test_smoke_run_logs_every_epoch_registers_and_serves(tiny_clean, resnet18_we
 
     [version] = client.search_model_versions("name = 'marketplace-classifier'")
     assert version.run_id == run_id
-    assert float(version.tags["test_accuracy"]) == pytest.approx(run.data.metrics["test_accuracy"])
+    accuracy = run.data.metrics["test/accuracy"]
+    assert float(version.tags["test/accuracy"]) == pytest.approx(accuracy)
     assert len(version.tags["data_digest"]) == 16
-    assert client.get_registered_model("marketplace-classifier").aliases == {}
+    registered = client.get_registered_model("marketplace-classifier")
+    assert registered.aliases == {}
+    assert "3 root categories" in registered.description
+    assert "How a version reaches production" in registered.description
+    described = client.get_model_version("marketplace-classifier", version.version).description
+    assert described.startswith("Not promoted yet: registered by training")  # its status
+    assert f"**resnet18** at {SIZE} px, trained by run `train resnet18 e2" in described
+    assert run_id[:8] in described and version.tags["data_digest"] in described
+    assert f"accuracy {accuracy:.4f}" in described
 
     model = mlflow.pyfunc.load_model(f"models:/marketplace-classifier/{version.version}")
     data = load_clean_data(tiny_clean, SIZE)
@@ -330,7 +360,7 @@ def test_smoke_run_logs_every_epoch_registers_and_serves(tiny_clean, resnet18_we
     images = [p.read_bytes() for p in data.paths(test)]
     out = model.predict(pd.DataFrame({"image": images}))
     accuracy = float((out["category"] == test["label"].map(CATEGORIES.__getitem__)).mean())
-    assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=0.1)
+    assert accuracy == pytest.approx(run.data.metrics["test/accuracy"], abs=0.1)
 
 
 @pytest.mark.slow
@@ -341,7 +371,7 @@ def test_trains_head_only_on_the_cleaned_demo_export(demo_clean, tracking):
     outcome = train(parse_config([*argv, "--epochs", "2", "--register", "false"]))
     categories = json.loads((demo_clean / "categories.json").read_text())
     assert [r.epoch for r in outcome.records] == [1, 2]
-    assert set(outcome.test_metrics) >= {"test_accuracy", "test_top3_accuracy", "test_macro_f1"}
+    assert set(outcome.test_metrics) == set(TEST_METRICS)
     model = mlflow.pyfunc.load_model(outcome.model_uri)
     assert model.unwrap_python_model().categories == categories
 
@@ -365,7 +395,7 @@ def test_a_signal_ends_the_run_killed_and_resume_continues_it(
     [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")
     client = mlflow.MlflowClient()
     assert run.info.status == "KILLED"
-    assert metric_steps(client, run.info.run_id, "val_loss") == [1]  # only epoch 2 is lost
+    assert metric_steps(client, run.info.run_id, "val/loss") == [1]  # only epoch 2 is lost
     assert signal.getsignal(signum) is not None  # the handlers were put back
 
     monkeypatch.setattr(loop, "train_one_epoch", real_epoch)
@@ -380,7 +410,8 @@ def test_a_signal_ends_the_run_killed_and_resume_continues_it(
     finished = client.get_run(run.info.run_id)
     assert finished.info.status == "FINISHED"
     assert mlflow.MlflowClient().search_model_versions("name = 'marketplace-classifier'") == []
-    assert "test_accuracy" in finished.data.metrics
+    assert "test/accuracy" in finished.data.metrics
+    assert finished.info.run_name == f"train resnet18 e3 {SIZE}px"  # the checkpoint's settings
     assert len(mlflow.search_runs(experiment_names=["tests"], output_format="list")) == 1
     with pytest.raises(StepError, match="nothing to resume"):
         train(parse_config(tiny_args(tiny_clean, "--resume", run.info.run_id)))
@@ -439,7 +470,7 @@ def stop_and_check(process: subprocess.Popen, run_id: str) -> list[int]:
     assert process.wait(timeout=300) != 0, process_log(process)
     run = client.get_run(run_id)
     assert run.info.status == "KILLED", process_log(process)
-    epochs = metric_steps(client, run_id, "val_loss")
+    epochs = metric_steps(client, run_id, "val/loss")
     assert epochs == list(range(1, len(epochs) + 1))  # one history, no gap, no repeat
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt")
     assert torch.load(local, weights_only=True)["epoch"] == epochs[-1]
@@ -453,7 +484,7 @@ def epochs_logged(run_id: str | None, after: int = 0):
         runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
         if not runs:
             return None
-        steps = metric_steps(mlflow.MlflowClient(), run_id or runs[0].info.run_id, "val_loss")
+        steps = metric_steps(mlflow.MlflowClient(), run_id or runs[0].info.run_id, "val/loss")
         return (run_id or runs[0].info.run_id) if steps and max(steps) > after else None
 
     return condition
