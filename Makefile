@@ -34,6 +34,7 @@ install: $(STAMP) ## create .venv and install the project with its dev tools
 
 demo: $(STAMP) ## run the whole pipeline on the demo export, then ask the service about one photo
 	$(MLFLOW_RUN) -e main $(DEMO_PARAMS)
+	$(BIN)/python -m steps.models_report
 	$(BIN)/python -m serve.try_it
 
 serve: $(STAMP) ## serve the production model on http://127.0.0.1:8000 (SERVE_* settings, see README)
@@ -65,8 +66,10 @@ stack-down: ## stop the server that `make stack` started
 stack-status: ## say whether the server runs, where, and where its artifacts go
 	$(BIN)/python -m stack status
 
-results: $(STAMP) ## print the baselines results table (markdown) from the tracking store
+results: $(STAMP) ## print the baselines and the three classifiers' test figures (markdown) from the tracking store
 	$(BIN)/python -m steps.baselines_report
+	@echo
+	$(BIN)/python -m steps.models_report
 
 bench: $(STAMP) ## run the benchmarks in bench/ (figures to bench/results/)
 	$(BIN)/python bench/clean_images.py

@@ -2,8 +2,10 @@
 
 Order: ``ingest`` (when ``--source`` is given) or ``demo_data`` (when the raw folder has no
 export yet) -> ``clean_tabular`` -> ``clean_images`` -> ``baselines`` -> ``train`` ->
-``index`` (the search index of the version this pipeline trained) -> ``promote`` (that
-version, so a promoted version always has its index).
+``index`` (the search index of the version this pipeline trained) -> ``train_text`` ->
+``train_combined`` (over the image version this pipeline trained) -> ``promote``, once per
+kind (the image version, so a promoted version always has its index; then the text and
+the combined versions), each through the same rules.
 
 A step is skipped when a finished run of it exists with the same parameters, the same
 inputs (file names, sizes and modification times), the same code, and outputs that are
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry.clean_data import TABLE_FILES, image_folder
+from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
 from steps import runtime
 from steps.runtime import (
     StepError,
@@ -256,6 +259,39 @@ def index_step(args: argparse.Namespace, version: str) -> Step:
     )
 
 
+def text_step(args: argparse.Namespace) -> Step:
+    """The text classifier, over the clean tables."""
+    clean = Path(args.clean)
+    return Step(
+        "train_text",
+        {
+            "clean": str(clean),
+            "text_encoder": args.text_encoder,
+            "seed": str(args.seed),
+            "model_name": TEXT_MODEL_NAME,
+        },
+        inputs=[clean / name for name in TABLE_FILES],
+    )
+
+
+def combined_step(args: argparse.Namespace, image_version: str) -> Step:
+    """The photo + text classifier over ``image_version`` (the one this pipeline trained)."""
+    clean = Path(args.clean)
+    return Step(
+        "train_combined",
+        {
+            "clean": str(clean),
+            "image_model_uri": f"models:/{args.model_name}/{image_version}",
+            "image_model_name": args.model_name,
+            "clean_size": str(args.size),
+            "text_encoder": args.text_encoder,
+            "seed": str(args.seed),
+            "model_name": LISTING_MODEL_NAME,
+        },
+        inputs=[*(clean / name for name in TABLE_FILES), image_folder(clean, args.size)],
+    )
+
+
 def _made_by_demo(raw: Path) -> bool:
     """True when ``raw`` holds an export that demo_data wrote (so demo_data may refresh it)."""
     from steps.demo_data import MARKER
@@ -311,6 +347,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--index-kind", default="auto", help="search index kind: auto, flat, hnsw or ivfpq"
     )
+    parser.add_argument(
+        "--text-encoder",
+        default="none",
+        help="text models' encoder: none (TF-IDF) or a Hugging Face model name or folder",
+    )
     parser.add_argument("--baselines", type=str_to_bool, default=True, help="run the baselines")
     parser.add_argument(
         "--promote", type=str_to_bool, default=True, help="promote the trained version"
@@ -337,43 +378,73 @@ def main(argv: Sequence[str] | None = None) -> None:
         if version is not None:
             index = index_step(args, version)
             run_ids["index"] = run_step(index, parent, experiment, code, env_manager)
+        run_ids["train_text"] = run_step(text_step(args), parent, experiment, code, env_manager)
+        trained = {
+            args.model_name: version,
+            TEXT_MODEL_NAME: registered_version(client, TEXT_MODEL_NAME, run_ids["train_text"]),
+        }
+        if version is not None:
+            combined = combined_step(args, version)
+            run_ids["train_combined"] = run_step(combined, parent, experiment, code, env_manager)
+            trained[LISTING_MODEL_NAME] = registered_version(
+                client, LISTING_MODEL_NAME, run_ids["train_combined"]
+            )
         mlflow.log_dict(run_ids, "pipeline_runs.json")
-        if version is None:
-            log.warning("training registered no version of %s: nothing to promote", args.model_name)
-            return
-        if not args.promote:
-            log.info(
-                "trained %s version %s (not promoted: --promote false)", args.model_name, version
-            )
-            return
-        if _holds_production(client, args.model_name, version):
-            log.info("%s version %s already holds the production alias", args.model_name, version)
-            return
-        promote = Step(
-            "promote",
-            {
-                "model_name": args.model_name,
-                "version": version,
-                "clean": str(args.clean),
-                "reason": f"trained by pipeline run {parent}",
-            },
-            cacheable=False,
-        )
-        try:
-            run_step(promote, parent, experiment, code, env_manager)
-        except StepError:
-            log.warning(
-                "version %s of %s was not promoted (see the reason above); production is unchanged",
-                version,
-                args.model_name,
-            )
-            return
-        log.info(
-            "done: %s version %s holds the production alias. Browse the runs: make ui (store %s)",
-            args.model_name,
+        for model_name, trained_version in trained.items():
+            if trained_version is None:
+                log.warning("training registered no version of %s: nothing to promote", model_name)
+            elif not args.promote:
+                log.info(
+                    "trained %s version %s (not promoted: --promote false)",
+                    model_name,
+                    trained_version,
+                )
+            else:
+                promote_trained(
+                    client, model_name, trained_version, args, parent, experiment, code, env_manager
+                )
+
+
+def promote_trained(
+    client,
+    model_name: str,
+    version: str,
+    args: argparse.Namespace,
+    parent: str,
+    experiment: str,
+    code: str,
+    env_manager: str,
+) -> None:
+    """Run the promote step for ``version`` of ``model_name`` unless it holds production;
+    a refusal is logged, never raised (production stays as it was)."""
+    if _holds_production(client, model_name, version):
+        log.info("%s version %s already holds the production alias", model_name, version)
+        return
+    promote = Step(
+        "promote",
+        {
+            "model_name": model_name,
+            "version": version,
+            "clean": str(args.clean),
+            "reason": f"trained by pipeline run {parent}",
+        },
+        cacheable=False,
+    )
+    try:
+        run_step(promote, parent, experiment, code, env_manager)
+    except StepError:
+        log.warning(
+            "version %s of %s was not promoted (see the reason above); production is unchanged",
             version,
-            tracking_uri(),
+            model_name,
         )
+        return
+    log.info(
+        "done: %s version %s holds the production alias. Browse the runs: make ui (store %s)",
+        model_name,
+        version,
+        tracking_uri(),
+    )
 
 
 run = cli(main)

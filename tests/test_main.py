@@ -124,6 +124,8 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
         "train": "train resnet18 e1 32px",
         "index": "index",
         "promote": f"promote v{production.version} -> production",
+        "train_text": "train_text",
+        "train_combined": "train_combined",
     }
     for step, name in named.items():
         assert by_name[name].data.tags["mlflow.project.entryPoint"] == step
@@ -139,6 +141,17 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
     assert by_name["promote"].data.tags["promotion.version"] == str(production.version)
     assert production.description.startswith("In production since ")  # the status line
     assert f"Reason: trained by pipeline run {parent}." in production.description
+    for name, kind in [
+        ("marketplace-text-classifier", "text"),
+        ("marketplace-listing-classifier", "image+text"),
+    ]:
+        holder = client.get_model_version_by_alias(name, "production")
+        assert holder.tags["input"] == kind, "every kind trained and promoted"
+    combined = by_name["train_combined"]
+    assert (
+        combined.data.tags["image_model"] == f"models:/marketplace-classifier/{production.version}"
+    )
+    assert by_name["train_text"].data.tags["mlflow.parentRunId"] == parent
     index_run = by_name["index"]
     assert production.tags["search_index_run"] == index_run.info.run_id, "indexed, then promoted"
     assert index_run.data.tags["model_version"] == str(production.version)
@@ -147,7 +160,9 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
 
     second = _mlflow_run(root, params, env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stderr.count("skipping") == 5, second.stderr[-3000:]
+    assert second.stderr.count("skipping") == 7, second.stderr[-3000:]
     after = client.search_runs([experiment.experiment_id])
     assert len(after) == len(runs) + 1, "only a new main run"
     assert len(client.search_model_versions("name = 'marketplace-classifier'")) == 1
+    for name in ("marketplace-text-classifier", "marketplace-listing-classifier"):
+        assert len(client.search_model_versions(f"name = '{name}'")) == 1

@@ -180,6 +180,16 @@ def test_text_versions_are_promoted_smoke_checked_and_rolled_back(
     listing = capsys.readouterr().out
     assert "production" in listing and "previous-production" in listing
 
+    from steps.models_report import report
+
+    table = report(client).splitlines()
+    row = next(line for line in table if line.startswith("| text |"))
+    accuracy = next(
+        v for k, v in first.test_metrics.items() if k.endswith("/accuracy") or k == "test_accuracy"
+    )
+    assert f"| {first.model_version} (production) | listings | {accuracy:.3f} |" in row
+    assert any(line.startswith("| image | marketplace-classifier | none yet") for line in table)
+
 
 # ------------------------------------------------------------ the transformer encoder
 
