@@ -7,9 +7,10 @@ why the others are not:
 
 * :func:`model_description`: what the model classifies, its input and output, and how a
   version reaches production (set once, when the first version is registered);
-* a version's description is three parts: a **status line** first (plain text, what the
-  versions table shows: ``In production since ...: promoted by ...``, ``Refused on ...``,
-  ``Not in production since ...: replaced by version 4``), rewritten by each decision;
+* a version's description is three parts: a **status line** first (plain text, verdict
+  first, as the versions table shows only its first words: ``In production: test/accuracy
+  ...``, ``Refused: version 4 has ...``, ``Not in production: replaced by version 4 ...``),
+  rewritten by each decision;
   the **registration note** (:func:`registration_note`: architecture, data digest, test
   metrics, the run), written when training registers it; and the **promotion history**,
   one line per decision (:func:`decision_note`), appended by :mod:`registry.promotion`.
@@ -112,8 +113,8 @@ def with_status(description: str, status: str) -> str:
 
 
 def decision_note(when: str, headline: str, text: str) -> str:
-    """One decision line: ``- 2026-12-01 09:12 UTC, **promoted to production**: ...``."""
-    return f"- {when}, **{headline}**: {text}"
+    """One decision line: ``- 2026-12-01 09:12 UTC, **promoted to production** by ...``."""
+    return f"- {when}, **{headline}**{' ' if text.startswith('by ') else ': '}{text}"
 
 
 def append_decision(

@@ -158,26 +158,27 @@ class Decision:
         given = f" Reason: {self.reason}." if self.reason else ""
         smoke = f"; smoke check {self.smoke_check}" if self.smoke_check else ""
         run = f" (promote run {self.run_id[:8]})" if self.run_id else ""
+        # Status lines lead with the verdict: the versions table shows their first words.
         if self.action == "rollback":
             headline = "back in production (rollback)"
             text = f"by {self.by}, from version {self.previous}; {compared}{smoke}.{given}"
-            status = f"back by a rollback from version {self.previous}, by {self.by}"
+            status = f"In production by a rollback from version {self.previous} ({self.by}"
             left = f"rolled back to version {self.version} by {self.by}"
         elif self.forced:
             headline = "forced into production"
             text = f"by {self.by}, the metric rule skipped; {compared}{smoke}.{given}{run}"
-            status = f"forced in by {self.by}, the metric rule skipped ({compared})"
-            left = f"version {self.version} was forced in by {self.by}"
+            status = f"In production, forced by {self.by}: the metric rule skipped ({compared}"
+            left = f"version {self.version} forced in by {self.by}"
         else:
             headline = "promoted to production"
             rule = "" if self.previous_value is None else ", at least as good"
             text = f"by {self.by}; {compared}{rule}{smoke}.{given}{run}"
-            status = f"promoted by {self.by}, {compared}{rule}"
-            left = f"version {self.version} was promoted by {self.by}"
+            status = f"In production: {compared}{rule} (promoted by {self.by}"
+            left = f"replaced by version {self.version}, promoted by {self.by}"
         notes = {
             self.version: (
                 decision_note(when, headline, text),
-                f"In production since {when}: {status}.{given}",
+                f"{status}, {when}).{given}",
             )
         }
         if self.previous is not None and self.previous != self.version:
@@ -187,7 +188,7 @@ class Decision:
                     "left production",
                     f"{left}; this version got `{PREVIOUS_PRODUCTION}`.{given}",
                 ),
-                f"Not in production since {when}: {left}.{given}",
+                f"Not in production: {left} ({when}).{given}",
             )
         return notes
 
@@ -417,7 +418,7 @@ def _refusal_recorded(
                 client.set_model_version_tag(name, version, key, value)
             given = f" Reason for trying: {reason}." if reason else ""
             note = decision_note(_when(at), "refused", f"by {by}: {why}.{given}")
-            status = f"Refused on {_when(at)} by {by}: {why}."
+            status = f"Refused: {why} ({by}, {_when(at)})."
             append_to_version(client, name, version, note, status)
         except Exception as record_error:  # the refusal itself matters more
             log.warning("could not record the refusal on version %s: %s", version, record_error)

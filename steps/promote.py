@@ -107,8 +107,9 @@ def run_name(
     """``promote v3 -> production``, ``promote v3 refused``: what the runs table shows (with
     the model's name when it is not the default one)."""
     target = f"v{version}" if version is not None else "(no version)"
-    if model_name and model_name != DEFAULT_MODEL_NAME:
-        target = f"{model_name} {target}"
+    if model_name and model_name != DEFAULT_MODEL_NAME:  # marketplace-text-classifier: text
+        short = model_name.removeprefix("marketplace-").removesuffix("-classifier")
+        target = f"{short} {target}"
     if outcome == "promote":
         return f"promote {target} -> {PRODUCTION}" + (" (forced)" if forced else "")
     if outcome == "unchanged":

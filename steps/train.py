@@ -460,7 +460,8 @@ def _describe_version(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, 
         details=[
             f"Best epoch {outcome.best_epoch} of {len(outcome.records) or cfg.epochs} run "
             f"(up to {cfg.epochs}); weights {outcome.weights_used}, lr {cfg.lr:g}, "
-            f"batch {cfg.batch_size}, trainable layers {cfg.trainable_layers}."
+            f"batch {cfg.batch_size}, trainable layers "
+            f"{'all' if cfg.trainable_layers >= ALL_LAYERS else cfg.trainable_layers}."
         ],
     )
     client.update_model_version(cfg.model_name, outcome.model_version, description=note)

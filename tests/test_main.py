@@ -139,7 +139,7 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
         assert by_name[name].data.tags["mlflow.parentRunId"] == parent
     assert production.run_id == by_name["train"].info.run_id
     assert by_name["promote"].data.tags["promotion.version"] == str(production.version)
-    assert production.description.startswith("In production since ")  # the status line
+    assert production.description.startswith("In production: test/accuracy")  # its status
     assert f"Reason: trained by pipeline run {parent}." in production.description
     for name, kind in [
         ("marketplace-text-classifier", "text"),

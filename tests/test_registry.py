@@ -365,17 +365,20 @@ def test_the_descriptions_say_who_holds_production_and_why_the_others_do_not(cli
     assert "rolled back to version 2 by dave; this version got `previous-production`" in one
     assert "by dave, from version 1" in two and "Reason: shoes fixed upstream." in two
     assert "by bob: version 3 failed the smoke check: predict raised" in three
-    # the status line, first (all the versions table shows): where each version stands, why
-    assert descriptions.status_of(two).startswith("In production since ")
-    assert descriptions.status_of(two).endswith(
-        ": back by a rollback from version 1, by dave. Reason: shoes fixed upstream."
-    )
-    assert descriptions.status_of(one).startswith("Not in production since ")
-    assert descriptions.status_of(one).endswith(
-        ": rolled back to version 2 by dave. Reason: shoes fixed upstream."
-    )
-    assert descriptions.status_of(three).startswith("Refused on ")
-    assert "by bob: version 3 failed the smoke check" in descriptions.status_of(three)
+    # the status line, first (the versions table shows its first words): the verdict, then why
+    status = {v: descriptions.status_of(_description(client, v)) for v in (1, 2, 3)}
+    assert re.fullmatch(
+        r"In production by a rollback from version 1 \(dave, [-\d]+ [:\d]+ UTC\)\. "
+        r"Reason: shoes fixed upstream\.",
+        status[2],
+    ), status[2]
+    assert re.fullmatch(
+        r"Not in production: rolled back to version 2 by dave \([-\d]+ [:\d]+ UTC\)\. "
+        r"Reason: shoes fixed upstream\.",
+        status[1],
+    ), status[1]
+    assert status[3].startswith("Refused: version 3 failed the smoke check: predict raised")
+    assert re.search(r" \(bob, [-\d]+ [:\d]+ UTC\)\.$", status[3]), status[3]
     # refused stays on the version that never got production; the forced one lost it
     assert _tags(client, 3)["promotion.refused"].startswith("version 3 failed the smoke check")
     assert "promotion.refused" not in _tags(client, 1)
@@ -811,6 +814,23 @@ def test_promote_step_refusal_is_a_failed_run_and_a_step_error(client) -> None:
     assert run.data.tags["promotion.outcome"] == "refused"
     assert "0.1000 below" in run.data.tags["promotion.error"]
     assert _aliases(client) == {"production": 2}
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        ((3, "promote"), "promote v3 -> production"),
+        ((3, "promote", True), "promote v3 -> production (forced)"),
+        ((3, "refused"), "promote v3 refused"),
+        ((None, "refused"), "promote (no version) refused"),
+        ((1, "promote", False, "marketplace-text-classifier"), "promote text v1 -> production"),
+        ((2, "unchanged", False, NAME), "promote v2 (already production)"),
+    ],
+)
+def test_promote_run_names_say_what_happened(args, name) -> None:
+    from steps.promote import run_name
+
+    assert run_name(*args) == name
 
 
 def test_promote_step_by_best_names_the_version_it_chose(client) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -300,6 +301,8 @@ def test_smoke_run_logs_every_epoch_registers_and_serves(
 ):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a sample a second
     main(tiny_args(tiny_clean, "--epochs", "2", "--weights", str(resnet18_weights)))
+    monitors = [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]
+    assert monitors == []  # the system metrics' thread ended with the run
 
     client = mlflow.MlflowClient()
     [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")
