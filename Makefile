@@ -55,6 +55,8 @@ format: $(STAMP) ## ruff fix and format
 	$(BIN)/ruff format .
 
 ui: $(STAMP) ## open the MLflow UI on the local store (http://127.0.0.1:$(UI_PORT))
+	@echo "The runs, in the UI's model-training view (README: Browse the runs in the MLflow UI):"
+	@echo "  http://127.0.0.1:$(UI_PORT)/#/experiments/1/runs?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 stack: $(STAMP) ## start mlflow server on 127.0.0.1:5000 (artifacts to .stack/artifacts or $$ARTIFACTS_DESTINATION)
