@@ -13,7 +13,8 @@ functions; ``python -m serve``):
   noise in every dimension (norm about 0.3), the same geometry at every dimension. The
   queries are held-out points of the same mixture (never indexed vectors). For each index:
   build seconds, bytes per vector (``memory_bytes / n``), single-query latency (p50, p99:
-  one query at a time, asking FAISS for the rows ``SearchIndex.search`` asks for), batched
+  one query at a time, asking FAISS for the rows ``SearchIndex.search`` asks for; with
+  FAISS's default OpenMP threads, as the service runs it, and with one thread), batched
   queries per second (batches of 64) and recall@10 against exact search on the same queries
   (ground truth by ``faiss.knn``, a brute-force scan that needs no copy of the vectors). HNSW
   is also measured at other ``ef_search`` depths and IVF-PQ at other ``nprobe``, over the
@@ -67,7 +68,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +89,7 @@ RECALL_K = 10
 # Rows SearchIndex.search asks FAISS for, for k = DEFAULT_K and no filter (2k + 8).
 FETCH = 2 * search_index.DEFAULT_K + 8
 WARMUP_QUERIES = 10
-EF_SWEEP = (32, 64, 128, 256)  # below FETCH rows, FAISS searches FETCH deep anyway
+EF_SWEEP = (32, 64, 128, 256, 512, 1024)  # below FETCH rows, FAISS searches FETCH deep anyway
 NPROBE_FACTORS = (1, 2, 4, 8)  # times the default nprobe
 GIB = 2**30
 
@@ -186,8 +187,12 @@ def estimated_index_bytes(kind: str, vectors: int, dim: int) -> int:
     if kind == "hnsw":  # 2M links at level 0, about 1/M of the nodes on upper levels
         return vectors * (dim * 4 + int(search_index.HNSW_M * 2 * 4 * 1.07) + 12)
     lists = search_index.default_nlist(vectors)
-    training = min(vectors, 50_000) * dim * 4  # build_index's training sample
-    return vectors * (search_index.default_pq_m(dim) + 16) + lists * dim * 4 + training
+    return vectors * (search_index.default_pq_m(dim) + 16) + lists * dim * 4
+
+
+def estimated_build_bytes(kind: str, vectors: int, dim: int) -> int:
+    """Memory a build needs beyond the index: IVF-PQ copies its training sample."""
+    return min(vectors, 50_000) * dim * 4 if kind == "ivfpq" else 0
 
 
 def estimated_build_seconds(kind: str, vectors: int, dim: int, measured: list[dict]) -> dict:
@@ -211,10 +216,11 @@ def estimated_build_seconds(kind: str, vectors: int, dim: int, measured: list[di
 def refusal(kind: str, vectors: int, dim: int, measured: list[dict], args) -> dict | None:
     """Why this point is not measured (with the estimates), or None when it fits."""
     # Checked before the vectors are generated: this process now, the vectors, the index.
-    peak = rss_bytes() + vectors * dim * 4 + estimated_index_bytes(kind, vectors, dim)
+    index_bytes = estimated_index_bytes(kind, vectors, dim)
+    peak = rss_bytes() + vectors * dim * 4 + index_bytes + estimated_build_bytes(kind, vectors, dim)
     estimate = {
         "estimated_peak_gib": round(peak / GIB, 2),
-        "estimated_bytes_per_vector": round(estimated_index_bytes(kind, vectors, dim) / vectors, 1),
+        "estimated_bytes_per_vector": round(index_bytes / vectors, 1),
         **estimated_build_seconds(kind, vectors, dim, measured),
     }
     if kind == "flat" and "estimated_build_seconds" in estimate:
@@ -273,16 +279,39 @@ def batched(index, queries: np.ndarray, batch: int) -> tuple[np.ndarray, float]:
     return np.concatenate(parts), time.perf_counter() - started
 
 
-def latency_figures(index, queries: np.ndarray, truth: np.ndarray, args, budget_s: float) -> dict:
+@contextlib.contextmanager
+def faiss_threads(count: int) -> Iterator[None]:
+    """FAISS's OpenMP threads set to ``count`` while inside."""
+    import faiss
+
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def latency_figures(
+    index, queries: np.ndarray, truth: np.ndarray, args, budget_s: float, one_thread: bool = False
+) -> dict:
+    """Single-query p50/p99 (FAISS's default threads, and one thread if asked), batched
+    queries per second, recall@10."""
     single = single_query_ms(index, queries, budget_s, args.min_single_queries)
     rows, seconds = batched(index, queries, args.batch)
-    return {
+    figures = {
         "single_p50_ms": round(float(np.percentile(single, 50)), 3),
         "single_p99_ms": round(float(np.percentile(single, 99)), 3),
         "single_queries": len(single),
         "batched_queries_per_second": round(len(queries) / seconds, 1),
         "recall_at_10": round(search_index.recall_at(rows, truth, RECALL_K), 4),
     }
+    if one_thread:
+        with faiss_threads(1):
+            alone = single_query_ms(index, queries, budget_s, args.min_single_queries)
+        figures["single_p50_ms_one_thread"] = round(float(np.percentile(alone, 50)), 3)
+        figures["single_p99_ms_one_thread"] = round(float(np.percentile(alone, 99)), 3)
+    return figures
 
 
 def sweep(index, kind: str, queries: np.ndarray, truth: np.ndarray, args) -> list[dict]:
@@ -292,7 +321,7 @@ def sweep(index, kind: str, queries: np.ndarray, truth: np.ndarray, args) -> lis
     typed = faiss.downcast_index(index)
     if kind == "hnsw":
         name, default = "ef_search", int(typed.hnsw.efSearch)
-        values = sorted(set(EF_SWEEP) | {default})
+        values = sorted(set(args.ef_sweep) | {default})
 
         def apply(value: int) -> None:
             typed.hnsw.efSearch = value
@@ -317,12 +346,13 @@ def sweep(index, kind: str, queries: np.ndarray, truth: np.ndarray, args) -> lis
     return points
 
 
-def measure_index(kind: str, data: np.ndarray, queries, truth, args) -> dict:
-    """Build one index over ``data`` and measure it (see the docstring)."""
+def measure_index(kind: str, data: np.ndarray, queries, truth, args, **options) -> dict:
+    """Build one index over ``data`` (``options`` for build_index) and measure it."""
     gc.collect()
     before = rss_bytes()
     started = time.perf_counter()
-    index = search_index.build_index(data, kind, copy=False)  # data is normalised already
+    # The data is normalised already: no copy (build_index would only normalise it again).
+    index = search_index.build_index(data, kind, copy=False, **options)
     build_seconds = time.perf_counter() - started
     grown = rss_bytes() - before
     memory = search_index.memory_bytes(index)
@@ -332,7 +362,7 @@ def measure_index(kind: str, data: np.ndarray, queries, truth, args) -> dict:
         "bytes_per_vector": round(memory / len(data), 1),
         "rss_growth_bytes_per_vector": round(grown / len(data), 1),
         "settings": search_index.search_settings(index),
-        **latency_figures(index, queries, truth, args, args.latency_seconds),
+        **latency_figures(index, queries, truth, args, args.latency_seconds, one_thread=True),
     }
     points = sweep(index, kind, queries, truth, args)
     if points:
@@ -345,14 +375,12 @@ def measure_index(kind: str, data: np.ndarray, queries, truth, args) -> dict:
 def sizes_for(dim: int, args) -> list[int]:
     """The sizes asked for, and the size where ``auto`` switches at this dimension."""
     switch = search_index.AUTO_EXACT_MAX_FLOATS // dim
-    extra = (
-        {switch} if args.switch_points and min(args.sizes) <= switch <= max(args.sizes) else set()
-    )
+    extra = {switch} if args.switch_points and switch <= max(args.sizes) else set()
     return sorted(set(args.sizes) | extra)
 
 
-def run_index_part(args) -> list[dict]:
-    points: list[dict] = []
+def run_index_part(args, points: list[dict], saved: Callable[[], None]) -> None:
+    """Measure every (size, dim, kind) into ``points``; ``saved()`` after each one."""
     for dim in args.dims:
         for vectors in sizes_for(dim, args):
             base = {
@@ -365,6 +393,7 @@ def run_index_part(args) -> list[dict]:
                 if refused[kind] is not None:
                     log.info("%d x %d %s skipped: %s", vectors, dim, kind, refused[kind]["skipped"])
                     points.append({**base, "kind": kind, **refused[kind]})
+                    saved()
             wanted = [kind for kind in args.kinds if refused[kind] is None]
             if not wanted:
                 continue
@@ -374,14 +403,19 @@ def run_index_part(args) -> list[dict]:
             generate_seconds = time.perf_counter() - started
             truth = exact_rows(queries, data)
             for kind in wanted:
-                log.info("%d x %d: %s", vectors, dim, kind)
-                point = {**base, "kind": kind, **measure_index(kind, data, queries, truth, args)}
-                point["generate_seconds"] = round(generate_seconds, 1)
-                points.append(point)
-                log.info("%d x %d %s: %s", vectors, dim, kind, _short(point))
+                variants = [{}]
+                if kind == "hnsw":  # the shipped depth first, then any other asked for
+                    variants = [{"ef_construction": value} for value in args.ef_construction]
+                for options in variants:
+                    log.info("%d x %d: %s %s", vectors, dim, kind, options or "")
+                    figures = measure_index(kind, data, queries, truth, args, **options)
+                    point = {**base, "kind": kind, **options, **figures}
+                    point["generate_seconds"] = round(generate_seconds, 1)
+                    points.append(point)
+                    saved()
+                    log.info("%d x %d %s: %s", vectors, dim, kind, _short(point))
             del data, queries, truth
             gc.collect()
-    return points
 
 
 def exact_rows(queries: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -470,12 +504,14 @@ def make_demo_version(folder: Path, args) -> DemoVersion:
         index_argv = ["--clean", str(clean), "--clean-size", str(CLEAN_SIZE)]
         index_step.main([*index_argv, "--model-uri", f"models:/{MODEL_NAME}/{version}"])
         seconds["index_step"] = time.perf_counter() - started
+    metrics = outcome.test_metrics  # named test_accuracy or test/accuracy
+    test_accuracy = metrics.get("test_accuracy", metrics.get("test/accuracy", float("nan")))
     facts = {
         "products": args.real_products,
         "epochs": args.real_epochs,
         "model": f"resnet18 at {IMAGE_SIZE} px from random weights, every layer trained, "
         f"batch 32, lr 0.002 (the demo's settings, fewer products and epochs)",
-        "test_accuracy": round(float(outcome.test_metrics.get("test_accuracy", float("nan"))), 4),
+        "test_accuracy": round(float(test_accuracy), 4),
         "seconds": {key: round(value, 1) for key, value in seconds.items()},
     }
     return DemoVersion(uri, version, clean, raw, facts)
@@ -744,8 +780,11 @@ def run_http_part(demo: DemoVersion, folder: Path, args) -> dict:
 
 
 def find_point(points: list[dict], vectors: int, dim: int, kind: str) -> dict | None:
+    """The point of an index built with the shipped settings."""
+    shipped = search_index.HNSW_EF_CONSTRUCTION
     for point in points:
-        if (point["vectors"], point["dim"], point["kind"]) == (vectors, dim, kind):
+        same = (point["vectors"], point["dim"], point["kind"]) == (vectors, dim, kind)
+        if same and point.get("ef_construction", shipped) == shipped:
             return point
     return None
 
@@ -790,6 +829,7 @@ def machine_facts() -> dict:
         "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB, 1),
         "python": platform.python_version(),
         "faiss": faiss.__version__,
+        "faiss_compile_options": faiss.get_compile_options().strip(),
         "numpy": np.__version__,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
@@ -804,18 +844,24 @@ def _short(point: dict) -> str:
 def print_tables(results: dict) -> None:
     if results.get("index"):
         print(
-            f"\n{'dim':>5}{'vectors':>10} {'kind':<6}{'auto':>5}{'build s':>9}{'B/vec':>8}"
-            f"{'p50 ms':>9}{'p99 ms':>9}{'batch q/s':>11}{'recall@10':>10}"
+            f"\n{'dim':>5}{'vectors':>10} {'kind':<13}{'auto':>5}{'build s':>9}{'B/vec':>8}"
+            f"{'p50 ms':>9}{'p99 ms':>9}{'1-thr p50':>10}{'batch q/s':>11}{'recall@10':>10}"
         )
         for p in results["index"]:
             auto = "*" if p["auto"] == p["kind"] else ""
-            head = f"{p['dim']:>5}{p['vectors']:>10} {p['kind']:<6}{auto:>5}"
+            kind = p["kind"]
+            if p.get("ef_construction", search_index.HNSW_EF_CONSTRUCTION) != (
+                search_index.HNSW_EF_CONSTRUCTION
+            ):
+                kind += f" efC {p['ef_construction']}"
+            head = f"{p['dim']:>5}{p['vectors']:>10} {kind:<13}{auto:>5}"
             if "skipped" in p:
                 print(f"{head}   skipped: {p['skipped']}")
                 continue
             print(
                 f"{head}{p['build_seconds']:>9.1f}{p['bytes_per_vector']:>8.0f}"
                 f"{p['single_p50_ms']:>9.3f}{p['single_p99_ms']:>9.3f}"
+                f"{p['single_p50_ms_one_thread']:>10.3f}"
                 f"{p['batched_queries_per_second']:>11.0f}{p['recall_at_10']:>10.3f}"
             )
     real = results.get("real")
@@ -878,11 +924,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--sweep-seconds", type=float, default=4.0, help="single-query budget per sweep step"
     )
     parser.add_argument("--min-single-queries", type=int, default=50)
+    parser.add_argument(
+        "--ef-construction",
+        type=int,
+        nargs="+",
+        default=[search_index.HNSW_EF_CONSTRUCTION],
+        help="HNSW graphs to build (the shipped depth first; each is a point of its own)",
+    )
+    parser.add_argument(
+        "--ef-sweep", type=int, nargs="+", default=list(EF_SWEEP), help="HNSW search depths"
+    )
     parser.add_argument("--max-gib", type=float, default=12.0, help="resident memory budget")
     parser.add_argument("--max-build-seconds", type=float, default=900.0, help="per index")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--real-products", type=int, default=1000, help="demo export size")
-    parser.add_argument("--real-epochs", type=int, default=6)
+    parser.add_argument("--real-products", type=int, default=600, help="demo export size")
+    parser.add_argument("--real-epochs", type=int, default=5)
     parser.add_argument("--photos", type=int, default=100, help="demo photos sent, in turn")
     parser.add_argument("--requests", type=int, default=300, help="timed requests per point")
     parser.add_argument("--warmup", type=int, default=20)
@@ -935,22 +991,27 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "targets_wanted": {name: f"{sense} {bound}" for name, (sense, bound) in TARGETS.items()},
     }
-    if "index" in args.parts:
-        results["index"] = run_index_part(args)
-        results["peak_rss_gib_after_index"] = round(peak_rss_bytes() / GIB, 2)
+
+    def save() -> None:  # after each part, so that a later failure keeps what was measured
+        results["targets"] = check_targets(results)
+        results["load_average"]["end"] = [round(v, 2) for v in os.getloadavg()]
+        results["seconds"] = round(time.perf_counter() - started, 1)
+        results["peak_rss_gib"] = round(peak_rss_bytes() / GIB, 2)
+        write_results(results, args.results)
+
     if "real" in args.parts or "http" in args.parts:
         with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
             work = Path(tmp)
             demo = make_demo_version(work / "store", args)
             if "real" in args.parts:
                 results["real"] = run_real_part(demo)
+                save()
             if "http" in args.parts:
                 results["http"] = run_http_part(demo, work / "service", args)
-    results["targets"] = check_targets(results)
-    results["load_average"]["end"] = [round(v, 2) for v in os.getloadavg()]
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    results["peak_rss_gib"] = round(peak_rss_bytes() / GIB, 2)
-    write_results(results, args.results)
+                save()
+    if "index" in args.parts:
+        results["index"] = []
+        run_index_part(args, results["index"], save)
     print_tables(results)
     print(
         f"\n{results['machine']['cpus']} cores, load average {load_start[0]} at the start, "
