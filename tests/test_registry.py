@@ -839,7 +839,8 @@ def test_promote_step_by_best_names_the_version_it_chose(client) -> None:
     promote_step(["--clean", "nothing"])  # --version best, --metric test/accuracy
     promote_step(["--clean", "nothing", "--metric", "test_accuracy"])  # the older spelling
 
-    first, again = sorted(_step_runs(client), key=lambda run: run.info.start_time)
+    by_outcome = {run.data.tags["promotion.outcome"]: run for run in _step_runs(client)}
+    first, again = by_outcome["promote"], by_outcome["unchanged"]
     assert first.info.run_name == "promote v2 -> production"
     assert again.info.run_name == "promote v2 (already production)"
     assert again.data.params["metric"] == "test/accuracy"
