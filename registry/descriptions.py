@@ -17,7 +17,8 @@ why the others are not:
 
 Descriptions are Markdown and kept under :data:`MAX_DESCRIPTION` characters (the limit of
 MLflow's SQL stores): when a version's history grows past it, its oldest decision lines go
-first. Nothing here talks to a store except :func:`append_to_version`.
+first. Only :func:`append_to_version` and :func:`set_model_description_if_empty` talk to a
+store; the rest builds text.
 """
 
 from __future__ import annotations
