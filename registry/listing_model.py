@@ -120,12 +120,55 @@ def fusion_features(image_embeddings: np.ndarray, text_probabilities: np.ndarray
     return np.hstack([embeddings, np.asarray(text_probabilities, dtype=np.float32)])
 
 
-@torch.inference_mode()
 def head_probabilities(head: FusionHead, features: np.ndarray) -> np.ndarray:
-    """Class probabilities ``(N, C)`` of the head (in eval mode) for fused features."""
+    """Class probabilities ``(N, C)`` of the head (as in eval mode: no dropout) for fused
+    features.
+
+    Computed with numpy from the head's weights: for the few rows a request brings, a torch
+    call costs more than the two small matrix products.
+    """
+    first, second = (layer for layer in head.net if isinstance(layer, nn.Linear))
+    x = np.asarray(features, dtype=np.float32)  # (N, D + C)
+    hidden = np.maximum(x @ _array(first.weight).T + _array(first.bias), 0.0)  # (N, H)
+    logits = hidden @ _array(second.weight).T + _array(second.bias)  # (N, C)
+    return text_model.softmax(logits.astype(np.float64))
+
+
+def _array(parameter: torch.Tensor) -> np.ndarray:
+    return parameter.detach().cpu().numpy()
+
+
+@dataclass
+class FusionParts:
+    """The text half and the head of a listing model (its image network is served apart)."""
+
+    text: TextClassifier
+    head: FusionHead
+    config: FusionConfig
+
+    def predict_proba(self, embeddings: np.ndarray, texts: Sequence[Any]) -> np.ndarray:
+        """Class probabilities ``(N, C)`` from the image network's embeddings and the texts."""
+        return self.combine(embeddings, self.text.predict_proba(list(texts)))
+
+    def combine(self, embeddings: np.ndarray, text_probabilities: np.ndarray) -> np.ndarray:
+        """The head's probabilities from the embeddings and the text half's probabilities
+        (which a caller may compute at the same time as the embeddings)."""
+        return head_probabilities(self.head, fusion_features(embeddings, text_probabilities))
+
+
+def read_fusion_parts(folder: Path) -> FusionParts:
+    """The text classifier, the head and its config of the logged listing model in ``folder``."""
+    artifacts = text_model.logged_artifacts(folder)
+    missing = [k for k in (FUSION_ARTIFACT, FUSION_CONFIG_ARTIFACT) if k not in artifacts]
+    if missing:
+        raise ValueError(f"the model is not a listing classifier (no {', '.join(missing)})")
+    config = FusionConfig.from_json(artifacts[FUSION_CONFIG_ARTIFACT].read_text(encoding="utf-8"))
+    head = FusionHead(config)
+    head.load_state_dict(
+        torch.load(artifacts[FUSION_ARTIFACT], map_location="cpu", weights_only=True)
+    )
     head.eval()
-    logits = head(torch.from_numpy(np.asarray(features, dtype=np.float32)))
-    return torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
+    return FusionParts(text_model.read_text_classifier(folder), head, config)
 
 
 class MarketplaceListingClassifier(mlflow.pyfunc.PythonModel):
@@ -214,10 +257,20 @@ def log_listing_classifier(
     example_text: str,
     name: str = "model",
 ):
-    """Log the three parts as one pyfunc model in the active run; return its ``ModelInfo``."""
+    """Log the three parts as one pyfunc model in the active run; return its ``ModelInfo``.
+
+    The image network is also exported to ONNX (``artifacts/classifier.onnx``, kept only
+    when it matches torch on ``example_image``, as the image classifier's is), so the
+    service runs it on the same engine as the photo model.
+    """
+    from registry.export import ONNX_ARTIFACT, ONNX_FILE, export_onnx
+
     with tempfile.TemporaryDirectory(prefix="listing-classifier-") as tmp:
         folder = Path(tmp)
         artifacts = image_model.write_model_files(net, image_config, folder / "files")
+        pixels = np.stack([image_model.preprocess_image(example_image, image_config.image_size)])
+        if export_onnx(net, image_config, folder / "files" / ONNX_FILE, pixels).passed:
+            artifacts[ONNX_ARTIFACT] = str(folder / "files" / ONNX_FILE)
         artifacts[text_model.TEXT_ARTIFACT] = str(text.save(folder / text_model.TEXT_ARTIFACT))
         torch.save(
             {k: v.detach().to("cpu") for k, v in head.state_dict().items()},

@@ -312,6 +312,7 @@ class TextClassifier:
         self.encoder = encoder
         self.coef = np.asarray(coef, dtype=np.float64)  # (C, F)
         self.intercept = np.asarray(intercept, dtype=np.float64)  # (C,)
+        self._weights: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def categories(self) -> list[str]:
@@ -324,8 +325,27 @@ class TextClassifier:
         """Class probabilities ``(N, C)`` in category order."""
         if len(texts) == 0:
             return np.zeros((0, len(self.config.categories)))
-        logits = self.features(texts) @ self.coef.T + self.intercept  # (N, C)
+        if isinstance(self.encoder, TfidfEncoder):  # each half's product: no sparse hstack
+            prepared = prepare(texts)
+            word_weights, char_weights = self._tfidf_weights()
+            logits = (
+                self.encoder.word.transform(prepared) @ word_weights
+                + self.encoder.char.transform(prepared) @ char_weights
+                + self.intercept
+            )  # (N, C)
+        else:
+            logits = self.features(texts) @ self.coef.T + self.intercept  # (N, C)
         return softmax(np.asarray(logits, dtype=np.float64))
+
+    def _tfidf_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """The head's weights for the word and the character features, ``(F, C)`` each."""
+        if self._weights is None:
+            words = len(self.encoder.word.vocabulary_)
+            self._weights = (
+                np.ascontiguousarray(self.coef[:, :words].T),
+                np.ascontiguousarray(self.coef[:, words:].T),
+            )
+        return self._weights
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -346,6 +366,42 @@ class TextClassifier:
             raise ValueError(f"unknown text encoder {config.encoder!r} in {folder}")
         with np.load(folder / HEAD_FILE) as head:
             return cls(config, encoder, head["coef"], head["intercept"])
+
+
+def logged_artifacts(folder: Path) -> dict[str, Path]:
+    """The pyfunc artifacts of the logged model in ``folder`` (its MLmodel file), by key."""
+    import yaml
+
+    mlmodel = Path(folder) / "MLmodel"
+    if not mlmodel.is_file():
+        raise ValueError(f"{folder} has no MLmodel file")
+    spec = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
+    pyfunc = (spec.get("flavors") or {}).get("python_function") or {}
+    paths = {}
+    for key, entry in (pyfunc.get("artifacts") or {}).items():
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if path:
+            paths[key] = Path(folder) / path
+    return paths
+
+
+def input_kind_of(folder: Path) -> str:
+    """What the logged model in ``folder`` takes, from its artifacts: ``image+text`` (a
+    fusion head), ``text`` (a text classifier alone) or ``image``."""
+    from registry.kinds import IMAGE, IMAGE_TEXT, TEXT
+
+    artifacts = logged_artifacts(folder)
+    if TEXT_ARTIFACT in artifacts:
+        return IMAGE_TEXT if "fusion" in artifacts else TEXT
+    return IMAGE
+
+
+def read_text_classifier(folder: Path) -> TextClassifier:
+    """The text classifier of the logged model in ``folder`` (a text or a listing model)."""
+    artifacts = logged_artifacts(folder)
+    if TEXT_ARTIFACT not in artifacts:
+        raise ValueError("the model has no text classifier among its artifacts")
+    return TextClassifier.load(artifacts[TEXT_ARTIFACT])
 
 
 def answer_frame(probabilities: np.ndarray, categories: Sequence[str]) -> pd.DataFrame:

@@ -28,6 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry.kinds import IMAGE_TEXT, TEXT
 from serve.holder import ModelHolder
 from serve.inference import Batcher, Classifier, ImageResult, UploadError
 from serve.loader import ServedModel
@@ -41,6 +42,7 @@ from serve.schemas import (
     IndexInfo,
     Listing,
     ListingDetail,
+    ListingPrediction,
     ModelInfo,
     ModelRef,
     Prediction,
@@ -64,6 +66,7 @@ UPLOAD_ERRORS = {
     503: {"model": Problem, "description": "No model loaded yet (see Retry-After)."},
 }
 IMAGE_HELP = "The photo: JPEG, PNG, WebP, GIF, BMP or TIFF, as a multipart file field."
+TEXT_HELP = "The listing's title and/or description (or a query), as a form field."
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_RESULTS = 12
 MAX_RESULTS = 100
@@ -201,7 +204,36 @@ async def get_searchable_model(model: Annotated[ServedModel, Depends(get_model)]
     return model
 
 
+def _served(request: Request, kind: str) -> ServedModel:
+    """The version of ``kind`` serving this request, or 503 saying why there is none."""
+    holder = request.app.state.holders[kind]
+    model = holder.current
+    if model is None:
+        retry = str(math.ceil(holder.settings.reload_interval))
+        raise HTTPException(
+            503, f"no {kind} model: {holder.reason}", headers={"Retry-After": retry}
+        )
+    request.state.model_version = model.details.label
+    return model
+
+
+async def get_text_model(request: Request) -> ServedModel:
+    return _served(request, TEXT)
+
+
+async def get_listing_model(request: Request) -> ServedModel:
+    return _served(request, IMAGE_TEXT)
+
+
+async def get_listing_model_if_any(request: Request) -> ServedModel | None:
+    """The photo + text version if one is served, else None (the photo model answers)."""
+    return request.app.state.holders[IMAGE_TEXT].current
+
+
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+TextModelDep = Annotated[ServedModel, Depends(get_text_model)]
+ListingModelDep = Annotated[ServedModel, Depends(get_listing_model)]
+MaybeListingModelDep = Annotated[ServedModel | None, Depends(get_listing_model_if_any)]
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 ModelDep = Annotated[ServedModel, Depends(get_model)]
 SearchableDep = Annotated[ServedModel, Depends(get_searchable_model)]
@@ -251,7 +283,56 @@ def _prediction(model: ServedModel, result: ImageResult, k: int) -> Prediction:
         probability=top[0].probability,
         top_k=top,
         model=_model_ref(model),
+        input=model.kind,
     )
+
+
+def _listing_prediction(model: ServedModel, probabilities: np.ndarray, k: int) -> ListingPrediction:
+    top = _top_k(model, probabilities, k)
+    return ListingPrediction(
+        category=top[0].category,
+        probability=top[0].probability,
+        top_k=top,
+        model=_model_ref(model),
+        input=model.kind,
+        Category=top[0].category,
+        Probabilities=[float(p) for p in probabilities],
+    )
+
+
+def checked_text(text: str | None, limit: int, required: bool) -> str | None:
+    """The ``text`` field stripped, or 422: blank (when given or required) or over ``limit``."""
+    if text is None and not required:
+        return None
+    stripped = (text or "").strip()
+    if not stripped:
+        raise HTTPException(
+            422, "text is empty: send the listing's title and/or description as `text`"
+        )
+    if len(stripped) > limit:
+        raise HTTPException(
+            422,
+            f"text is {len(stripped):,} characters, over the {limit:,} allowed: send the "
+            "title and the start of the description (SERVE_MAX_TEXT_CHARS sets the limit)",
+        )
+    return stripped
+
+
+async def _fused(classifier: Classifier, model: ServedModel, image: UploadFile, text: str):
+    """A listing model's probabilities for one photo and its text.
+
+    The text half runs in a worker thread while the photo is decoded and goes through the
+    network, so the text adds only the head's two small matrix products to the latency.
+    """
+    loop = asyncio.get_running_loop()
+    text_probabilities = loop.run_in_executor(None, model.fusion.text.predict_proba, [text])
+    try:
+        result = await _classify_one(classifier, model, image)
+    except HTTPException:
+        await asyncio.gather(text_probabilities, return_exceptions=True)
+        raise
+    [probabilities] = model.fusion.combine(result.embedding[None, :], await text_probabilities)
+    return probabilities
 
 
 def _listings(results) -> list[Listing]:
@@ -328,16 +409,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cache = None if settings.cache_dir else tempfile.TemporaryDirectory(prefix="serve-")
         index_cache = settings.cache_dir or Path(cache.name)
         holder = ModelHolder(settings, metrics, index_cache=index_cache)
+        holders = {
+            holder.kind: holder,
+            TEXT: ModelHolder(settings, metrics, kind=TEXT, model_uri=settings.text_model_uri),
+            IMAGE_TEXT: ModelHolder(
+                settings, metrics, kind=IMAGE_TEXT, model_uri=settings.listing_model_uri
+            ),
+        }
         batcher = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, metrics)
         classifier = Classifier(batcher, settings.decode_workers, metrics)
         app.state.holder = holder
+        app.state.holders = holders
         app.state.classifier = classifier
         batcher.start()
-        holder.start()
+        for each in holders.values():
+            each.start()
         try:
             yield
         finally:
-            await holder.stop()
+            for each in holders.values():
+                await each.stop()
             await batcher.stop()
             classifier.close()
             if cache is not None:
@@ -395,15 +486,67 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> None:
     @app.post("/predict", response_model=Prediction, responses=UPLOAD_ERRORS, tags=["predict"])
     async def predict(
+        request: Request,
         model: ModelDep,
+        listing: MaybeListingModelDep,
         classifier: ClassifierDep,
         image: Annotated[UploadFile, File(description=IMAGE_HELP)],
         top_k: Annotated[int | None, Form(description="Length of top_k (1..categories).")] = None,
+        text: Annotated[str | None, Form(description=TEXT_HELP)] = None,
     ) -> Prediction:
-        """Classify one photo: its category, probability, the best `top_k`, the version."""
+        """Classify one photo: its category, probability, the best `top_k`, the version.
+
+        With a `text`, the photo + text model answers when one is in production (`input`
+        says `image+text`); else the photo model, as without one (`input`: `image`).
+        """
+        text = checked_text(text, settings.max_text_chars, required=False)
+        if text is not None and listing is not None:
+            k = _checked_top_k(listing, top_k, settings.top_k)
+            request.state.model_version = listing.details.label
+            probabilities = await _fused(classifier, listing, image, text)
+            return Prediction(**dict(_listing_prediction(listing, probabilities, k)))
         k = _checked_top_k(model, top_k, settings.top_k)
         result = await _classify_one(classifier, model, image)
         return _prediction(model, result, k)
+
+    @app.post(
+        "/predict/text",
+        response_model=ListingPrediction,
+        responses={422: UPLOAD_ERRORS[422], 503: UPLOAD_ERRORS[503]},
+        tags=["predict"],
+    )
+    async def predict_text(
+        model: TextModelDep,
+        text: Annotated[str | None, Form(description=TEXT_HELP + " Required.")] = None,
+        top_k: Annotated[int | None, Form(description="Length of top_k (1..categories).")] = None,
+    ) -> ListingPrediction:
+        """Classify a listing's text (or a query) with the text model; the capstone
+        template's `Category` and `Probabilities` are in the answer too."""
+        text = checked_text(text, settings.max_text_chars, required=True)
+        k = _checked_top_k(model, top_k, settings.top_k)
+        [probabilities] = await asyncio.get_running_loop().run_in_executor(
+            None, model.classify_text, [text]
+        )
+        return _listing_prediction(model, probabilities, k)
+
+    @app.post(
+        "/predict/combined",
+        response_model=ListingPrediction,
+        responses=UPLOAD_ERRORS,
+        tags=["predict"],
+    )
+    async def predict_combined(
+        model: ListingModelDep,
+        classifier: ClassifierDep,
+        image: Annotated[UploadFile, File(description=IMAGE_HELP)],
+        text: Annotated[str | None, Form(description=TEXT_HELP + " Required.")] = None,
+        top_k: Annotated[int | None, Form(description="Length of top_k (1..categories).")] = None,
+    ) -> ListingPrediction:
+        """Classify a photo with its listing's text with the photo + text model; the
+        capstone template's `Category` and `Probabilities` are in the answer too."""
+        text = checked_text(text, settings.max_text_chars, required=True)
+        k = _checked_top_k(model, top_k, settings.top_k)
+        return _listing_prediction(model, await _fused(classifier, model, image, text), k)
 
     @app.post(
         "/predict/batch",

@@ -26,9 +26,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from registry.kinds import IMAGE, TEXT
 from registry.resolve import ResolvedModel, resolve_model
 from registry.store import RegistryError, connect
-from serve.loader import LoadError, ServedModel, load_search_index, load_served_model
+from serve.loader import (
+    LoadError,
+    ServedModel,
+    load_search_index,
+    load_served_model,
+    load_served_text_model,
+)
 from serve.metrics import ServiceMetrics
 from serve.settings import Settings
 
@@ -52,11 +59,19 @@ class ModelHolder:
     """Holds the served :class:`ServedModel` and keeps it in step with the registry."""
 
     def __init__(
-        self, settings: Settings, metrics: ServiceMetrics, index_cache: Path | None = None
+        self,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        index_cache: Path | None = None,
+        *,
+        kind: str = IMAGE,
+        model_uri: str | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.index_cache = index_cache
+        self.kind = kind  # what the versions it serves take (registry.kinds)
+        self.model_uri = model_uri or settings.model_uri
         self.current: ServedModel | None = None
         self.reason = "starting: the first model is being looked up"
         self.last_error: str | None = None
@@ -78,7 +93,7 @@ class ModelHolder:
     @property
     def follows_alias(self) -> bool:
         """Whether the URI can move (an alias or a stage), as opposed to one fixed version."""
-        uri = self.settings.model_uri.strip()
+        uri = self.model_uri.strip()
         if not uri.startswith("models:/"):
             return False
         if "@" in uri:
@@ -93,7 +108,7 @@ class ModelHolder:
             try:
                 await self.check()
             except Exception:  # never let the follower die: log and try again later
-                log.exception("checking %s failed", self.settings.model_uri)
+                log.exception("checking %s failed", self.model_uri)
             if self.current is None:
                 await asyncio.sleep(min(delay, interval))
                 delay = min(delay * 2, interval)
@@ -104,15 +119,24 @@ class ModelHolder:
     # -- one check
     def _resolve(self) -> ResolvedModel:
         client = connect(self.settings.tracking_uri)
-        return resolve_model(self.settings.model_uri, client)
+        return resolve_model(self.model_uri, client)
 
     def _load(self, resolved: ResolvedModel) -> ServedModel:
         client = None
         if resolved.name is not None:
             with contextlib.suppress(RegistryError):
                 client = connect(self.settings.tracking_uri)
+        if self.kind == TEXT:
+            return load_served_text_model(
+                resolved,
+                tracking_uri=self.settings.tracking_uri,
+                max_pixels=self.settings.max_image_pixels,
+                client=client,
+                ui_url=self.settings.ui_url,
+            )
         return load_served_model(
             resolved,
+            kind=self.kind,
             tracking_uri=self.settings.tracking_uri,
             engine=self.settings.engine,
             max_pixels=self.settings.max_image_pixels,
@@ -145,7 +169,7 @@ class ModelHolder:
             except Exception as exc:
                 detail = _one_line(exc)
                 if self.last_check_error != detail:
-                    log.warning("cannot resolve %s: %s", self.settings.model_uri, detail)
+                    log.warning("cannot resolve %s: %s", self.model_uri, detail)
                 self.last_check_error = detail
                 if self.current is None:
                     self.reason = f"no model yet: {detail}"
@@ -163,7 +187,7 @@ class ModelHolder:
                 return CheckResult("unchanged", "already serving it", resolved.version)
             if key == self._failed_key and not force:
                 return CheckResult("skipped", self.last_error or "", resolved.version)
-            log.info("loading %s (%s)", key, self.settings.model_uri)
+            log.info("loading %s (%s)", key, self.model_uri)
             try:
                 model = await asyncio.to_thread(self._load, resolved)
             except LoadError as exc:

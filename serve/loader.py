@@ -28,10 +28,18 @@ import numpy as np
 
 from registry.export import NotAClassifier, read_logged_classifier
 from registry.imaging import load_normalized
+from registry.kinds import IMAGE, IMAGE_TEXT, TEXT, TEXT_COLUMN
+from registry.listing_model import FusionParts, read_fusion_parts
 from registry.model import decode_image_value
 from registry.resolve import ResolvedModel
 from registry.search_index import SearchIndex, SearchIndexError, load_index_for_version
-from registry.smoke import input_example_images, synthetic_images
+from registry.smoke import (
+    SYNTHETIC_TEXTS,
+    input_example_images,
+    input_example_rows,
+    synthetic_images,
+)
+from registry.text_model import TextClassifier, input_kind_of, read_text_classifier
 from serve.engines import Engine, EngineUnavailable, build_engine
 
 log = logging.getLogger(__name__)
@@ -85,11 +93,14 @@ class ServedModel:
     """A loaded version: its engine, its preprocessing size, and what to say about it."""
 
     details: ModelDetails
-    engine: Engine
+    engine: Engine | None  # None for a text model
     max_pixels: int
     key: str
     index: SearchIndex | None = None
     index_problem: str | None = None
+    kind: str = IMAGE  # what it takes: image, text or image+text (registry.kinds)
+    text: TextClassifier | None = None  # a text model's classifier
+    fusion: FusionParts | None = None  # a listing model's text half and head
 
     @property
     def categories(self) -> list[str]:
@@ -106,6 +117,10 @@ class ServedModel:
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``(B, C)`` and embeddings ``(B, D)`` for a uint8 batch."""
         return self.engine.forward(pixels)
+
+    def classify_text(self, texts: list[str]) -> np.ndarray:
+        """A text model's probabilities ``(N, C)`` for texts."""
+        return self.text.predict_proba(texts)
 
 
 def check_probabilities(probabilities: np.ndarray, rows: int, classes: int) -> None:
@@ -181,6 +196,77 @@ def _example_pixels(folder: Path, preprocess) -> np.ndarray:
     return np.stack([preprocess(data) for data in images])
 
 
+def _example_texts(folder: Path, count: int) -> list[str]:
+    """The version's input example texts (else generated ones), ``count`` of them."""
+    example = input_example_rows(folder, (TEXT_COLUMN,), count)
+    texts = [str(t) for t in example[TEXT_COLUMN]] if example is not None else []
+    texts = texts or list(SYNTHETIC_TEXTS)
+    return (texts * count)[:count]
+
+
+def _check_kind(folder: Path, kind: str) -> None:
+    found = input_kind_of(folder)
+    if found != kind:
+        raise LoadError(
+            f"takes {found} input, but this slot serves {kind} models: point its setting "
+            f"at a version whose `input` tag is {kind}"
+        )
+
+
+def load_served_text_model(
+    resolved: ResolvedModel,
+    *,
+    tracking_uri: str,
+    max_pixels: int,
+    client=None,
+    ui_url: str | None = None,
+) -> ServedModel:
+    """Download and check a text model (input ``text``); :class:`LoadError` when it fails."""
+    started = time.perf_counter()
+    what = f"version {resolved.version} of {resolved.name}" if resolved.name else resolved.uri
+    try:
+        with tempfile.TemporaryDirectory(prefix="serve-text-model-") as tmp:
+            folder = _download(resolved, tracking_uri, Path(tmp), client)
+            _check_kind(folder, TEXT)
+            text = read_text_classifier(folder)  # everything in memory, the folder can go
+            texts = _example_texts(folder, 2)
+        probabilities = text.predict_proba(texts)
+        check_probabilities(probabilities, len(texts), len(text.categories))
+        aliases, metrics, experiment_id = _registry_facts(client, resolved)
+    except LoadError as exc:
+        raise LoadError(f"{what} {exc}") from exc
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise LoadError(f"{what} failed to load: {type(exc).__name__}: {first}") from exc
+    encoder = text.config.encoder
+    details = ModelDetails(
+        uri=resolved.uri,
+        name=resolved.name,
+        version=resolved.version,
+        run_id=resolved.run_id,
+        aliases=aliases,
+        metrics=metrics,
+        categories=text.categories,
+        arch=f"text ({encoder})",
+        image_size=0,
+        embedding_dim=0,
+        engine=encoder,
+        loaded_at=datetime.now(UTC),
+        load_seconds=time.perf_counter() - started,
+        ui_url=ui_link(ui_url, tracking_uri, experiment_id, resolved.run_id),
+        source=resolved.load_uri,
+    )
+    log.info("loaded %s (%s text encoder) in %.1f s", what, encoder, details.load_seconds)
+    return ServedModel(
+        details=details,
+        engine=None,
+        max_pixels=max_pixels,
+        key=resolved.load_uri,
+        kind=TEXT,
+        text=text,
+    )
+
+
 def load_served_model(
     resolved: ResolvedModel,
     *,
@@ -191,25 +277,38 @@ def load_served_model(
     client=None,
     ui_url: str | None = None,
     index_cache: Path | None = None,
+    kind: str = IMAGE,
 ) -> ServedModel:
     """Download, build, warm and check the version ``resolved`` names (see the module doc).
 
-    With ``index_cache`` the version's search index is fetched too (into that folder); a
-    version without one still serves ``/predict``, and ``index_problem`` says why.
+    ``kind`` is what the slot serves: ``image``, or ``image+text`` (a listing model: its
+    image network runs on the engine, its text half and head beside it); a version that
+    takes another input is a :class:`LoadError`. With ``index_cache`` the version's search
+    index is fetched too (into that folder); a version without one still serves
+    ``/predict``, and ``index_problem`` says why.
     """
     started = time.perf_counter()
     what = f"version {resolved.version} of {resolved.name}" if resolved.name else resolved.uri
+    fusion = None
     try:
         with tempfile.TemporaryDirectory(prefix="serve-model-") as tmp:
             folder = _download(resolved, tracking_uri, Path(tmp), client)
+            _check_kind(folder, kind)
             logged = read_logged_classifier(folder)
             built = build_engine(logged, engine)
             config = logged.config
             example = _example_pixels(
                 folder, lambda data: read_pixels(data, config.image_size, max_pixels)
             )
+            if kind == IMAGE_TEXT:
+                fusion = read_fusion_parts(folder)
+                texts = _example_texts(folder, len(example))
         probabilities, embedding = built.forward(example)
         check_probabilities(probabilities, len(example), config.num_classes)
+        if fusion is not None:
+            check_probabilities(
+                fusion.predict_proba(embedding, texts), len(example), fusion.config.num_classes
+            )
         warm = np.repeat(example[:1], max(1, batch_size), axis=0)
         built.forward(warm)  # the engine sizes its buffers for a full batch
         aliases, metrics, experiment_id = _registry_facts(client, resolved)
@@ -237,8 +336,15 @@ def load_served_model(
         ui_url=ui_link(ui_url, tracking_uri, experiment_id, resolved.run_id),
         source=resolved.load_uri,
     )
-    model = ServedModel(details=details, engine=built, max_pixels=max_pixels, key=resolved.load_uri)
-    if index_cache is not None:
+    model = ServedModel(
+        details=details,
+        engine=built,
+        max_pixels=max_pixels,
+        key=resolved.load_uri,
+        kind=kind,
+        fusion=fusion,
+    )
+    if index_cache is not None and kind == IMAGE:
         model.index, model.index_problem = load_search_index(
             resolved, client, index_cache, details.embedding_dim
         )

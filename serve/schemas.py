@@ -47,6 +47,29 @@ class Prediction(BaseModel):
     probability: float = Field(ge=0, le=1)
     top_k: list[CategoryScore]
     model: ModelRef
+    input: str = Field(
+        "image",
+        description="What the answering model took: `image` (the photo model), `text` (the "
+        "text model) or `image+text` (the photo + text model).",
+    )
+
+
+class ListingPrediction(Prediction):
+    """A :class:`Prediction` with the capstone API template's keys too."""
+
+    model_config = _examples(
+        {
+            "category": "Home & Garden",
+            "probability": 0.81,
+            "top_k": EXAMPLE_TOP_K,
+            "model": EXAMPLE_MODEL,
+            "input": "image+text",
+            "Category": "Home & Garden",
+            "Probabilities": [0.09, 0.81, 0.1],
+        }
+    )
+    Category: str = Field(description="The capstone template's key: the category.")
+    Probabilities: list[float] = Field(description="One per category, in category order.")
 
 
 class UploadProblem(BaseModel):

@@ -14,9 +14,12 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
 from registry.store import DEFAULT_MODEL_NAME, DEFAULT_TRACKING_URI, PRODUCTION
 
 DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{PRODUCTION}"
+DEFAULT_TEXT_MODEL_URI = f"models:/{TEXT_MODEL_NAME}@{PRODUCTION}"
+DEFAULT_LISTING_MODEL_URI = f"models:/{LISTING_MODEL_NAME}@{PRODUCTION}"
 MIB = 1024 * 1024
 
 Engine = Literal["auto", "onnx", "torch"]
@@ -40,6 +43,21 @@ class Settings(BaseSettings):
         description="What to serve: an alias URI is followed as it moves; any URI that "
         "registry.resolve accepts (models:/name/3, models:/name/Production, runs:/..., a "
         "folder) is served as given.",
+    )
+    text_model_uri: str = Field(
+        DEFAULT_TEXT_MODEL_URI,
+        validation_alias=AliasChoices("TEXT_MODEL_URI", "SERVE_TEXT_MODEL_URI"),
+        description="The text model (input `text`) for /predict/text; followed like MODEL_URI. "
+        "Until one holds the alias, /predict/text answers 503.",
+    )
+    listing_model_uri: str = Field(
+        DEFAULT_LISTING_MODEL_URI,
+        validation_alias=AliasChoices("LISTING_MODEL_URI", "SERVE_LISTING_MODEL_URI"),
+        description="The photo + text model (input `image` and `text`) that answers /predict "
+        "with a text and /predict/combined; followed like MODEL_URI.",
+    )
+    max_text_chars: int = Field(
+        2000, ge=1, description="Longest `text` accepted (characters); longer is a 422."
     )
     host: str = Field("127.0.0.1", description="Address uvicorn binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port uvicorn binds.")

@@ -91,6 +91,85 @@ def make_store(folder: Path) -> str:
     return uri
 
 
+LISTING_TEXTS = {
+    "Appliances": ["washing machine", "fridge freezer", "microwave"],
+    "Home & Garden": ["corner sofa", "garden bench", "wall mirror"],
+    "Phones": ["iphone", "samsung galaxy", "phone case"],
+}
+
+
+def _text_classifier():
+    import pandas as pd
+
+    from steps.train_text import Listings, select_and_fit
+
+    rows = []
+    for label, nouns in enumerate(LISTING_TEXTS.values()):
+        for i in range(12):
+            noun = nouns[i % len(nouns)]
+            rows.append(
+                {
+                    "product_id": f"{label}-{i}",
+                    "text": f"{noun.capitalize()} for sale\nLovely {noun}.",
+                    "label": label,
+                    "split": "val" if i % 4 == 0 else "train",
+                }
+            )
+    listings = Listings(pd.DataFrame(rows), list(CATEGORIES), Path("."))
+    return select_and_fit(listings, c_values=(10.0,), min_df=1).classifier
+
+
+def add_listing_models(uri: str) -> None:
+    """Register a text model and a listing model (categories :data:`CATEGORIES`) in the
+    store at ``uri``, each under its own name with its ``input`` tag; no alias is set.
+
+    The text model is TF-IDF trained on a few listings of :data:`LISTING_TEXTS`; the
+    listing model holds :func:`_network` (0)'s weights, that text model and a fusion head
+    with seeded random weights."""
+    import mlflow
+    import torch
+
+    from registry.kinds import IMAGE_TEXT, INPUT_TAG, LISTING_MODEL_NAME, TEXT, TEXT_MODEL_NAME
+    from registry.listing_model import FusionConfig, FusionHead, log_listing_classifier
+    from registry.model import ClassifierConfig, register_classifier
+    from registry.text_model import log_text_classifier
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        text = _text_classifier()
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name("serve-tests") or client.get_experiment(
+            client.create_experiment("serve-tests")
+        )
+        with mlflow.start_run(experiment_id=experiment.experiment_id):
+            info = log_text_classifier(text, example_texts=["iphone", "sofa"])
+        register_classifier(
+            info.model_uri, model_name=TEXT_MODEL_NAME, tags={INPUT_TAG: TEXT, "test/accuracy": 0.7}
+        )
+        config = ClassifierConfig(arch="resnet18", categories=CATEGORIES, image_size=IMAGE_SIZE)
+        fusion = FusionConfig(categories=list(CATEGORIES), image_dim=512, text_dim=3, hidden=16)
+        torch.manual_seed(0)
+        head = FusionHead(fusion).eval()
+        with mlflow.start_run(experiment_id=experiment.experiment_id):
+            info = log_listing_classifier(
+                _network(0),
+                config,
+                text,
+                head,
+                fusion,
+                example_image=PHOTOS[0],
+                example_text="iphone",
+            )
+        register_classifier(
+            info.model_uri,
+            model_name=LISTING_MODEL_NAME,
+            tags={INPUT_TAG: IMAGE_TEXT, "test/accuracy": 0.8},
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def copy_store(template: Path, into: Path) -> str:
     """A private copy of a store made by :func:`make_store`; return its tracking URI.
 

@@ -22,10 +22,18 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
 from serve.app import create_app
 from serve.settings import Settings
 from tests.conftest import DEMO_CLEAN_SIZE
-from tests.served_versions import NAME, running_service, set_alias, wait_until
+from tests.served_versions import (
+    NAME,
+    PHOTOS,
+    add_listing_models,
+    running_service,
+    set_alias,
+    wait_until,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -295,11 +303,28 @@ def live_service(search_store, tmp_path_factory) -> Iterator[str]:
     (folder / "store").mkdir()
     shutil.copy2(source / "mlflow.db", folder / "store" / "mlflow.db")
     uri = f"sqlite:///{folder / 'store' / 'mlflow.db'}"
+    import mlflow
+
+    add_listing_models(uri)  # a text and a photo + text model too, so no route answers 503
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for name in (TEXT_MODEL_NAME, LISTING_MODEL_NAME):
+        client.set_registered_model_alias(name, "production", "1")
     env = {"MLFLOW_TRACKING_URI": uri, "SERVE_ADMIN_TOKEN": "fuzz"}
     with running_service(folder / "service", env) as service:
         wait_until(
             lambda: httpx.get(service.url + "/model").json().get("index", {}).get("available"),
             what="the service with its index",
+        )
+        wait_until(
+            lambda: (
+                httpx.post(service.url + "/predict/text", data={"text": "sofa"}).is_success
+                and httpx.post(
+                    service.url + "/predict/combined",
+                    files={"image": ("p.jpg", PHOTOS[0], "image/jpeg")},
+                    data={"text": "sofa"},
+                ).is_success
+            ),
+            what="the service with its text and photo + text models",
         )
         yield service.url
 
