@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -47,6 +47,7 @@ from serve.schemas import (
     ModelRef,
     Prediction,
     Problem,
+    QueryAnswer,
     Readiness,
     ReloadResult,
     SearchAnswer,
@@ -348,6 +349,57 @@ def _listings(results) -> list[Listing]:
         )
         for r in results
     ]
+
+
+def _text_search(model: ServedModel, request: Request):
+    """The serving version's text search, or 503 with the command that builds it."""
+    if model.text_search is None:
+        retry = str(math.ceil(request.app.state.settings.reload_interval))
+        raise HTTPException(
+            503,
+            f"the search index of {model.details.label} has no text search (built before the "
+            "index step made one): rebuild it with `mlflow run . -e index -P force=true "
+            "--env-manager local`",
+            headers={"Retry-After": retry},
+        )
+    return model.text_search
+
+
+async def _query_category(
+    request: Request, query: str
+) -> tuple[dict[str, float] | None, str | None, float | None]:
+    """The text model's probabilities for ``query`` (None without a text model), its best
+    category and that category's probability."""
+    text_model = request.app.state.holders[TEXT].current
+    if text_model is None:
+        return None, None, None
+    [probabilities] = await asyncio.get_running_loop().run_in_executor(
+        None, text_model.classify_text, [query]
+    )
+    best = int(np.argmax(probabilities))
+    by_category = dict(zip(text_model.categories, map(float, probabilities), strict=True))
+    return by_category, text_model.categories[best], float(probabilities[best])
+
+
+def _ranked_listings(model: ServedModel, ranked: list[tuple[str, float]]) -> list[Listing]:
+    listings = []
+    for product_id, score in ranked:
+        record = model.index.listing(product_id)
+        if record is None:
+            continue
+        photos = record.get("image_ids") or []
+        listings.append(
+            Listing(
+                product_id=str(record["product_id"]),
+                name=str(record["name"]),
+                price=record.get("price"),
+                location=record.get("location"),
+                category=str(record["category"]),
+                score=round(float(score), 6),
+                thumbnail_url=f"/thumbnails/{photos[0]}.jpg" if photos else "",
+            )
+        )
+    return listings
 
 
 def _checked_category(model: ServedModel, category: str | None) -> str | None:
@@ -686,25 +738,87 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
         tags=["search"],
     )
     async def search(
+        request: Request,
         model: SearchableDep,
         classifier: ClassifierDep,
         image: Annotated[UploadFile, File(description=IMAGE_HELP)],
         k: Annotated[int, Form(description="How many listings (1..100).")] = DEFAULT_RESULTS,
         category: Annotated[str | None, Form(description="Only listings of this category.")] = None,
         exclude_product: Annotated[str | None, Form(description="Leave this listing out.")] = None,
+        q: Annotated[str | None, Form(description="A typed query too: blended in.")] = None,
     ) -> SearchAnswer:
-        """A photo's category and the most similar listings (a listing's photos count once)."""
+        """A photo's category and the most similar listings (a listing's photos count once).
+
+        With `q`, the query's text relevance (and its category boost) is blended with the
+        photo's similarity (`registry.text_search`)."""
         k = _checked_k(k)
         wanted = _checked_category(model, category)
+        query = checked_text(q, settings.max_text_chars, required=False)
+        search = _text_search(model, request) if query is not None else None
         result = await _classify_one(classifier, model, image)
-        [found] = await asyncio.get_running_loop().run_in_executor(
-            None,
-            lambda: model.index.search(
-                result.embedding[None, :], k, wanted, exclude_product or None
-            ),
-        )
         answer = _prediction(model, result, len(model.categories))
-        return SearchAnswer(**dict(answer), results=_listings(found))
+        loop = asyncio.get_running_loop()
+        if search is None:
+            [found] = await loop.run_in_executor(
+                None,
+                lambda: model.index.search(
+                    result.embedding[None, :], k, wanted, exclude_product or None
+                ),
+            )
+            return SearchAnswer(**dict(answer), results=_listings(found))
+        probabilities, _, _ = await _query_category(request, query)
+        every = model.index.num_products
+
+        def blended() -> list[tuple[str, float]]:
+            [similar] = model.index.search(result.embedding[None, :], every, wanted)
+            photo = {r.product_id: r.score for r in similar}
+            return search.rank(
+                query,
+                k,
+                category=wanted,
+                category_probabilities=probabilities,
+                photo_scores=photo,
+                exclude=exclude_product or None,
+            )
+
+        ranked = await loop.run_in_executor(None, blended)
+        return SearchAnswer(**dict(answer), results=_ranked_listings(model, ranked))
+
+    @app.get(
+        "/search",
+        response_model=QueryAnswer,
+        responses={
+            422: {"model": Problem, "description": "Empty or over-long q, k out of range."},
+            503: {"model": Problem, "description": "No model or no index yet."},
+        },
+        tags=["search"],
+    )
+    async def search_query(
+        request: Request,
+        model: SearchableDep,
+        q: Annotated[str | None, Query(description="What the buyer typed.")] = None,
+        k: Annotated[int, Query(description="How many listings (1..100).")] = DEFAULT_RESULTS,
+        category: Annotated[
+            str | None, Query(description="Only listings of this category.")
+        ] = None,
+    ) -> QueryAnswer:
+        """Listings ranked for a typed query: TF-IDF relevance over names and descriptions,
+        boosted by the category the text model gives the query (when one is served)."""
+        query = checked_text(q, settings.max_text_chars, required=True)
+        k = _checked_k(k)
+        wanted = _checked_category(model, category)
+        search = _text_search(model, request)
+        probabilities, best, probability = await _query_category(request, query)
+        ranked = await asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: search.rank(query, k, category=wanted, category_probabilities=probabilities),
+        )
+        return QueryAnswer(
+            query=query,
+            category=best,
+            probability=probability,
+            results=_ranked_listings(model, ranked),
+        )
 
     @app.get(
         "/listings/{product_id}",

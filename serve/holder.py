@@ -35,6 +35,7 @@ from serve.loader import (
     load_search_index,
     load_served_model,
     load_served_text_model,
+    load_text_search,
 )
 from serve.metrics import ServiceMetrics
 from serve.settings import Settings
@@ -155,7 +156,10 @@ class ModelHolder:
         if index is None:
             current.index_problem = problem
             return None
-        return dataclasses.replace(current, index=index, index_problem=None)
+        text_search = load_text_search(resolved, client, self.index_cache)
+        return dataclasses.replace(
+            current, index=index, index_problem=None, text_search=text_search
+        )
 
     async def check(self, force: bool = False) -> CheckResult:
         """Resolve the URI; load and swap in the version it names if that is new.

@@ -32,7 +32,13 @@ from registry.kinds import IMAGE, IMAGE_TEXT, TEXT, TEXT_COLUMN
 from registry.listing_model import FusionParts, read_fusion_parts
 from registry.model import decode_image_value
 from registry.resolve import ResolvedModel
-from registry.search_index import SearchIndex, SearchIndexError, load_index_for_version
+from registry.search_index import (
+    SearchIndex,
+    SearchIndexError,
+    download_index,
+    index_run_for_version,
+    load_index_for_version,
+)
 from registry.smoke import (
     SYNTHETIC_TEXTS,
     input_example_images,
@@ -40,6 +46,7 @@ from registry.smoke import (
     synthetic_images,
 )
 from registry.text_model import TextClassifier, input_kind_of, read_text_classifier
+from registry.text_search import TEXT_DIR, TextSearch
 from serve.engines import Engine, EngineUnavailable, build_engine
 
 log = logging.getLogger(__name__)
@@ -101,6 +108,7 @@ class ServedModel:
     kind: str = IMAGE  # what it takes: image, text or image+text (registry.kinds)
     text: TextClassifier | None = None  # a text model's classifier
     fusion: FusionParts | None = None  # a listing model's text half and head
+    text_search: TextSearch | None = None  # search by query, logged with the photo index
 
     @property
     def categories(self) -> list[str]:
@@ -348,8 +356,22 @@ def load_served_model(
         model.index, model.index_problem = load_search_index(
             resolved, client, index_cache, details.embedding_dim
         )
+        if model.index is not None:
+            model.text_search = load_text_search(resolved, client, index_cache)
     log.info("loaded %s with %s in %.1f s", what, built.name, model.details.load_seconds)
     return model
+
+
+def load_text_search(resolved: ResolvedModel, client, cache: Path) -> TextSearch | None:
+    """The text search logged with the version's index (None for an index built before the
+    index step logged one: /search?q= then says to rebuild it)."""
+    try:
+        run_id = index_run_for_version(client, resolved.name, resolved.version)
+        folder = download_index(run_id, cache, client) / TEXT_DIR  # cached: no second fetch
+        return TextSearch.load(folder) if folder.is_dir() else None
+    except Exception as exc:  # the photo search still serves
+        log.warning("no text search for %s: %s: %s", resolved.load_uri, type(exc).__name__, exc)
+        return None
 
 
 def load_search_index(

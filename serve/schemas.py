@@ -220,6 +220,24 @@ class SearchAnswer(BaseModel):
     results: list[Listing]
 
 
+class QueryAnswer(BaseModel):
+    """Listings ranked for a typed query, best first, and the query's category (by the text
+    model, when one is served; it boosts the listings of that category)."""
+
+    model_config = _examples(
+        {
+            "query": "corner sofa",
+            "category": "Home & Garden",
+            "probability": 0.81,
+            "results": [EXAMPLE_LISTING],
+        }
+    )
+    query: str
+    category: str | None = None
+    probability: float | None = Field(None, ge=0, le=1)
+    results: list[Listing]
+
+
 class ListingDetail(BaseModel):
     """One listing of the catalogue the index was built over."""
 

@@ -69,6 +69,8 @@ INDEX_CODE = (
     "registry/search_index.py",
     "registry/model.py",
     "registry/imaging.py",
+    "registry/text_search.py",
+    "registry/text_model.py",
 )
 CACHE_KEY_TAG = "search_index.cache_key"
 OUTCOME_TAG = "search_index.outcome"
@@ -352,6 +354,58 @@ def evaluate(vectors: np.ndarray, catalogue: Catalogue, kind: str) -> dict[str, 
     return metrics
 
 
+def catalogue_texts(catalogue: Catalogue) -> pd.DataFrame:
+    """The catalogue's listings with their descriptions (for the text search)."""
+    products = pd.read_parquet(
+        catalogue.folder / "products.parquet", columns=["product_id", "description"]
+    )
+    products["product_id"] = products["product_id"].astype(str)
+    return catalogue.listings.merge(products, on="product_id", how="left")
+
+
+def evaluate_text_search(vectors: np.ndarray, catalogue: Catalogue) -> dict[str, float]:
+    """NDCG@10 and precision@10 of same-category listings for the test listings as queries
+    (their own title), against the train + validation listings: by the text, by the photo
+    (the listing's first photo), and by both (``registry.text_search``; no category boost,
+    which needs the text model)."""
+    from registry.text_search import EVAL_K, TextSearch, ndcg_at, precision_of
+
+    images = catalogue.images
+    served = images["split"].isin(["train", "val"]).to_numpy()
+    listings = catalogue_texts(catalogue)
+    split_of = images.drop_duplicates("product_id").set_index("product_id")["split"]
+    listings = listings.assign(split=listings["product_id"].map(split_of))
+    catalogue_listings = listings[listings["split"].isin(["train", "val"])].reset_index(drop=True)
+    queries = listings[listings["split"] == "test"].reset_index(drop=True)
+    if catalogue_listings.empty or queries.empty:
+        return {}
+    search = TextSearch.build(catalogue_listings)
+    counts = catalogue_listings["category"].value_counts()
+    served_vectors = vectors[served]
+    served_products = images.loc[served, "product_id"].to_numpy()
+    first_photo = {pid: row for row, pid in reversed(list(enumerate(images["product_id"])))}
+    sums = {way: [0.0, 0.0] for way in ("text", "photo", "both")}
+    for query in queries.itertuples(index=False):
+        similarity = served_vectors @ vectors[first_photo[query.product_id]]  # (n_served,)
+        best = pd.Series(similarity).groupby(served_products).max()
+        photo = best.to_dict()
+        ranked = {
+            "text": search.rank(str(query.name), EVAL_K),
+            "photo": search.rank("", EVAL_K, photo_scores=photo, photo_weight=1.0),
+            "both": search.rank(str(query.name), EVAL_K, photo_scores=photo),
+        }
+        total = int(counts.get(query.category, 0))
+        for way, results in ranked.items():
+            hits = [search.category_of(pid) == query.category for pid, _ in results]
+            sums[way][0] += ndcg_at(hits, EVAL_K, total)
+            sums[way][1] += precision_of(hits, EVAL_K)
+    metrics: dict[str, float] = {"text_eval_queries": len(queries)}
+    for way, (ndcg, precision) in sums.items():
+        metrics[f"{way}_ndcg_at_{EVAL_K}"] = ndcg / len(queries)
+        metrics[f"{way}_precision_at_{EVAL_K}"] = precision / len(queries)
+    return metrics
+
+
 def build_and_log(
     args: argparse.Namespace, model: ResolvedModel, catalogue: Catalogue, run_id: str
 ) -> dict[str, float]:
@@ -378,6 +432,8 @@ def build_and_log(
     }
     log.info("evaluating: test photos against a train + val index")
     metrics.update(evaluate(vectors, catalogue, kind))
+    log.info("evaluating the text search: test listings' titles against train + val listings")
+    metrics.update(evaluate_text_search(vectors, catalogue))
     with tempfile.TemporaryDirectory(prefix="index-") as tmp:
         thumbnails = make_thumbnails(catalogue.images, Path(tmp) / "thumbs", args.thumbnail_size)
         folder = search_index.save_index(
@@ -396,6 +452,11 @@ def build_and_log(
                 "thumbnail_size": args.thumbnail_size,
             },
         )
+        from registry.text_search import TEXT_DIR, TextSearch
+
+        started = time.perf_counter()
+        TextSearch.build(catalogue_texts(catalogue)).save(folder / TEXT_DIR)
+        metrics["text_build_seconds"] = time.perf_counter() - started
         size = (folder / search_index.INDEX_FILE).stat().st_size
         metrics["index_bytes"] = size
         metrics["bytes_per_vector"] = size / max(len(vectors), 1)

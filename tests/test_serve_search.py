@@ -192,6 +192,49 @@ def test_search_refuses_bad_photos_as_predict_does(client):
     assert client.post("/search", files=upload(b"")).status_code == 422
 
 
+def test_a_typed_query_finds_ranked_listings(client, photos, demo_clean, store):
+    products = pd.read_parquet(demo_clean / "products.parquet").set_index("product_id")
+    listing = products.loc[photos.iloc[0]["product_id"]]
+    query = f"{listing['name']} {listing['description'] or ''}".strip()
+    reply = client.get("/search", params={"q": query, "k": 5})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["query"] == query
+    assert body["category"] is None, "no text model served: no category boost"
+    results = body["results"]
+    assert 1 <= len(results) <= 5 and len({r["product_id"] for r in results}) == len(results)
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    assert results[0]["product_id"] == photos.iloc[0]["product_id"], "its own words come first"
+    assert client.get(results[0]["thumbnail_url"]).status_code == 200
+
+    category = listing["root_category"]
+    only = client.get("/search", params={"q": query, "k": 5, "category": category}).json()
+    assert {r["category"] for r in only["results"]} == {category}
+
+    both = client.post("/search", files=upload(photos.iloc[0]["data"]), data={"k": "5", "q": query})
+    assert both.status_code == 200, both.text
+    assert both.json()["results"][0]["product_id"] == photos.iloc[0]["product_id"]
+
+    # The index step measured the ranking, in the index's own run.
+    import mlflow
+
+    run_id = client.get("/model").json()["index"]["run_id"]
+    metrics = mlflow.MlflowClient(tracking_uri=store).get_run(run_id).data.metrics
+    for way in ("text", "photo", "both"):
+        assert 0 <= metrics[f"{way}_ndcg_at_10"] <= 1
+        assert 0 <= metrics[f"{way}_precision_at_10"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [({"q": ""}, "text is empty"), ({"q": "sofa", "k": 0}, "k must be"), ({}, "text is empty")],
+)
+def test_a_bad_query_is_a_422_that_says_why(client, params, words):
+    reply = client.get("/search", params=params)
+    assert reply.status_code == 422, reply.text
+    assert words in reply.json()["detail"]
+
+
 def test_listings_and_their_similar_listings(client, photos):
     product = photos.iloc[2]["product_id"]
     listing = client.get(f"/listings/{product}")
