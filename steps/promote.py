@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 OUTCOME = TAG_PREFIX + "outcome"
 VERSION = TAG_PREFIX + "version"
 ERROR = TAG_PREFIX + "error"
-# Decision tags the run's params already hold (metric, force, reason, legacy_stage) or that
-# point at the run itself: not logged twice.
+# Decision tags the run's params already hold (metric, force, legacy_stage) or that point at
+# the run itself: not logged twice. `reason` and `by` are tagged only when the params left
+# them unset (the tag then says what the decision used: its own reason, the OS user).
 SAID_BY_PARAMS = ("metric", "forced", "legacy_stage", "run_id")
 
 
@@ -117,14 +118,15 @@ def run_name(
     return f"promote {target} refused"
 
 
-def record_decision(decision: Decision) -> None:
-    """Name and tag the active run with the decision."""
+def record_decision(decision: Decision, given: dict[str, str] | None = None) -> None:
+    """Name and tag the active run with the decision; ``given`` holds the step's params."""
     import mlflow
 
+    said = set(SAID_BY_PARAMS) | {key for key in ("reason", "by") if (given or {}).get(key)}
     tags = {
         key: value
         for key, value in decision.tags().items()
-        if key.removeprefix(TAG_PREFIX) not in SAID_BY_PARAMS
+        if key.removeprefix(TAG_PREFIX) not in said
     }
     tags.update({OUTCOME: decision.action, VERSION: str(decision.version)})
     tags["mlflow.runName"] = run_name(
@@ -146,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> Decision:
     import mlflow
 
     with start_run(f"promote {args.version}") as run:
-        log_params(step_params(args))
+        params = step_params(args)
+        log_params(params)
         candidate = _candidate_version(args)
         if candidate is not None:
             name = run_name(candidate, "promote", model_name=args.model_name)
@@ -172,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> Decision:
                 }
             )
             raise StepError(str(exc)) from None
-        record_decision(decision)
+        record_decision(decision, params)
     print(decision.summary())
     return decision
 

@@ -794,8 +794,9 @@ def test_promote_step_records_the_decision_in_its_run(client, tmp_path: Path) ->
     assert run.data.params["reason"] == "weekly retrain" and run.data.params["by"] == "dana"
     assert run.data.tags["promotion.outcome"] == "promote"
     assert run.data.tags["promotion.version"] == "2"
-    assert run.data.tags["promotion.by"] == "dana"
-    assert "promotion.metric" not in run.data.tags  # the params say it: not logged twice
+    assert run.data.params["by"] == "dana"
+    # what the params say is not logged twice as tags
+    assert not {"promotion.metric", "promotion.by", "promotion.reason"} & set(run.data.tags)
     assert _tags(client, 2)["promotion.run_id"] == run.info.run_id == decision.run_id
     assert _aliases(client) == {"production": 2}
 
@@ -845,6 +846,8 @@ def test_promote_step_by_best_names_the_version_it_chose(client) -> None:
     assert again.info.run_name == "promote v2 (already production)"
     assert again.data.params["metric"] == "test/accuracy"
     assert "reason" not in first.data.params  # unset: left out, not logged as ''
+    reason = first.data.tags["promotion.reason"]  # none given: the decision's own
+    assert reason == "the first version in production (test/accuracy 0.7000)"
 
 
 # --------------------------------------------------------------------------- slow
