@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from registry import search_index
+from registry import search_index, text_search
 from registry.search_index import SearchIndex, load_index_for_version
 from steps import index as index_step
 from tests.conftest import DEMO_CLEAN_SIZE
@@ -71,7 +71,16 @@ def test_index_step_logs_the_index_tags_the_version_and_reuses_it(
     assert tags["search_index.kind"] == "flat", "the demo catalogue is below auto's threshold"
     assert client.get_model_version(NAME, version).tags[search_index.INDEX_RUN_TAG] == run_id
     stored = {a.path for a in client.list_artifacts(run_id, search_index.ARTIFACT_PATH)}
-    assert stored == {f"{search_index.ARTIFACT_PATH}/{name}" for name in search_index.FILES}
+    text = f"{search_index.ARTIFACT_PATH}/{text_search.TEXT_DIR}"
+    assert stored == {f"{search_index.ARTIFACT_PATH}/{name}" for name in search_index.FILES} | {
+        text
+    }
+    assert {a.path for a in client.list_artifacts(run_id, text)} == {
+        f"{text}/{name}" for name in text_search.FILES
+    }, "the text search, in the same run"
+    for way in ("text", "photo", "both"):
+        assert 0 <= run.data.metrics[f"{way}_ndcg_at_10"] <= 1
+        assert 0 <= run.data.metrics[f"{way}_precision_at_10"] <= 1
 
     images = pd.read_parquet(demo_clean / "images.parquet")
     metrics = run.data.metrics

@@ -332,6 +332,13 @@ def test_the_page_in_a_real_browser(store, photos, demo_clean, tmp_path):
             # An invalid file shows the service's message.
             page.set_input_files("#photo", str(junk))
             expect(page.locator("#status")).to_contain_text("not an image", timeout=60_000)
+            # A typed query shows ranked listings, its own listing first.
+            products = pd.read_parquet(demo_clean / "products.parquet").set_index("product_id")
+            name = str(products.loc[photos.iloc[0]["product_id"], "name"])
+            page.fill("#q", name)
+            page.press("#q", "Enter")
+            expect(page.locator("#results-title")).to_contain_text("Listings for", timeout=60_000)
+            expect(cards.first.locator(".name")).to_have_text(name, timeout=60_000)
         finally:
             browser.close()
 

@@ -1,5 +1,6 @@
-// The page: a photo in; its category (a bar per category) and similar listings out.
-// Plain JavaScript over the service's own API (/model, /search, /predict, /listings).
+// The page: a typed query in, ranked listings out; or a photo in, its category (a bar per
+// category) and similar listings out. Plain JavaScript over the service's own API
+// (/model, GET and POST /search, /predict, /listings).
 "use strict";
 
 const RESULTS = 12;
@@ -169,6 +170,32 @@ async function sendPhoto(file) {
   setStatus("");
 }
 
+async function sendQuery(query) {
+  const text = query.trim();
+  if (!text) return;
+  setStatus(`Searching for “${text}”…`);
+  const reply = await fetch(`/search?q=${encodeURIComponent(text)}&k=${RESULTS}`);
+  if (!reply.ok) {
+    $("results-panel").hidden = true;
+    setStatus(await detailOf(reply), true);
+    return;
+  }
+  const answer = await reply.json();
+  $("category-panel").hidden = true;
+  showResults(`Listings for “${answer.query}”`, answer.results);
+  setStatus(answer.category
+    ? `Read as ${answer.category} (${(answer.probability * 100).toFixed(0)}% sure): ` +
+      "listings of that category rank higher."
+    : "");
+}
+
+function wireSearchBox() {
+  $("text-search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendQuery($("q").value);
+  });
+}
+
 function wireDropZone() {
   const drop = $("drop");
   const input = $("photo");
@@ -197,6 +224,7 @@ function wireDropZone() {
   });
 }
 
+wireSearchBox();
 wireDropZone();
 refreshState();
 setInterval(refreshState, 15000);
