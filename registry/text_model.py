@@ -60,6 +60,7 @@ ENCODER_DIR = "encoder"
 FORMAT_VERSION = 1
 MAX_TEXT_CHARS = 2000  # a longer text is cut before encoding (a description rarely is)
 ENCODE_BATCH_SIZE = 32
+FEW_TEXTS = 8  # up to this many texts, TF-IDF is computed without scikit-learn's transform
 
 ENTRY_CODE = '''"""Entry file of a logged marketplace text classifier (MLflow models from code)."""
 import mlflow
@@ -122,6 +123,7 @@ class TfidfEncoder:
         self.settings = settings or TfidfSettings()
         self.word = None
         self.char = None
+        self._analyzers = None
 
     def _vectorizers(self, vocabularies: tuple[dict, dict] | None = None):
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -162,6 +164,32 @@ class TfidfEncoder:
         if self.word is None:
             raise RuntimeError("the TF-IDF encoder is not fitted")
         return sparse.hstack([self.word.transform(texts), self.char.transform(texts)], format="csr")
+
+    def sparse_rows(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each text's non-zero (word indices, character indices, values) without building a
+        sparse matrix: the same numbers as :meth:`transform` (sublinear TF times IDF, each
+        half L2-normalised), for the one or few texts a request brings, where scikit-learn's
+        per-call checks cost more than the arithmetic."""
+        if self._analyzers is None:
+            self._analyzers = (self.word.build_analyzer(), self.char.build_analyzer())
+        rows = []
+        for text in texts:
+            halves = []
+            for vectorizer, analyze in zip((self.word, self.char), self._analyzers, strict=True):
+                vocabulary = vectorizer.vocabulary_
+                counts: dict[int, int] = {}
+                for term in analyze(text):
+                    index = vocabulary.get(term)
+                    if index is not None:
+                        counts[index] = counts.get(index, 0) + 1
+                indices = np.fromiter(counts, dtype=np.int64, count=len(counts))
+                values = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+                values = (np.log(values) + 1.0) * vectorizer.idf_[indices]
+                norm = float(np.sqrt(values @ values))
+                halves.append((indices, values / norm if norm > 0 else values))
+            (word_indices, word_values), (char_indices, char_values) = halves
+            rows.append((word_indices, char_indices, np.concatenate([word_values, char_values])))
+        return rows
 
     def save(self, folder: Path) -> None:
         spec = {
@@ -325,7 +353,18 @@ class TextClassifier:
         """Class probabilities ``(N, C)`` in category order."""
         if len(texts) == 0:
             return np.zeros((0, len(self.config.categories)))
-        if isinstance(self.encoder, TfidfEncoder):  # each half's product: no sparse hstack
+        if isinstance(self.encoder, TfidfEncoder) and len(texts) <= FEW_TEXTS:
+            word_weights, char_weights = self._tfidf_weights()
+            logits = (
+                np.stack(
+                    [
+                        values @ np.concatenate([word_weights[word_rows], char_weights[char_rows]])
+                        for word_rows, char_rows, values in self.encoder.sparse_rows(prepare(texts))
+                    ]
+                )
+                + self.intercept
+            )  # (N, C)
+        elif isinstance(self.encoder, TfidfEncoder):  # each half's product: no sparse hstack
             prepared = prepare(texts)
             word_weights, char_weights = self._tfidf_weights()
             logits = (

@@ -79,6 +79,21 @@ def test_tfidf_encoder_reads_words_and_word_pieces_and_round_trips(tmp_path: Pat
     assert abs(loaded.transform(probe) - encoder.transform(probe)).max() == 0
 
 
+def test_a_few_texts_get_exactly_what_scikit_learn_computes() -> None:
+    from registry.text_model import FEW_TEXTS, softmax
+
+    listings = train_text.Listings(tiny_listings(), list(WORDS), Path("."))
+    classifier = train_text.select_and_fit(listings, c_values=(3.0,), min_df=1).classifier
+    texts = ["Mountain bike for sale", "", "zzz unknown words", "Corner sofa\nLovely sofa bed."]
+    assert len(texts) <= FEW_TEXTS  # the fast path
+    expected = softmax(
+        np.asarray(classifier.features(texts) @ classifier.coef.T + classifier.intercept)
+    )
+    np.testing.assert_allclose(classifier.predict_proba(texts), expected, rtol=0, atol=1e-12)
+    many = texts * (FEW_TEXTS + 1)  # scikit-learn's own transform
+    np.testing.assert_allclose(classifier.predict_proba(many)[: len(texts)], expected, atol=1e-12)
+
+
 def test_the_head_beats_the_majority_and_ignores_a_class_it_never_saw() -> None:
     frame = tiny_listings()
     listings = train_text.Listings(frame, [*WORDS, "Unseen"], Path("."))
