@@ -225,6 +225,41 @@ def test_a_typed_query_finds_ranked_listings(client, photos, demo_clean, store):
         assert 0 <= metrics[f"{way}_precision_at_10"] <= 1
 
 
+def test_a_served_text_model_boosts_the_query_s_category(store, demo_clean):
+    import mlflow
+
+    from registry.kinds import INPUT_TAG, TEXT
+    from registry.model import register_classifier
+    from registry.text_model import log_text_classifier
+    from steps.train_text import load_listings, select_and_fit
+
+    listings = load_listings(demo_clean)
+    classifier = select_and_fit(listings, c_values=(3.0,), min_df=1).classifier
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        experiment = mlflow.MlflowClient(tracking_uri=store).get_experiment_by_name("search")
+        with mlflow.start_run(experiment_id=experiment.experiment_id):
+            info = log_text_classifier(classifier, example_texts=["sofa"])
+        register_classifier(info.model_uri, model_name=TEXT_MODEL_NAME, tags={INPUT_TAG: TEXT})
+    finally:
+        mlflow.set_tracking_uri(previous)
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    client.set_registered_model_alias(TEXT_MODEL_NAME, "production", "1")
+    query = str(listings.split("test")["text"].iloc[0].split("\n")[0])
+    expected = int(classifier.predict_proba([query]).argmax())
+    with TestClient(create_app(settings_for(store))) as service:
+        wait_searchable(service)
+
+        def boosted():
+            body = service.get("/search", params={"q": query, "k": 5}).json()
+            return body if body.get("category") else None
+
+        body = wait_until(boosted, what="the text model's category for the query")
+    assert body["category"] == listings.categories[expected]
+    assert 0 < body["probability"] <= 1
+
+
 @pytest.mark.parametrize(
     ("params", "words"),
     [({"q": ""}, "text is empty"), ({"q": "sofa", "k": 0}, "k must be"), ({}, "text is empty")],
