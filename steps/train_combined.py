@@ -74,7 +74,6 @@ from steps.train_text import (
     fit_head,
     load_listings,
     metric_value,
-    optional_text,
     parse_c_values,
     select_and_fit,
 )
@@ -432,7 +431,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clean", type=Path, default=Path("data/clean"), help="clean data")
     parser.add_argument(
         "--image-model-uri",
-        type=optional_text,
+        type=runtime.optional_text,
         default="",
         help="the image model to embed photos with (models:/<name>/<version>, "
         "models:/<name>@<alias>, ...); empty: --image-model-name's production version, "
@@ -447,7 +446,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--text-encoder",
-        type=optional_text,
+        type=runtime.optional_text,
         default="",
         help="none: TF-IDF; else a Hugging Face model or folder",
     )

@@ -139,12 +139,6 @@ def fit_head(features, labels: np.ndarray, num_classes: int, c: float, seed: int
     return coef, intercept
 
 
-def optional_text(value: str) -> str:
-    """argparse type: text, where ``none`` (the MLproject default) or nothing means unset."""
-    text = value.strip()
-    return "" if text.lower() in ("", "none") else text
-
-
 def parse_c_values(text: str) -> list[float]:
     try:
         values = [float(part) for part in str(text).split(",") if part.strip()]
@@ -322,7 +316,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clean", type=Path, default=Path("data/clean"), help="clean data")
     parser.add_argument(
         "--text-encoder",
-        type=optional_text,
+        type=runtime.optional_text,
         default="",
         help="empty: TF-IDF of words and character n-grams; else a Hugging Face model name "
         "or a save_pretrained folder (a frozen, mean-pooled transformer)",
