@@ -68,17 +68,18 @@ KINDS = ("auto", "flat", "hnsw", "ivfpq")
 # dimensions; 2**23 floats = 32 MiB: 16,384 vectors of 512 dims, 4,096 of 2048). An exact
 # scan reads every vector for every query, so its cost grows with n x d: on the 2-core
 # reference machine (bench/search.py, one FAISS thread) one query over 2**23 floats takes
-# 0.8 ms, 14 ms at 100k x 512 and 160 ms at 1M x 512, while HNSW answers in 0.2, 0.3 and
-# 0.5 ms. Below the threshold exact search is fast enough, needs no build and is never
+# 0.8 to 1.5 ms, 15 ms at 100k x 512 and 190 ms at 1M x 512, while HNSW answers in 0.2, 0.3
+# and 0.4 ms. Below the threshold exact search is fast enough, needs no build and is never
 # wrong. (With FAISS's default two threads on a busy 2-core machine, a single exact query
-# from about 10k vectors up costs 15 to 20 ms: the threads wait on each other.)
+# over 10k to 16k x 512 took 9 to 19 ms in two of three runs: the threads wait on each other.)
 AUTO_EXACT_MAX_FLOATS = 2**23
 HNSW_M = 32  # links per node: 2 x 32 x 4 bytes = 256 bytes per vector on top of the vector
 # Search depth while building. At 1M x 512 clustered vectors, 80 (rather than faiss's 40)
-# costs 19 % more build time (6 min on 2 cores) and lifts recall@10 at HNSW_EF_SEARCH from
-# 0.88 to 0.97; with 40, even ef_search 1024 reaches only 0.94 (bench/search.py).
+# costs about 20 % more build time (4 to 6 min on 2 cores) and lifts recall@10 at
+# HNSW_EF_SEARCH from 0.88 to 0.97; with 40, even ef_search 1024 reaches only 0.94
+# (bench/search.py).
 HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128  # recall@10 0.97 at 1M x 512 clustered vectors, 0.5 ms a query
+HNSW_EF_SEARCH = 128  # recall@10 0.97 at 1M x 512 clustered vectors, 0.4 ms a query
 IVF_MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per list
 PQ_BITS = 8
 DEFAULT_K = 12
