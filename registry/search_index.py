@@ -70,7 +70,7 @@ KINDS = ("auto", "flat", "hnsw", "ivfpq")
 # reference machine (bench/search.py, one FAISS thread) one query over 2**23 floats takes
 # 0.8 to 1.5 ms, 15 ms at 100k x 512 and 190 ms at 1M x 512, while HNSW answers in 0.2, 0.3
 # and 0.4 ms. Below the threshold exact search is fast enough, needs no build and is never
-# wrong. (With FAISS's default two threads on a busy 2-core machine, a single exact query
+# wrong. (With FAISS's default two threads on the shared 2-core machine, a single exact query
 # over 10k x 512 took 9 to 15 ms in each of three runs, against 0.5 to 0.8 ms on one thread:
 # the two threads wait on each other.)
 AUTO_EXACT_MAX_FLOATS = 2**23
