@@ -117,6 +117,16 @@ def _faiss():
     return faiss
 
 
+def use_threads(count: int) -> None:
+    """Run FAISS searches in this process on ``count`` OpenMP threads.
+
+    A service answers one query per request and runs requests side by side, so it wants 1:
+    on the 2-core reference machine FAISS's default (one thread per core) made one exact
+    query over 10k x 512 vectors about ten times slower (bench/search.py).
+    """
+    _faiss().omp_set_num_threads(max(1, int(count)))
+
+
 def normalize(vectors: np.ndarray, copy: bool = True) -> np.ndarray:
     """Rows scaled to unit L2 norm, as C-contiguous float32 ``(N, D)``.
 

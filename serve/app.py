@@ -28,6 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry import search_index
 from registry.kinds import IMAGE_TEXT, TEXT
 from serve.holder import ModelHolder
 from serve.inference import Batcher, Classifier, ImageResult, UploadError
@@ -458,6 +459,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One query per request, requests side by side: FAISS's own threads only contend.
+        search_index.use_threads(1)
         cache = None if settings.cache_dir else tempfile.TemporaryDirectory(prefix="serve-")
         index_cache = settings.cache_dir or Path(cache.name)
         holder = ModelHolder(settings, metrics, index_cache=index_cache)
