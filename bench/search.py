@@ -61,14 +61,9 @@ import math
 import os
 import platform
 import resource
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +74,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as `python bench/search.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from registry import search_index  # noqa: E402  (after the path fix above)
+from bench.harness import (  # noqa: E402  (after the path fix above)
+    MULTIPART_HEADERS,
+    Server,
+    multipart_body,
+    server_environment,
+    start_service,
+    stop_on_sigterm,
+    wait_ready,
+    write_results,
+)
+from registry import search_index  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "search.json"
 PARTS = ("index", "real", "http")
@@ -106,10 +111,7 @@ MODEL_NAME = "marketplace-classifier"
 CLEAN_SIZE = 64
 IMAGE_SIZE = 48
 PHOTO_SIDES = (640, 1024)
-LOOPBACK = "127.0.0.1"
-START_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 300.0
-BOUNDARY = "bench-search-boundary-3c9e1a"
 SETTING_PREFIXES = ("SERVE_", "MLFLOW_")  # removed from a server's environment, then set
 TARGETS = {
     "auto_p50_ms_1m_512": ("<", 2.0),
@@ -566,97 +568,23 @@ def run_real_part(demo: DemoVersion) -> dict:
 # ---------------------------------------------------------------- the http part
 
 
-@dataclass
-class Service:
-    """``python -m serve`` in its own process group."""
-
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the process group's live processes (Linux)."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == self.process.pid:
-                total += int(fields[11]) + int(fields[12])
-        return total / ticks
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def start_service(demo: DemoVersion, folder: Path) -> Service:
+def start_demo_service(demo: DemoVersion, folder: Path) -> Server:
     """The service with default settings, serving the demo version (and its index)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
-    env.pop("MODEL_URI", None)
-    env.update(
-        {
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-            "PYTHONPATH": str(REPO),
-            "MLFLOW_TRACKING_URI": demo.tracking_uri,
-            "MODEL_URI": f"models:/{MODEL_NAME}/{demo.version}",
-            "SERVE_HOST": LOOPBACK,
-            "SERVE_PORT": str(port),
-            "SERVE_CACHE_DIR": str(folder / "cache"),
-        }
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    log_path = folder / "serve.log"
-    with log_path.open("wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serve"],
-            cwd=folder,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Service(f"http://{LOOPBACK}:{port}", process, log_path)
+    extra = {
+        "MODEL_URI": f"models:/{MODEL_NAME}/{demo.version}",
+        "SERVE_CACHE_DIR": str(folder / "cache"),
+    }
+    env = server_environment(demo.tracking_uri, extra, SETTING_PREFIXES, ("MODEL_URI",))
+    return start_service("serve", env, folder)
 
 
-def wait_searchable(service: Service, timeout: float = START_TIMEOUT_S) -> dict:
+def wait_searchable(service: Server) -> dict:
     """Poll /model until the version and its index are loaded; fail early if the server dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"the service exited early:\n{service.log_tail()}")
-        try:
-            with urllib.request.urlopen(service.url + "/model", timeout=5) as reply:
-                body = json.loads(reply.read())
-            if (body.get("index") or {}).get("available"):
-                return body
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"no model with an index within {timeout:.0f} s:\n{service.log_tail()}")
+
+    def indexed(body: bytes) -> bool:
+        return bool((json.loads(body).get("index") or {}).get("available"))
+
+    return json.loads(wait_ready(service, "/model", indexed, what="serving with its index"))
 
 
 def demo_photos(raw: Path, count: int) -> list[bytes]:
@@ -681,18 +609,9 @@ def demo_photos(raw: Path, count: int) -> list[bytes]:
     return photos
 
 
-def multipart_body(photo: bytes) -> bytes:
-    head = (
-        f"--{BOUNDARY}\r\n"
-        'Content-Disposition: form-data; name="image"; filename="photo.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode()
-    return head + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
 async def send(client, url: str, bodies: list[bytes], count: int, concurrency: int) -> dict:
     """``count`` requests with ``concurrency`` in flight: latencies, errors."""
-    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    headers = MULTIPART_HEADERS
     latencies: list[float] = []
     errors: list[str] = []
     issued = 0
@@ -711,7 +630,7 @@ async def send(client, url: str, bodies: list[bytes], count: int, concurrency: i
     return {"latencies": latencies, "errors": errors}
 
 
-async def drive(service: Service, route: str, bodies, concurrency: int, requests: int, warmup):
+async def drive(service: Server, route: str, bodies, concurrency: int, requests: int, warmup):
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -738,7 +657,7 @@ async def drive(service: Service, route: str, bodies, concurrency: int, requests
 def run_http_part(demo: DemoVersion, folder: Path, args) -> dict:
     """/predict and /search on the same service, interleaved; the best run of each counts."""
     bodies = [multipart_body(photo) for photo in demo_photos(demo.raw, args.photos)]
-    service = start_service(demo, folder)
+    service = start_demo_service(demo, folder)
     try:
         served = wait_searchable(service)
         routes = ["/predict", "/search"]
@@ -891,22 +810,6 @@ def print_tables(results: dict) -> None:
     for name, target in results["targets"].items():
         verdict = "met" if target["met"] else "MISSED"
         print(f"  {name}: {target['value']} (target {target['target']}) {verdict}")
-
-
-def write_results(results: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(partial, path)
-
-
-def stop_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit, so that the service is stopped on the way out."""
-
-    def handler(signum: int, frame) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -46,9 +46,6 @@ import logging
 import os
 import platform
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,16 +62,27 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as `python bench/serve.py` from anywhere
     sys.path.insert(0, str(REPO))
 
+from bench.harness import (  # noqa: E402  (after the path fix above)
+    LOOPBACK,
+    MULTIPART_HEADERS,
+    Server,
+    free_port,
+    launch,
+    multipart_body,
+    server_environment,
+    start_service,
+    stop_on_sigterm,
+    wait_ready,
+    write_results,
+)
+
 RESULTS = REPO / "bench" / "results" / "serve.json"
 MODEL_NAME = "marketplace-classifier"
-LOOPBACK = "127.0.0.1"
 CONCURRENCY = (1, 4, 16)
 PHOTO_SIDES = (640, 1024)  # long side of a real listing photo, in pixels
 IMAGES_PER_PRODUCT = 1.75  # the demo export's average, to size the export we make
 EXAMPLE_SIZE = 256  # the input example is a cleaned square, as training logs it
-START_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 300.0
-BOUNDARY = "bench-serve-boundary-7f3a9c"
 # Environment variables that would change a server's defaults: removed before starting one.
 SETTING_PREFIXES = ("SERVE_", "MLFLOW_MODELS_", "MLFLOW_SCORING_SERVER_")
 SETTING_NAMES = ("MODEL_URI",)
@@ -207,117 +215,21 @@ def register_versions(folder: Path, photos: list[bytes], specs: tuple[VersionSpe
 # ---------------------------------------------------------------- servers
 
 
-@dataclass
-class Server:
-    """A server subprocess in its own process group."""
-
-    name: str
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the whole group, SIGKILL if it lingers (uvicorn workers included)."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # children that outlive the parent
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-
-    def cpu_seconds(self) -> float:
-        return group_cpu_seconds(self.process.pid)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-
-def group_cpu_seconds(group: int) -> float:
-    """User + system CPU seconds of the live processes of process group ``group`` (Linux)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if int(fields[2]) == group:  # fields[0] is the state (field 3 of stat)
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def server_environment(tracking_uri: str, extra: dict[str, str]) -> dict[str, str]:
-    """This environment without settings that would change defaults, plus ``extra``."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(SETTING_PREFIXES) and key not in SETTING_NAMES
-    }
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["MLFLOW_TRACKING_URI"] = tracking_uri
-    env["PYTHONPATH"] = str(REPO)
-    return {**env, **extra}
-
-
-def launch(name: str, command: list[str], env: dict[str, str], url: str, folder: Path) -> Server:
-    log_path = folder / f"{name}.log"
-    with log_path.open("wb") as handle:
-        process = subprocess.Popen(
-            command,
-            cwd=folder,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Server(name=name, url=url, process=process, log=log_path)
-
-
 def start_mlflow_serve(tracking_uri: str, model_uri: str, folder: Path) -> Server:
     """A: ``mlflow models serve --env-manager local`` with default settings."""
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
     command += ["--env-manager", "local", "-p", str(port), "-h", LOOPBACK]
-    env = server_environment(tracking_uri, {})
+    env = server_environment(tracking_uri, {}, SETTING_PREFIXES, SETTING_NAMES)
     return launch("A-mlflow", command, env, f"http://{LOOPBACK}:{port}", folder)
 
 
-def start_service(tracking_uri: str, model_uri: str, folder: Path) -> Server:
+def start_b(tracking_uri: str, model_uri: str, folder: Path) -> Server:
     """B: ``python -m serve`` with default settings."""
-    port = free_port()
-    extra = {"MODEL_URI": model_uri, "SERVE_HOST": LOOPBACK, "SERVE_PORT": str(port)}
-    env = server_environment(tracking_uri, extra)
-    command = [sys.executable, "-m", "serve"]
-    return launch("B-service", command, env, f"http://{LOOPBACK}:{port}", folder)
-
-
-def wait_ready(server: Server, path: str, timeout: float = START_TIMEOUT_S) -> None:
-    """Poll ``path`` until it answers 200; fail early with the log when the server dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited early:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(server.url + path, timeout=5) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{server.name} not ready within {timeout:.0f} s:\n{server.log_tail()}")
+    env = server_environment(
+        tracking_uri, {"MODEL_URI": model_uri}, SETTING_PREFIXES, SETTING_NAMES
+    )
+    return start_service("B-service", env, folder)
 
 
 def get_json(url: str) -> dict:
@@ -371,19 +283,10 @@ def mlflow_workload(server: Server, photos: list[bytes]) -> Workload:
     return Workload(server.url + "/invocations", bodies, headers)
 
 
-def multipart_body(photo: bytes) -> bytes:
-    head = (
-        f"--{BOUNDARY}\r\n"
-        'Content-Disposition: form-data; name="image"; filename="photo.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode()
-    return head + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
 def service_workload(server: Server, photos: list[bytes]) -> Workload:
     """One photo per request as a multipart upload, what /predict takes."""
-    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    return Workload(server.url + "/predict", [multipart_body(p) for p in photos], headers)
+    bodies = [multipart_body(p) for p in photos]
+    return Workload(server.url + "/predict", bodies, MULTIPART_HEADERS)
 
 
 @dataclass
@@ -583,7 +486,7 @@ def bench_version(
     folder.mkdir(parents=True, exist_ok=True)
     servers = [
         start_mlflow_serve(tracking_uri, model_uri, folder),
-        start_service(tracking_uri, model_uri, folder),
+        start_b(tracking_uri, model_uri, folder),
     ]
     with running(servers) as (mlflow_server, service):
         wait_ready(mlflow_server, "/ping")
@@ -686,22 +589,6 @@ def print_table(results: dict) -> None:
         for name, target in version["targets"].items():
             verdict = "met" if target["met"] else "MISSED"
             print(f"  {name}: {target['ratio']:.2f} (target {target['target']}) {verdict}")
-
-
-def write_results(results: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(partial, path)
-
-
-def stop_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit, so that every server is stopped on the way out."""
-
-    def handler(signum: int, frame) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,179 @@
+"""What the HTTP benchmarks share: servers in their own process group, their CPU time,
+readiness polling, multipart bodies, and writing the results.
+
+``bench/serve.py`` and ``bench/search.py`` start real servers (``python -m serve``,
+``mlflow models serve``) on a free loopback port, measure the CPU seconds of every process
+of the server's group from /proc (uvicorn workers included), and stop the whole group
+afterwards, SIGKILL for anything that lingers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT_S = 300.0
+BOUNDARY = "bench-boundary-7f3a9c"
+MULTIPART_HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+@dataclass
+class Server:
+    """A server subprocess in its own process group."""
+
+    name: str
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the whole group, SIGKILL if it lingers (uvicorn workers included)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # children that outlive the parent
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+
+    def cpu_seconds(self) -> float:
+        return group_cpu_seconds(self.process.pid)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def group_cpu_seconds(group: int) -> float:
+    """User + system CPU seconds of the live processes of process group ``group`` (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == group:  # fields[0] is the state (field 3 of stat)
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def server_environment(
+    tracking_uri: str,
+    extra: dict[str, str],
+    drop_prefixes: tuple[str, ...] = (),
+    drop_names: Iterable[str] = (),
+) -> dict[str, str]:
+    """This environment without the variables that would change a server's defaults
+    (``drop_prefixes``, ``drop_names``), this Python's bin first on PATH, the repo on
+    PYTHONPATH, ``tracking_uri``, then ``extra``."""
+    names = set(drop_names)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(drop_prefixes) and key not in names
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["PYTHONPATH"] = str(REPO)
+    return {**env, **extra}
+
+
+def launch(name: str, command: list[str], env: dict[str, str], url: str, folder: Path) -> Server:
+    """Start ``command`` in ``folder`` in a new session, its output in ``folder/<name>.log``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / f"{name}.log"
+    with log_path.open("wb") as handle:
+        process = subprocess.Popen(
+            command,
+            cwd=folder,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Server(name=name, url=url, process=process, log=log_path)
+
+
+def start_service(name: str, env: dict[str, str], folder: Path) -> Server:
+    """``python -m serve`` on a free loopback port, with ``env`` (see server_environment)."""
+    port = free_port()
+    env = {**env, "SERVE_HOST": LOOPBACK, "SERVE_PORT": str(port)}
+    command = [sys.executable, "-m", "serve"]
+    return launch(name, command, env, f"http://{LOOPBACK}:{port}", folder)
+
+
+def wait_ready(
+    server: Server,
+    path: str,
+    accept: Callable[[bytes], bool] | None = None,
+    timeout: float = START_TIMEOUT_S,
+    what: str = "ready",
+) -> bytes:
+    """Poll ``path`` until it answers 200 (and ``accept`` takes its body); the body.
+
+    Fails early, with the server's log, when the server exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited early:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(server.url + path, timeout=5) as reply:
+                body = reply.read()
+                if reply.status == 200 and (accept is None or accept(body)):
+                    return body
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{server.name} not {what} within {timeout:.0f} s:\n{server.log_tail()}")
+
+
+def multipart_body(photo: bytes, field: str = "image") -> bytes:
+    """A multipart body with one JPEG in ``field``, to send with MULTIPART_HEADERS."""
+    head = (
+        f"--{BOUNDARY}\r\n"
+        f'Content-Disposition: form-data; name="{field}"; filename="photo.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    return head + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def write_results(results: dict, path: Path) -> None:
+    """``results`` as JSON at ``path``, replaced at once (never half written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that every server is stopped on the way out."""
+
+    def handler(signum: int, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
