@@ -401,6 +401,29 @@ def register_classifier(
     )
 
 
+def register_described(
+    model_uri: str,
+    *,
+    model_name: str,
+    tags: Mapping[str, Any],
+    model_text: str,
+    version_text: str,
+):
+    """Register ``model_uri`` as a version of ``model_name`` (with ``tags``), describe it
+    (the registered model once, with ``model_text``; the version with ``version_text``, see
+    :mod:`registry.descriptions`), and tag the active run with the version. Every kind of
+    classifier registers through here. Returns the ``ModelVersion``."""
+    from registry.descriptions import set_model_description_if_empty
+
+    version = register_classifier(model_uri, model_name=model_name, tags=tags)
+    client = mlflow.MlflowClient()
+    set_model_description_if_empty(client, model_name, model_text)
+    client.update_model_version(model_name, version.version, description=version_text)
+    if mlflow.active_run() is not None:
+        mlflow.set_tags({"registered_model": model_name, "registered_version": version.version})
+    return version
+
+
 def data_digest(clean: Path) -> str:
     """A short digest of the cleaned data a model was trained on.
 

@@ -103,9 +103,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--model-uri",
+        type=runtime.optional_text,
         default="",
         help="the model to embed with: models:/<name>/<version>, models:/<name>@<alias>, "
-        "runs:/..., a folder (empty: the newest version of --model-name)",
+        "runs:/..., a folder (none: the newest version of --model-name)",
     )
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model")
     parser.add_argument("--clean", type=Path, default=Path("data/clean"), help="clean data")

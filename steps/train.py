@@ -40,18 +40,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from registry.descriptions import (
-    model_description,
-    registration_note,
-    set_model_description_if_empty,
-)
+from registry.descriptions import model_description, registration_note
 from registry.model import (
     ARCHS,
     DATA_DIGEST_TAG,
     ClassifierConfig,
     data_digest,
     log_classifier,
-    register_classifier,
+    register_described,
 )
 from registry.promotion import DEFAULT_METRIC
 from steps import runtime
@@ -421,35 +417,17 @@ def _log_model(net, data, cfg, outcome: TrainOutcome):
 
 def _register(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: str) -> None:
     """A new version of ``--model-name`` with its test metrics as tags, described."""
-    import mlflow
-
     tags = {**outcome.test_metrics, DATA_DIGEST_TAG: digest, "arch": cfg.arch}
     tags.update({"image_size": cfg.image_size, "best_epoch": outcome.best_epoch})
-    version = register_classifier(outcome.model_uri, model_name=cfg.model_name, tags=tags)
-    outcome.model_version = str(version.version)
-    _describe_version(cfg, data, outcome, digest)
-    mlflow.set_tags({"registered_model": cfg.model_name, "registered_version": version.version})
-    log.info("registered %s version %s", cfg.model_name, version.version)
-
-
-def _describe_version(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: str):
-    """The new version's description and, the first time, the registered model's."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    set_model_description_if_empty(
-        client,
-        cfg.model_name,
-        model_description(
-            what=f"Classifies a Marketplace listing's photo into one of its "
-            f"{len(data.categories)} root categories (a ResNet fine-tuned in PyTorch; "
-            f"categories: {', '.join(data.categories)}).",
-            input_text="a column `image` of JPEG or PNG bytes (base64 text over REST); the "
-            "model resizes and pads each photo itself, as training did.",
-            output_text="`category`, `probability` and `probabilities` per photo; with "
-            '`params={"embedding": true}` also the `embedding` that search uses.',
-            metric=DEFAULT_METRIC,
-        ),
+    model_text = model_description(
+        what=f"Classifies a Marketplace listing's photo into one of its "
+        f"{len(data.categories)} root categories (a ResNet fine-tuned in PyTorch; "
+        f"categories: {', '.join(data.categories)}).",
+        input_text="a column `image` of JPEG or PNG bytes (base64 text over REST); the "
+        "model resizes and pads each photo itself, as training did.",
+        output_text="`category`, `probability` and `probabilities` per photo; with "
+        '`params={"embedding": true}` also the `embedding` that search uses.',
+        metric=DEFAULT_METRIC,
     )
     note = registration_note(
         summary=f"**{cfg.arch}** at {cfg.image_size} px",
@@ -464,7 +442,15 @@ def _describe_version(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, 
             f"{'all' if cfg.trainable_layers >= ALL_LAYERS else cfg.trainable_layers}."
         ],
     )
-    client.update_model_version(cfg.model_name, outcome.model_version, description=note)
+    version = register_described(
+        outcome.model_uri,
+        model_name=cfg.model_name,
+        tags=tags,
+        model_text=model_text,
+        version_text=note,
+    )
+    outcome.model_version = str(version.version)
+    log.info("registered %s version %s", cfg.model_name, version.version)
 
 
 def train(cfg: TrainConfig) -> TrainOutcome | None:

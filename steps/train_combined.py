@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 
 from registry.clean_data import IMAGES_FILE, SPLITS, choose_size, image_folder, load_clean
+from registry.descriptions import model_description, registration_note
 from registry.kinds import IMAGE_TEXT, INPUT_TAG, LISTING_MODEL_NAME
 from registry.listing_model import (
     FusionConfig,
@@ -59,7 +60,8 @@ from registry.listing_model import (
     head_probabilities,
     log_listing_classifier,
 )
-from registry.model import DATA_DIGEST_TAG, data_digest, register_classifier
+from registry.model import DATA_DIGEST_TAG, data_digest, register_described
+from registry.promotion import DEFAULT_METRIC
 from registry.resolve import ResolvedModel
 from registry.store import DEFAULT_MODEL_NAME, PRODUCTION, RegistryError, connect
 from registry.versions import alias_holder, get_version
@@ -288,6 +290,35 @@ def _log_inputs(photos: Photos, clean: Path) -> None:
             mlflow.log_input(dataset, context=split)
 
 
+def describe_model(categories: list[str]) -> str:
+    """The photo + text model's description in the registry (with its first version)."""
+    return model_description(
+        what=f"Classifies a Marketplace listing from its photo and its text together into one "
+        f"of its {len(categories)} root categories (a registered image model's embedding and "
+        f"a text model's probabilities, fused by a small MLP; categories: "
+        f"{', '.join(categories)}).",
+        input_text="columns `image` (JPEG or PNG bytes) and `text` (title and description); "
+        "the model prepares both itself, as training did.",
+        output_text="`category`, `probability` and `probabilities` per listing photo.",
+        metric=DEFAULT_METRIC,
+    )
+
+
+def describe_version(result: CombinedOutcome, image_model_uri: str, digest: str) -> str:
+    """A new photo + text version's description: its image model, its epochs, its figures."""
+    return registration_note(
+        summary="**photo + text** classifier",
+        run_id=result.run_id,
+        run_name=RUN_NAME,
+        data_digest=digest,
+        metrics=result.test_metrics,
+        details=[
+            f"Photos embedded by `{image_model_uri}`; best epoch {result.best_epoch} of the "
+            "fusion head."
+        ],
+    )
+
+
 def train_combined(args: argparse.Namespace) -> CombinedOutcome:
     import mlflow
 
@@ -412,11 +443,14 @@ def train_combined(args: argparse.Namespace) -> CombinedOutcome:
                 DATA_DIGEST_TAG: digest,
                 "best_epoch": outcome.best_epoch,
             }
-            version = register_classifier(info.model_uri, model_name=args.model_name, tags=tags)
-            result.model_version = str(version.version)
-            mlflow.set_tags(
-                {"registered_model": args.model_name, "registered_version": version.version}
+            version = register_described(
+                info.model_uri,
+                model_name=args.model_name,
+                tags=tags,
+                model_text=describe_model(listings.categories),
+                version_text=describe_version(result, image.load_uri, digest),
             )
+            result.model_version = str(version.version)
             log.info("registered %s version %s", args.model_name, version.version)
     print(json.dumps({"run_id": result.run_id, "version": result.model_version, **test_metrics}))
     return result

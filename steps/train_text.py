@@ -38,8 +38,10 @@ import numpy as np
 import pandas as pd
 
 from registry.clean_data import PRODUCTS_FILE, SPLITS, load_clean
+from registry.descriptions import model_description, registration_note
 from registry.kinds import INPUT_TAG, TEXT, TEXT_MODEL_NAME
-from registry.model import DATA_DIGEST_TAG, data_digest, register_classifier
+from registry.model import DATA_DIGEST_TAG, data_digest, register_described
+from registry.promotion import DEFAULT_METRIC
 from registry.text_model import (
     TFIDF,
     TRANSFORMER,
@@ -252,6 +254,34 @@ def evaluate_test(outcome: TextOutcome, listings: Listings) -> dict[str, float]:
     return metrics
 
 
+def describe_model(listings: Listings) -> str:
+    """The text model's description in the registry (written with its first version)."""
+    categories = listings.categories
+    return model_description(
+        what=f"Classifies a Marketplace listing's text (its title, a new line, its "
+        f"description) into one of its {len(categories)} root categories "
+        f"(categories: {', '.join(categories)}).",
+        input_text="a column `text` of strings; the model tokenises and encodes them itself "
+        "(TF-IDF of words and character n-grams, or a frozen transformer).",
+        output_text="`category`, `probability` and `probabilities` per text.",
+        metric=DEFAULT_METRIC,
+    )
+
+
+def describe_version(outcome: TextOutcome, run, digest: str) -> str:
+    """A new text version's description: the encoder, the chosen C, the test figures."""
+    config = outcome.classifier.config
+    encoder = config.encoder_name or "TF-IDF of words and character n-grams"
+    return registration_note(
+        summary=f"**{config.encoder}** text classifier ({encoder})",
+        run_id=run.info.run_id,
+        run_name=RUN_NAME,
+        data_digest=digest,
+        metrics=outcome.test_metrics,
+        details=[f"Logistic regression head, C {outcome.c:g} chosen on the validation split."],
+    )
+
+
 def train_text(args: argparse.Namespace) -> TextOutcome:
     """Train, evaluate and log (and register) the text classifier as one MLflow run."""
     import mlflow
@@ -293,11 +323,14 @@ def train_text(args: argparse.Namespace) -> TextOutcome:
                 "encoder": outcome.classifier.config.encoder,
                 "text_encoder": args.text_encoder,
             }
-            version = register_classifier(info.model_uri, model_name=args.model_name, tags=tags)
-            outcome.model_version = str(version.version)
-            mlflow.set_tags(
-                {"registered_model": args.model_name, "registered_version": version.version}
+            version = register_described(
+                info.model_uri,
+                model_name=args.model_name,
+                tags=tags,
+                model_text=describe_model(listings),
+                version_text=describe_version(outcome, run, digest),
             )
+            outcome.model_version = str(version.version)
             log.info("registered %s version %s", args.model_name, version.version)
     print(
         json.dumps(

@@ -130,6 +130,11 @@ def test_train_combined_registers_a_model_that_answers_as_the_run_measured(
 
     version = client.get_model_version(LISTING_MODEL_NAME, outcome.model_version)
     assert version.tags[INPUT_TAG] == IMAGE_TEXT
+    # The registry's pages say what the model is and how this version was trained.
+    assert "photo and its text" in client.get_registered_model(LISTING_MODEL_NAME).description
+    assert version.description.startswith("Not promoted yet")
+    assert f"models:/marketplace-classifier/{image_version}" in version.description
+    assert run.data.tags["registered_version"] == outcome.model_version
 
     # The loaded version, asked about the test photos with their listings' texts, gives
     # exactly the run's test figures: the same preprocessing, networks and head.

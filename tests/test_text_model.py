@@ -153,6 +153,12 @@ def test_train_text_logs_registers_and_the_loaded_model_answers_the_same(
     version = client.get_model_version(TEXT_MODEL_NAME, outcome.model_version)
     assert version.tags[INPUT_TAG] == TEXT
     assert client.get_registered_model(TEXT_MODEL_NAME).aliases == {}, "training never promotes"
+    # The registry's pages say what the model is and how this version was trained.
+    assert "listing's text" in client.get_registered_model(TEXT_MODEL_NAME).description
+    assert version.description.startswith("Not promoted yet")
+    assert "tfidf" in version.description and outcome.run_id[:8] in version.description
+    assert f"C {outcome.c:g}" in version.description
+    assert run.data.tags["registered_version"] == outcome.model_version
 
     texts = ["Mountain bike, good condition", "Job lot", "iphone", ""]
     loaded = mlflow.pyfunc.load_model(f"models:/{TEXT_MODEL_NAME}/{outcome.model_version}")
