@@ -40,6 +40,7 @@ from torch import nn
 from registry import model as image_model
 from registry import text_model
 from registry.kinds import IMAGE_COLUMN, TEXT_COLUMN
+from registry.pyfunc import entry_code, log_from_code
 from registry.text_model import TextClassifier, answer_frame, column_values
 
 FUSION_ARTIFACT = "fusion"
@@ -48,13 +49,9 @@ FUSION_FILE = "fusion.pt"
 FUSION_CONFIG_FILE = "fusion.json"
 FORMAT_VERSION = 1
 
-ENTRY_CODE = '''"""Entry file of a logged listing classifier (MLflow models from code)."""
-import mlflow
-
-from registry.listing_model import MarketplaceListingClassifier
-
-mlflow.models.set_model(MarketplaceListingClassifier())
-'''
+ENTRY_CODE = entry_code(
+    "registry.listing_model", "MarketplaceListingClassifier", "listing classifier"
+)
 ENTRY_FILE = "marketplace_listing_classifier.py"
 
 
@@ -279,13 +276,12 @@ def log_listing_classifier(
         (folder / "files" / FUSION_CONFIG_FILE).write_text(config.to_json(), encoding="utf-8")
         artifacts[FUSION_ARTIFACT] = str(folder / "files" / FUSION_FILE)
         artifacts[FUSION_CONFIG_ARTIFACT] = str(folder / "files" / FUSION_CONFIG_FILE)
-        entry = folder / ENTRY_FILE
-        entry.write_text(ENTRY_CODE, encoding="utf-8")
-        return mlflow.pyfunc.log_model(
+        return log_from_code(
+            folder,
+            entry_file=ENTRY_FILE,
+            entry=ENTRY_CODE,
             name=name,
-            python_model=str(entry),
             artifacts=artifacts,
-            code_paths=[str(Path(__file__).resolve().parent)],
             signature=model_signature(),
             input_example=pd.DataFrame(
                 {IMAGE_COLUMN: [example_image], TEXT_COLUMN: [example_text]}

@@ -32,7 +32,6 @@ import json
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from torch import nn
 
 from registry.clean_data import CATEGORIES_FILE, IMAGES_FILE
 from registry.imaging import load_normalized
+from registry.pyfunc import entry_code, installed_lower_bounds, log_from_code
 
 MODEL_NAME = "marketplace-classifier"
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -58,15 +58,8 @@ PREDICT_BATCH_SIZE = 32
 DATA_DIGEST_TAG = "data_digest"
 FORMAT_VERSION = 1
 
-# The "models from code" entry file written next to the model at log time. It only builds
-# an empty wrapper: weights and config are read in load_context, never unpickled.
-ENTRY_CODE = '''"""Entry file of a logged marketplace classifier (MLflow models from code)."""
-import mlflow
-
-from registry.model import MarketplaceClassifier
-
-mlflow.models.set_model(MarketplaceClassifier())
-'''
+# The "models from code" entry file written next to the model at log time (registry.pyfunc).
+ENTRY_CODE = entry_code("registry.model", "MarketplaceClassifier", "marketplace classifier")
 ENTRY_FILE = "marketplace_classifier.py"
 
 
@@ -300,8 +293,7 @@ class MarketplaceClassifier(mlflow.pyfunc.PythonModel):
 
 def pip_requirements() -> list[str]:
     """The served model's requirements: the installed versions as lower bounds."""
-    packages = ("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas")
-    return [f"{name}>={metadata.version(name).split('+')[0]}" for name in packages]
+    return installed_lower_bounds(("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas"))
 
 
 def model_signature():
@@ -358,17 +350,16 @@ def log_classifier(
             artifacts.update(
                 _export_onnx(net, config, folder / "files", [example_image, *parity_images])
             )
-        entry = folder / ENTRY_FILE
-        entry.write_text(ENTRY_CODE, encoding="utf-8")
-        return mlflow.pyfunc.log_model(
+        return log_from_code(
+            folder,
+            entry_file=ENTRY_FILE,
+            entry=ENTRY_CODE,
             name=name,
-            python_model=str(entry),
             artifacts=artifacts,
-            code_paths=[str(Path(__file__).resolve().parent)],
             signature=model_signature(),
             input_example=pd.DataFrame({INPUT_COLUMN: [example_image]}),
             pip_requirements=pip_requirements(),
-            metadata=dict(metadata_ or {}),
+            metadata_=metadata_,
         )
 
 

@@ -37,7 +37,6 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ import pandas as pd
 
 from registry.cli import UserError
 from registry.kinds import TEXT_COLUMN
+from registry.pyfunc import entry_code, installed_lower_bounds, log_from_code
 
 TFIDF = "tfidf"
 TRANSFORMER = "transformer"
@@ -62,13 +62,9 @@ MAX_TEXT_CHARS = 2000  # a longer text is cut before encoding (a description rar
 ENCODE_BATCH_SIZE = 32
 FEW_TEXTS = 8  # up to this many texts, TF-IDF is computed without scikit-learn's transform
 
-ENTRY_CODE = '''"""Entry file of a logged marketplace text classifier (MLflow models from code)."""
-import mlflow
-
-from registry.text_model import MarketplaceTextClassifier
-
-mlflow.models.set_model(MarketplaceTextClassifier())
-'''
+ENTRY_CODE = entry_code(
+    "registry.text_model", "MarketplaceTextClassifier", "marketplace text classifier"
+)
 ENTRY_FILE = "marketplace_text_classifier.py"
 
 
@@ -501,7 +497,7 @@ def pip_requirements(encoder: str = TFIDF) -> list[str]:
     packages = ["mlflow", "numpy", "pandas", "scipy", "scikit-learn"]
     if encoder == TRANSFORMER:
         packages += ["torch", "transformers", "tokenizers"]
-    return [f"{name}>={metadata.version(name).split('+')[0]}" for name in packages]
+    return installed_lower_bounds(packages)
 
 
 def answer_schema():
@@ -534,13 +530,12 @@ def log_text_classifier(
     """Log ``classifier`` as a pyfunc model in the active run; return MLflow's ``ModelInfo``."""
     with tempfile.TemporaryDirectory(prefix="text-classifier-") as tmp:
         folder = classifier.save(Path(tmp) / TEXT_ARTIFACT)
-        entry = Path(tmp) / ENTRY_FILE
-        entry.write_text(ENTRY_CODE, encoding="utf-8")
-        return mlflow.pyfunc.log_model(
+        return log_from_code(
+            Path(tmp),
+            entry_file=ENTRY_FILE,
+            entry=ENTRY_CODE,
             name=name,
-            python_model=str(entry),
             artifacts={TEXT_ARTIFACT: str(folder)},
-            code_paths=[str(Path(__file__).resolve().parent)],
             signature=model_signature(),
             input_example=pd.DataFrame({TEXT_COLUMN: list(example_texts)}),
             pip_requirements=pip_requirements(classifier.config.encoder),
