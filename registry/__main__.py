@@ -117,28 +117,11 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command == "compare":
         print(tables.comparison(client, name, args.first, args.second))
     elif args.command == "promote":
-        decision = promotion.promote(
-            name,
-            args.version,
-            metric=args.metric,
-            force=args.force,
-            reason=args.reason,
-            by=args.by or None,
-            clean=args.clean,
-            legacy_stage=args.legacy_stage,
-            client=client,
-        )
+        options = promotion.decision_options(args)
+        decision = promotion.promote(name, args.version, force=args.force, client=client, **options)
         print(decision.summary())
     elif args.command == "rollback":
-        decision = promotion.rollback(
-            name,
-            metric=args.metric,
-            reason=args.reason,
-            by=args.by or None,
-            clean=args.clean,
-            legacy_stage=args.legacy_stage,
-            client=client,
-        )
+        decision = promotion.rollback(name, client=client, **promotion.decision_options(args))
         print(decision.summary())
 
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from registry.descriptions import append_to_version, decision_note
 from registry.smoke import SmokeCheckError, check_version
@@ -284,6 +284,19 @@ def check_rule(
             f"refused: {why}; promote a better version, or pass --force with a --reason", why
         )
     return value, current_value
+
+
+def decision_options(args) -> dict[str, Any]:
+    """The keyword arguments that :func:`promote` and :func:`rollback` share, from parsed
+    command-line ``args`` (``python -m registry`` and the ``promote`` step parse the same
+    options): ``metric``, ``reason``, ``by`` (None when empty), ``clean``, ``legacy_stage``."""
+    return {
+        "metric": args.metric,
+        "reason": args.reason,
+        "by": args.by or None,
+        "clean": args.clean,
+        "legacy_stage": args.legacy_stage,
+    }
 
 
 def promote(

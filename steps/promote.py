@@ -21,7 +21,14 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from registry.promotion import DEFAULT_METRIC, TAG_PREFIX, Decision, choose_candidate, promote
+from registry.promotion import (
+    DEFAULT_METRIC,
+    TAG_PREFIX,
+    Decision,
+    choose_candidate,
+    decision_options,
+    promote,
+)
 from registry.store import DEFAULT_MODEL_NAME, PRODUCTION, RegistryError, connect
 from registry.versions import canonical_metric
 from steps import runtime
@@ -158,13 +165,9 @@ def main(argv: Sequence[str] | None = None) -> Decision:
             decision = promote(
                 args.model_name,
                 args.version if candidate is None else candidate,
-                metric=args.metric,
                 force=args.force,
-                reason=args.reason,
-                by=args.by or None,
-                clean=args.clean,
-                legacy_stage=args.legacy_stage,
                 run_id=run.info.run_id,
+                **decision_options(args),
             )
         except RegistryError as exc:
             mlflow.set_tags(
