@@ -86,17 +86,18 @@ def _resolve_registry_uri(text: str, client: MlflowClient) -> ResolvedModel:
     rest = text[len(MODELS_SCHEME) :].strip("/")
     if "@" in rest:
         name, alias = rest.rsplit("@", 1)
-        return _pinned(text, _alias_version(client, name, alias))
+        return pinned(text, _alias_version(client, name, alias))
     if "/" not in rest:  # models:/m-<id>: an MLflow 3 logged model, not a registry name
         return ResolvedModel(uri=text, load_uri=text)
     name, suffix = rest.split("/", 1)
     stage = next((s for s in STAGES if s.lower() == suffix.lower()), None)
     if stage is not None:
-        return _pinned(text, _stage_version(client, name, stage))
-    return _pinned(text, get_version(client, name, suffix))
+        return pinned(text, _stage_version(client, name, stage))
+    return pinned(text, get_version(client, name, suffix))
 
 
-def _pinned(uri: str, version) -> ResolvedModel:
+def pinned(uri: str, version) -> ResolvedModel:
+    """``uri`` resolved to registered ``version`` (a ``ModelVersion``): loaded by its number."""
     return ResolvedModel(
         uri=uri,
         load_uri=f"{MODELS_SCHEME}{version.name}/{version.version}",

@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from registry import search_index
-from registry.resolve import ResolvedModel, resolve_model
+from registry.resolve import ResolvedModel, pinned, resolve_model
 from registry.store import DEFAULT_MODEL_NAME, connect
 from registry.versions import get_version
 from steps import runtime
@@ -131,14 +131,7 @@ def resolve(model_uri: str, model_name: str) -> ResolvedModel:
     client = connect()
     if model_uri.strip():
         return resolve_model(model_uri, client)
-    newest = get_version(client, model_name, "latest")
-    return ResolvedModel(
-        uri=f"models:/{model_name}/latest",
-        load_uri=f"models:/{newest.name}/{newest.version}",
-        name=newest.name,
-        version=int(newest.version),
-        run_id=newest.run_id,
-    )
+    return pinned(f"models:/{model_name}/latest", get_version(client, model_name, "latest"))
 
 
 def load_catalogue(clean: Path, clean_size: int) -> Catalogue:

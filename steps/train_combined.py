@@ -62,7 +62,7 @@ from registry.listing_model import (
 )
 from registry.model import DATA_DIGEST_TAG, data_digest, register_described
 from registry.promotion import DEFAULT_METRIC
-from registry.resolve import ResolvedModel
+from registry.resolve import ResolvedModel, pinned
 from registry.store import DEFAULT_MODEL_NAME, PRODUCTION, RegistryError, connect
 from registry.versions import alias_holder, get_version
 from steps import runtime
@@ -103,13 +103,7 @@ def resolve_image_model(uri: str, model_name: str = DEFAULT_MODEL_NAME) -> Resol
     holder = alias_holder(client, model_name, PRODUCTION)
     version = holder or get_version(client, model_name, "latest")
     how = f"@{PRODUCTION}" if holder else "/latest"
-    return ResolvedModel(
-        uri=f"models:/{model_name}{how}",
-        load_uri=f"models:/{version.name}/{version.version}",
-        name=version.name,
-        version=int(version.version),
-        run_id=version.run_id,
-    )
+    return pinned(f"models:/{model_name}{how}", version)
 
 
 def _require_image_model(client, name: str) -> None:
