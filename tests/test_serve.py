@@ -521,7 +521,8 @@ class Load:
 
         self.url = url
         self.stop = threading.Event()
-        self.answers: list[tuple[float, int, str]] = []
+        # (received at, status, version, sent at), in the order the answers came back.
+        self.answers: list[tuple[float, int, str, float]] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._httpx = httpx
@@ -532,10 +533,11 @@ class Load:
         with self._httpx.Client(timeout=120) as http:
             while not self.stop.is_set():
                 try:
+                    sent = time.monotonic()
                     reply = http.post(self.url + "/predict", files=upload(photo))
                     version = reply.headers.get(MODEL_HEADER, "?")
                     with self._lock:
-                        self.answers.append((time.monotonic(), reply.status_code, version))
+                        self.answers.append((time.monotonic(), reply.status_code, version, sent))
                 except Exception as exc:  # a refused or dropped connection is a failure too
                     with self._lock:
                         self.errors.append(repr(exc))
@@ -569,19 +571,22 @@ def test_a_promotion_under_load_fails_no_request(store, tmp_path):
 
             promote(NAME, SECOND, client=MlflowClient(store, store), by="test", reason="load")
             switched = wait_until(
-                lambda: next((t for t, _, v in list(load.answers) if v == str(SECOND)), None),
+                lambda: next((t for t, _, v, _ in list(load.answers) if v == str(SECOND)), None),
                 what="an answer from version 2",
             )
             count = len(load.answers)
             wait_until(lambda: len(load.answers) >= count + 16, what="answers after the swap")
         load_seconds = httpx.get(service.url + "/model").json()["load_seconds"]
     assert not load.errors, load.errors[:3]
-    statuses = {status for _, status, _ in load.answers}
+    statuses = {status for _, status, _, _ in load.answers}
     assert statuses == {200}, service.log_text()
-    versions = [v for _, _, v in load.answers]
+    versions = [v for _, _, v, _ in load.answers]
     assert versions[0] == str(GOOD) and versions[-1] == str(SECOND)
-    # Once version 2 answers, version 1 never does again.
-    assert str(GOOD) not in versions[versions.index(str(SECOND)) :]
+    # Once version 2 has answered, every request sent after that gets version 2. (Requests
+    # already in flight finish on version 1, and on a busy machine they may come back after
+    # a version-2 answer: that is the guarantee, not a failure.)
+    late = [v for _, _, v, sent in load.answers if sent > switched]
+    assert late and set(late) == {str(SECOND)}, versions
     # The swap came within one poll interval plus the load (generous slack for a busy CPU).
     assert switched - promoted_at < interval + load_seconds + 30
 
