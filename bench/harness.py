@@ -9,7 +9,9 @@ afterwards, SIGKILL for anything that lingers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -20,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +30,7 @@ LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 300.0
 BOUNDARY = "bench-boundary-7f3a9c"
 MULTIPART_HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+PHOTO_SIDES = (640, 1024)  # long side of a real listing photo, in pixels
 
 
 @dataclass
@@ -160,6 +163,52 @@ def multipart_body(photo: bytes, field: str = "image") -> bytes:
         "Content-Type: image/jpeg\r\n\r\n"
     ).encode()
     return head + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def read_photo(path: Path) -> bytes | None:
+    """The file's bytes when it decodes fully and its long side is a real photo's, else None."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            long_side = max(image.size)
+    except OSError:  # the export's deliberately truncated files
+        return None
+    return data if PHOTO_SIDES[0] <= long_side <= PHOTO_SIDES[1] else None
+
+
+@dataclass
+class Sent:
+    """Each request's latency (seconds), how many failed, and the first failure."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    first_error: str | None = None
+
+
+async def send(
+    client, url: str, bodies: list[bytes], headers: dict[str, str], count: int, concurrency: int
+) -> Sent:
+    """``count`` POSTs of ``bodies`` in turn to ``url``, ``concurrency`` in flight, with
+    an httpx ``AsyncClient``; a reply other than 200 counts as an error."""
+    sent = Sent()
+    issued = 0
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < count:
+            index, issued = issued, issued + 1
+            started = time.perf_counter()
+            reply = await client.post(url, content=bodies[index % len(bodies)], headers=headers)
+            sent.latencies.append(time.perf_counter() - started)
+            if reply.status_code != 200:
+                sent.errors += 1
+                sent.first_error = sent.first_error or f"{reply.status_code}: {reply.text[:300]}"
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return sent
 
 
 def write_results(results: dict, path: Path) -> None:

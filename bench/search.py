@@ -54,7 +54,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
-import io
 import json
 import logging
 import math
@@ -78,6 +77,8 @@ from bench.harness import (  # noqa: E402  (after the path fix above)
     MULTIPART_HEADERS,
     Server,
     multipart_body,
+    read_photo,
+    send,
     server_environment,
     start_service,
     stop_on_sigterm,
@@ -110,7 +111,6 @@ GENERATE_CHUNK = 65_536
 MODEL_NAME = "marketplace-classifier"
 CLEAN_SIZE = 64
 IMAGE_SIZE = 48
-PHOTO_SIDES = (640, 1024)
 REQUEST_TIMEOUT_S = 300.0
 SETTING_PREFIXES = ("SERVE_", "MLFLOW_")  # removed from a server's environment, then set
 TARGETS = {
@@ -589,18 +589,11 @@ def wait_searchable(service: Server) -> dict:
 
 def demo_photos(raw: Path, count: int) -> list[bytes]:
     """The export's first ``count`` photos that decode fully at a real photo's size."""
-    from PIL import Image
 
     photos = []
     for path in sorted((raw / "images").glob("*.jpg")):
-        data = path.read_bytes()
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                long_side = max(image.size)
-        except OSError:  # the export's deliberately broken files
-            continue
-        if PHOTO_SIDES[0] <= long_side <= PHOTO_SIDES[1]:
+        data = read_photo(path)
+        if data is not None:
             photos.append(data)
         if len(photos) == count:
             break
@@ -609,48 +602,27 @@ def demo_photos(raw: Path, count: int) -> list[bytes]:
     return photos
 
 
-async def send(client, url: str, bodies: list[bytes], count: int, concurrency: int) -> dict:
-    """``count`` requests with ``concurrency`` in flight: latencies, errors."""
-    headers = MULTIPART_HEADERS
-    latencies: list[float] = []
-    errors: list[str] = []
-    issued = 0
-
-    async def worker() -> None:
-        nonlocal issued
-        while issued < count:
-            body, issued = bodies[issued % len(bodies)], issued + 1
-            started = time.perf_counter()
-            reply = await client.post(url, content=body, headers=headers)
-            latencies.append(time.perf_counter() - started)
-            if reply.status_code != 200:
-                errors.append(f"{reply.status_code}: {reply.text[:300]}")
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"latencies": latencies, "errors": errors}
-
-
 async def drive(service: Server, route: str, bodies, concurrency: int, requests: int, warmup):
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
         url = service.url + route
-        await send(client, url, bodies, max(warmup, concurrency), concurrency)
+        await send(client, url, bodies, MULTIPART_HEADERS, max(warmup, concurrency), concurrency)
         cpu, started = service.cpu_seconds(), time.perf_counter()
-        sent = await send(client, url, bodies, requests, concurrency)
+        sent = await send(client, url, bodies, MULTIPART_HEADERS, requests, concurrency)
         seconds, cpu = time.perf_counter() - started, service.cpu_seconds() - cpu
-    latencies = np.array(sent["latencies"]) * 1000.0
+    latencies = np.array(sent.latencies) * 1000.0
     point = {
         "requests_per_second": round(requests / seconds, 2),
         "p50_ms": round(float(np.percentile(latencies, 50)), 2),
         "p99_ms": round(float(np.percentile(latencies, 99)), 2),
         "server_cpu_ms_per_request": round(cpu / requests * 1000.0, 2),
-        "errors": len(sent["errors"]),
+        "errors": sent.errors,
     }
-    if sent["errors"]:
-        point["first_error"] = sent["errors"][0]
-        log.warning("%s: %d errors, first: %s", route, len(sent["errors"]), sent["errors"][0])
+    if sent.errors:
+        point["first_error"] = sent.first_error
+        log.warning("%s: %d errors, first: %s", route, sent.errors, sent.first_error)
     return point
 
 

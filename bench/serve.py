@@ -53,7 +53,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,8 @@ from bench.harness import (  # noqa: E402  (after the path fix above)
     free_port,
     launch,
     multipart_body,
+    read_photo,
+    send,
     server_environment,
     start_service,
     stop_on_sigterm,
@@ -79,7 +81,6 @@ from bench.harness import (  # noqa: E402  (after the path fix above)
 RESULTS = REPO / "bench" / "results" / "serve.json"
 MODEL_NAME = "marketplace-classifier"
 CONCURRENCY = (1, 4, 16)
-PHOTO_SIDES = (640, 1024)  # long side of a real listing photo, in pixels
 IMAGES_PER_PRODUCT = 1.75  # the demo export's average, to size the export we make
 EXAMPLE_SIZE = 256  # the input example is a cleaned square, as training logs it
 REQUEST_TIMEOUT_S = 300.0
@@ -115,20 +116,6 @@ VERSIONS = (
 
 
 # ---------------------------------------------------------------- photos and versions
-
-
-def read_photo(path: Path) -> bytes | None:
-    """The file's bytes when it decodes fully and its long side is a real photo's, else None."""
-    from PIL import Image
-
-    data = path.read_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            long_side = max(image.size)
-    except OSError:  # the export's deliberately truncated files
-        return None
-    return data if PHOTO_SIDES[0] <= long_side <= PHOTO_SIDES[1] else None
 
 
 def make_photos(folder: Path, count: int) -> tuple[list[bytes], dict]:
@@ -289,44 +276,25 @@ def service_workload(server: Server, photos: list[bytes]) -> Workload:
     return Workload(server.url + "/predict", bodies, MULTIPART_HEADERS)
 
 
-@dataclass
-class Sent:
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    first_error: str | None = None
-
-
-async def send(client, workload: Workload, count: int, concurrency: int) -> Sent:
-    """``count`` requests with ``concurrency`` in flight; each request's latency."""
-    sent = Sent()
-    issued = 0
-
-    async def worker() -> None:
-        nonlocal issued
-        while issued < count:
-            index, issued = issued, issued + 1
-            body = workload.bodies[index % len(workload.bodies)]
-            started = time.perf_counter()
-            reply = await client.post(workload.url, content=body, headers=workload.headers)
-            sent.latencies.append(time.perf_counter() - started)
-            if reply.status_code != 200:
-                sent.errors += 1
-                sent.first_error = sent.first_error or f"{reply.status_code}: {reply.text[:300]}"
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return sent
-
-
 async def drive(workload: Workload, concurrency: int, requests: int, warmup: int, before, after):
     """Warm up, then time ``requests`` requests; ``before``/``after`` bracket the timed part."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
-        await send(client, workload, max(warmup, concurrency), concurrency)
+        await send(
+            client,
+            workload.url,
+            workload.bodies,
+            workload.headers,
+            max(warmup, concurrency),
+            concurrency,
+        )
         mark = before()
         started, client_cpu = time.perf_counter(), time.process_time()
-        sent = await send(client, workload, requests, concurrency)
+        sent = await send(
+            client, workload.url, workload.bodies, workload.headers, requests, concurrency
+        )
         seconds = time.perf_counter() - started
         client_cpu = time.process_time() - client_cpu
         return sent, seconds, client_cpu, after(mark)
