@@ -1,6 +1,6 @@
 """Benchmark: the search index's speed, recall and memory, and what /search costs over /predict.
 
-Three parts, each measuring what ships (``registry.search_index.build_index`` with its
+Three parts, each measuring what ships (``search.index.build_index`` with its
 default settings, ``resolve_kind`` for ``auto``, ``memory_bytes``; the ``index`` step's own
 functions; ``python -m serve``):
 
@@ -85,7 +85,8 @@ from bench.harness import (  # noqa: E402  (after the path fix above)
     wait_ready,
     write_results,
 )
-from registry import search_index  # noqa: E402
+from search import index as search_index  # noqa: E402
+from search.metrics import recall_at  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "search.json"
 PARTS = ("index", "real", "http")
@@ -311,7 +312,7 @@ def latency_figures(
         "single_p99_ms": round(float(np.percentile(single, 99)), 3),
         "single_queries": len(single),
         "batched_queries_per_second": round(len(rows) / seconds, 1),
-        "recall_at_10": round(search_index.recall_at(rows, truth[: len(rows)], RECALL_K), 4),
+        "recall_at_10": round(recall_at(rows, truth[: len(rows)], RECALL_K), 4),
         "recall_queries": len(rows),
     }
     if one_thread:

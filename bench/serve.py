@@ -21,7 +21,7 @@ run with the most requests/s counts. The server's CPU seconds per request (every
 its group, from /proc) are recorded too: on a shared machine the steadier figure.
 
 Two versions are registered in a throwaway sqlite store, as training registers them
-(``registry.model.log_classifier`` with the ONNX export, then ``register_classifier``):
+(``marketplace_models.image.log_classifier`` with the ONNX export, then ``register_classifier``):
 a resnet18 at 224 px and the demo's (``make demo``: resnet18 at 48 px), both with random
 weights (no pretrained weights offline; the cost of a forward pass does not depend on them).
 The photos are the demo export's (``steps.demo_data.make_export``): 640 to 1024 px JPEGs.
@@ -154,7 +154,7 @@ def make_photos(folder: Path, count: int) -> tuple[list[bytes], dict]:
 
 def example_jpeg(photo: bytes) -> bytes:
     """A cleaned square of ``photo``: the kind of image training logs as the input example."""
-    from registry.imaging import load_normalized
+    from marketplace_models.imaging import load_normalized
 
     buffer = io.BytesIO()
     load_normalized(photo, EXAMPLE_SIZE).save(buffer, format="JPEG", quality=90)
@@ -172,7 +172,9 @@ def register_versions(folder: Path, photos: list[bytes], specs: tuple[VersionSpe
     import mlflow
     import torch
 
-    from registry.model import ClassifierConfig, build_network, log_classifier, register_classifier
+    from marketplace_models.image import log_classifier
+    from marketplace_models.network import ClassifierConfig, build_network
+    from registry.register import register_classifier
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     previous = mlflow.get_tracking_uri()

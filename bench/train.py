@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as `python bench/train.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from registry.model import build_network  # noqa: E402
+from marketplace_models.network import build_network  # noqa: E402
 from steps.training import stages  # noqa: E402
 from steps.training.config import TrainConfig  # noqa: E402
 from steps.training.data import load_clean_data  # noqa: E402

@@ -9,12 +9,13 @@
 The writers (``steps.clean_tabular``, ``steps.clean_images``) and the readers (baselines,
 training, the promotion smoke check) take the names from here, and the readers go through
 :func:`load_clean`. :func:`choose_size` picks which ``images/<size>/`` to read when the user
-says ``auto``. It lives in ``registry/`` because the smoke check reads it too, and
-``registry/`` may not import ``steps/``. Reads only; nothing runs at import time.
+says ``auto``; :func:`data_digest` is what a trained model records of the data it read.
+Reads only; nothing runs at import time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.cli import UserError
+from cli import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,6 +34,7 @@ PRODUCTS_FILE = "products.parquet"
 IMAGES_FILE = "images.parquet"
 CATEGORIES_FILE = "categories.json"
 REPORT_FILE = "report.json"
+DATA_DIGEST_TAG = "data_digest"  # on a run and its version: data_digest() of its data
 IMAGES_DIR = "images"
 TABLE_FILES = (IMAGES_FILE, PRODUCTS_FILE, CATEGORIES_FILE)
 SPLITS = ("train", "val", "test")
@@ -196,3 +198,16 @@ def _read_report(folder: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, OSError):
         return {}
     return report if isinstance(report, dict) else {}
+
+
+def data_digest(clean: Path) -> str:
+    """A short digest of the cleaned data a model was trained on.
+
+    Covers ``images.parquet`` and ``categories.json``; stored as the ``data_digest``
+    version tag so a promotion can check that a version matches the current data.
+    """
+    sha = hashlib.sha256()
+    for name in (IMAGES_FILE, CATEGORIES_FILE):
+        sha.update(name.encode())
+        sha.update((Path(clean) / name).read_bytes())
+    return sha.hexdigest()[:16]

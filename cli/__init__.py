@@ -4,9 +4,7 @@ Every step (``python -m steps.<name>``), ``python -m registry`` and ``python -m 
 parse their arguments with :class:`ArgumentParser` and run their ``main`` through
 :func:`cli` (or :func:`run_cli`): a :class:`UserError` (a bad argument, a missing file, an
 unreachable tracking server) ends the process with one ``error: ...`` line and exit code 2,
-never a traceback. It lives in ``registry/`` because ``steps/`` and ``stack/`` may import
-``registry/`` and ``registry/`` may import nothing of theirs. Nothing here runs at import
-time.
+never a traceback. Nothing here runs at import time.
 """
 
 from __future__ import annotations
@@ -20,12 +18,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from marketplace_models.errors import UserError
+
 EXIT_USER_ERROR = 2
 QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "PIL")
-
-
-class UserError(Exception):
-    """A problem the user can fix: its message says what is wrong and what to do."""
 
 
 def configure_logging(verbose: bool = False) -> None:

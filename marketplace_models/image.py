@@ -1,18 +1,17 @@
-"""The logged classifier: a pyfunc that takes image bytes and returns a category.
+"""The logged image classifier: a pyfunc that takes image bytes and returns a category.
 
-This module is what a registered ``marketplace-classifier`` version *is*. Training
-(``steps/train.py``) builds the network with :func:`build_network`, preprocesses evaluation
-images with :func:`preprocess_image` + :func:`normalize_batch` (together
-:func:`eval_transform`, the evaluation preset), then calls :func:`log_classifier` and
-:func:`register_classifier`. The service loads the version with
-``mlflow.pyfunc.load_model`` and never imports ``steps/``.
+This module is what a registered ``marketplace-classifier`` version *is*. Training builds the
+network (:mod:`marketplace_models.network`), then calls :func:`log_classifier`; the registry
+registers it. The service reads a downloaded version with :func:`read_logged_classifier` and
+its own code, never with ``mlflow.pyfunc.load_model``.
 
 What a logged model holds (no pickled training objects):
 
 - ``artifacts/classifier.pt``: the network's ``state_dict`` (tensors only, loaded with
   ``torch.load(weights_only=True)``),
 - ``artifacts/classifier.json``: arch, category names, image size, mean/std,
-- ``code/registry/``: this package, so the model loads outside this repository,
+- ``artifacts/classifier.onnx``: the served graph, when it matched torch at export,
+- ``code/marketplace_models/``: this package, so the model loads outside this repository,
 - ``marketplace_classifier.py``: the "models from code" entry file (it only calls
   ``mlflow.models.set_model(MarketplaceClassifier())``).
 
@@ -27,11 +26,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import json
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,130 +38,30 @@ import pandas as pd
 import torch
 from torch import nn
 
-from registry.clean_data import CATEGORIES_FILE, IMAGES_FILE
-from registry.imaging import load_normalized
-from registry.pyfunc import entry_code, installed_lower_bounds, log_from_code
+from marketplace_models.network import (
+    ClassifierConfig,
+    build_network,
+    embedding_dim,
+    forward_features,
+    normalize_batch,
+    preprocess_image,
+    stack_images,
+)
+from marketplace_models.onnx import ONNX_ARTIFACT, ONNX_FILE, export_onnx
+from marketplace_models.pyfunc import entry_code, installed_lower_bounds, log_from_code
 
-MODEL_NAME = "marketplace-classifier"
-ARCHS = ("resnet18", "resnet34", "resnet50")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_COLUMN = "image"
 WEIGHTS_ARTIFACT = "weights"
 CONFIG_ARTIFACT = "config"
 WEIGHTS_FILE = "classifier.pt"
 CONFIG_FILE = "classifier.json"
 PREDICT_BATCH_SIZE = 32
-DATA_DIGEST_TAG = "data_digest"
-FORMAT_VERSION = 1
 
-# The "models from code" entry file written next to the model at log time (registry.pyfunc).
-ENTRY_CODE = entry_code("registry.model", "MarketplaceClassifier", "marketplace classifier")
+# The "models from code" entry file written next to the model at log time (see .pyfunc).
+ENTRY_CODE = entry_code(
+    "marketplace_models.image", "MarketplaceClassifier", "marketplace classifier"
+)
 ENTRY_FILE = "marketplace_classifier.py"
-
-
-# --------------------------------------------------------------------------- network
-
-
-def build_network(arch: str, num_classes: int) -> nn.Module:
-    """A torchvision ResNet with a ``num_classes`` head and no pretrained weights."""
-    import torchvision
-
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}: expected one of {', '.join(ARCHS)}")
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-
-
-def forward_features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The image embedding: a ResNet's pooled penultimate layer, ``(B, D)``."""
-    x = net.conv1(images)  # (B, 64, H/2, W/2)
-    x = net.maxpool(net.relu(net.bn1(x)))  # (B, 64, H/4, W/4)
-    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))  # (B, D, H/32, W/32)
-    return torch.flatten(net.avgpool(x), 1)  # (B, D)
-
-
-def embedding_dim(net: nn.Module) -> int:
-    """Width of :func:`forward_features` (512 for resnet18/34, 2048 for resnet50)."""
-    return int(net.fc.in_features)
-
-
-# --------------------------------------------------------------------- preprocessing
-
-
-def preprocess_image(source: bytes | str | Path, image_size: int) -> np.ndarray:
-    """First half of the evaluation preset: the shared normalisation, as uint8 ``(S, S, 3)``.
-
-    Raises ``OSError`` when ``source`` is not a readable image.
-    """
-    return np.array(load_normalized(source, image_size), dtype=np.uint8)
-
-
-def normalize_batch(
-    images: torch.Tensor,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> torch.Tensor:
-    """Second half of the evaluation preset: uint8 ``(B, 3, S, S)`` to normalised float."""
-    mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean_t) / std_t
-
-
-def stack_images(arrays: Sequence[np.ndarray]) -> torch.Tensor:
-    """uint8 ``(S, S, 3)`` arrays to one uint8 ``(B, 3, S, S)`` tensor."""
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def eval_transform(
-    image_size: int,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-):
-    """The evaluation preset for one image: shared normalisation, tensor, mean/std.
-
-    Returns a callable ``source -> float tensor (3, S, S)``. Training evaluates and the
-    logged model predicts through exactly these steps (batched).
-    """
-
-    def transform(source: bytes | str | Path) -> torch.Tensor:
-        batch = stack_images([preprocess_image(source, image_size)])
-        return normalize_batch(batch, mean, std)[0]
-
-    return transform
-
-
-# ------------------------------------------------------------------------- the model
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """Everything besides the weights that a logged classifier needs, stored as JSON."""
-
-    arch: str
-    categories: list[str]
-    image_size: int
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.categories)
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "num_classes": self.num_classes}, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> ClassifierConfig:
-        data = json.loads(text)
-        return cls(
-            arch=data["arch"],
-            categories=list(data["categories"]),
-            image_size=int(data["image_size"]),
-            mean=[float(v) for v in data["mean"]],
-            std=[float(v) for v in data["std"]],
-            format_version=int(data.get("format_version", FORMAT_VERSION)),
-        )
 
 
 def decode_image_value(value: Any, row: int) -> bytes:
@@ -288,9 +185,6 @@ class MarketplaceClassifier(mlflow.pyfunc.PythonModel):
         return result
 
 
-# ---------------------------------------------------------------------------- logging
-
-
 def pip_requirements() -> list[str]:
     """The served model's requirements: the installed versions as lower bounds."""
     return installed_lower_bounds(("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas"))
@@ -341,7 +235,7 @@ def log_classifier(
     ``example_image`` (one small JPEG's bytes) becomes the input example. With ``onnx``
     the network is also exported to ONNX (``artifacts/classifier.onnx``) for the service,
     kept only when it matches torch on ``parity_images`` (plus the example) to
-    ``registry.export.PARITY_ATOL``; the run gets the metric ``onnx_max_abs_diff``.
+    ``marketplace_models.onnx.PARITY_ATOL``; the run gets the metric ``onnx_max_abs_diff``.
     """
     with tempfile.TemporaryDirectory(prefix="classifier-") as tmp:
         folder = Path(tmp)
@@ -367,8 +261,6 @@ def _export_onnx(
     net: nn.Module, config: ClassifierConfig, folder: Path, images: Sequence[bytes]
 ) -> dict[str, str]:
     """Export ``net`` to ONNX in ``folder``; the pyfunc artifact when it matches torch."""
-    from registry.export import ONNX_ARTIFACT, ONNX_FILE, export_onnx
-
     pixels = np.stack([preprocess_image(data, config.image_size) for data in images])
     report = export_onnx(net, config, folder / ONNX_FILE, pixels)
     if mlflow.active_run() is not None:
@@ -376,53 +268,62 @@ def _export_onnx(
     return {ONNX_ARTIFACT: str(folder / ONNX_FILE)} if report.passed else {}
 
 
-def register_classifier(
-    model_uri: str,
-    *,
-    model_name: str = MODEL_NAME,
-    tags: Mapping[str, Any] | None = None,
-):
-    """Register ``model_uri`` as a new version of ``model_name`` with ``tags``.
+@dataclass(frozen=True)
+class LoggedClassifier:
+    """The files of a logged classifier, found through its MLmodel file."""
 
-    Returns the ``ModelVersion``. Aliases (``production``) are never touched here:
-    promotion is a separate, deliberate step.
+    folder: Path
+    config: ClassifierConfig
+    weights: Path
+    onnx: Path | None
+
+
+class NotAClassifier(ValueError):
+    """The folder is an MLflow model, but not a marketplace classifier this code can serve."""
+
+
+def read_logged_classifier(folder: Path) -> LoggedClassifier:
+    """Find the config, state dict and (optional) ONNX file of the model in ``folder``.
+
+    Raises :class:`NotAClassifier` naming what is missing.
     """
-    return mlflow.register_model(
-        model_uri, model_name, tags={k: str(v) for k, v in (tags or {}).items()}
+    import yaml
+
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        raise NotAClassifier(f"{folder} has no MLmodel file")
+    spec = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
+    pyfunc = (spec.get("flavors") or {}).get("python_function") or {}
+    artifacts = pyfunc.get("artifacts") or {}
+
+    def artifact(key: str) -> Path | None:
+        entry = artifacts.get(key)
+        path = entry.get("path") if isinstance(entry, dict) else None
+        return folder / path if path else None
+
+    config_path, weights_path = artifact(CONFIG_ARTIFACT), artifact(WEIGHTS_ARTIFACT)
+    if config_path is None or weights_path is None:
+        flavors = ", ".join(sorted(spec.get("flavors") or {})) or "none"
+        raise NotAClassifier(
+            "the model is not a marketplace image classifier (no classifier config and "
+            f"weights among its artifacts; flavors: {flavors})"
+        )
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise NotAClassifier(f"the model lacks its artifact {path.name}")
+    config = ClassifierConfig.from_json(config_path.read_text(encoding="utf-8"))
+    onnx = artifact(ONNX_ARTIFACT)
+    return LoggedClassifier(
+        folder=folder,
+        config=config,
+        weights=weights_path,
+        onnx=onnx if onnx is not None and onnx.is_file() else None,
     )
 
 
-def register_described(
-    model_uri: str,
-    *,
-    model_name: str,
-    tags: Mapping[str, Any],
-    model_text: str,
-    version_text: str,
-):
-    """Register ``model_uri`` as a version of ``model_name`` (with ``tags``), describe it
-    (the registered model once, with ``model_text``; the version with ``version_text``, see
-    :mod:`registry.descriptions`), and tag the active run with the version. Every kind of
-    classifier registers through here. Returns the ``ModelVersion``."""
-    from registry.descriptions import set_model_description_if_empty
-
-    version = register_classifier(model_uri, model_name=model_name, tags=tags)
-    client = mlflow.MlflowClient()
-    set_model_description_if_empty(client, model_name, model_text)
-    client.update_model_version(model_name, version.version, description=version_text)
-    if mlflow.active_run() is not None:
-        mlflow.set_tags({"registered_model": model_name, "registered_version": version.version})
-    return version
-
-
-def data_digest(clean: Path) -> str:
-    """A short digest of the cleaned data a model was trained on.
-
-    Covers ``images.parquet`` and ``categories.json``; stored as the ``data_digest``
-    version tag so a promotion can check that a version matches the current data.
-    """
-    sha = hashlib.sha256()
-    for name in (IMAGES_FILE, CATEGORIES_FILE):
-        sha.update(name.encode())
-        sha.update((Path(clean) / name).read_bytes())
-    return sha.hexdigest()[:16]
+def load_network(logged: LoggedClassifier) -> nn.Module:
+    """The logged classifier's network with its weights, on the CPU, in eval mode."""
+    state = torch.load(logged.weights, map_location="cpu", weights_only=True)
+    net = build_network(logged.config.arch, logged.config.num_classes)
+    net.load_state_dict(state)
+    return net.eval()

@@ -4,9 +4,9 @@ This module is what a registered ``marketplace-listing-classifier`` version *is*
 three parts and runs them in one call:
 
 1. the image network of a registered ``marketplace-classifier`` version (the same state
-   dict and config files as ``registry/model.py`` writes), which embeds the photo: the
+   dict and config files as ``marketplace_models/image.py`` writes), which embeds the photo: the
    pooled penultimate layer, L2-normalised, ``(N, D)``;
-2. a text classifier (``registry/text_model.py``), whose class probabilities ``(N, C)``
+2. a text classifier (``marketplace_models/text.py``), whose class probabilities ``(N, C)``
    are the text's features;
 3. the fusion head (:class:`FusionHead`): the two side by side ``(N, D + C)``, through a
    small MLP, to class probabilities.
@@ -16,7 +16,7 @@ Training (``steps/train_combined.py``) builds the head and calls
 ``artifacts/classifier.pt`` + ``classifier.json`` (the image network),
 ``artifacts/text/`` (the text classifier), ``artifacts/fusion.pt`` (the head's state dict)
 + ``fusion.json`` (its sizes, categories and where the image network came from),
-``code/registry/`` and the entry file ``marketplace_listing_classifier.py``.
+``code/marketplace_models/`` and the entry file ``marketplace_listing_classifier.py``.
 
 Input: a DataFrame with columns ``image`` (bytes, or base64 text) and ``text``, one row
 per photo. Output: ``category``, ``probability``, ``probabilities`` (category order).
@@ -37,11 +37,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from registry import model as image_model
-from registry import text_model
-from registry.kinds import IMAGE_COLUMN, TEXT_COLUMN
-from registry.pyfunc import entry_code, log_from_code
-from registry.text_model import TextClassifier, answer_frame, column_values
+from marketplace_models import image as image_model
+from marketplace_models import network
+from marketplace_models import text as text_model
+from marketplace_models.kinds import IMAGE_COLUMN, TEXT_COLUMN
+from marketplace_models.pyfunc import entry_code, log_from_code
+from marketplace_models.text import TextClassifier, answer_frame, column_values
 
 FUSION_ARTIFACT = "fusion"
 FUSION_CONFIG_ARTIFACT = "fusion_config"
@@ -50,7 +51,7 @@ FUSION_CONFIG_FILE = "fusion.json"
 FORMAT_VERSION = 1
 
 ENTRY_CODE = entry_code(
-    "registry.listing_model", "MarketplaceListingClassifier", "listing classifier"
+    "marketplace_models.listing", "MarketplaceListingClassifier", "listing classifier"
 )
 ENTRY_FILE = "marketplace_listing_classifier.py"
 
@@ -245,7 +246,7 @@ def model_signature():
 
 def log_listing_classifier(
     net: nn.Module,
-    image_config: image_model.ClassifierConfig,
+    image_config: network.ClassifierConfig,
     text: TextClassifier,
     head: FusionHead,
     config: FusionConfig,
@@ -260,12 +261,12 @@ def log_listing_classifier(
     when it matches torch on ``example_image``, as the image classifier's is), so the
     service runs it on the same engine as the photo model.
     """
-    from registry.export import ONNX_ARTIFACT, ONNX_FILE, export_onnx
+    from marketplace_models.onnx import ONNX_ARTIFACT, ONNX_FILE, export_onnx
 
     with tempfile.TemporaryDirectory(prefix="listing-classifier-") as tmp:
         folder = Path(tmp)
         artifacts = image_model.write_model_files(net, image_config, folder / "files")
-        pixels = np.stack([image_model.preprocess_image(example_image, image_config.image_size)])
+        pixels = np.stack([network.preprocess_image(example_image, image_config.image_size)])
         if export_onnx(net, image_config, folder / "files" / ONNX_FILE, pixels).passed:
             artifacts[ONNX_ARTIFACT] = str(folder / "files" / ONNX_FILE)
         artifacts[text_model.TEXT_ARTIFACT] = str(text.save(folder / text_model.TEXT_ARTIFACT))

@@ -3,18 +3,12 @@
 :class:`ServingNetwork` is the one inference graph of a logged classifier: uint8 images
 ``(B, 3, S, S)`` in, ``probabilities (B, C)`` and the ``embedding (B, D)`` out, with the
 evaluation preset's mean/std inside. The service runs it with torch, or, exported by
-:func:`export_onnx` at registration, with ONNX Runtime; both see the same pixels because
-both are fed by :func:`registry.model.preprocess_image`.
+:func:`export_onnx` at logging time, with ONNX Runtime; both see the same pixels because
+both are fed by :func:`marketplace_models.network.preprocess_image`.
 
 :func:`export_onnx` writes ``classifier.onnx`` (batch size dynamic) and checks it against
 the torch network on a batch of images: the export is kept only when the largest absolute
 difference between the two models' probabilities is at most :data:`PARITY_ATOL`.
-
-:func:`read_logged_classifier` reads a downloaded model folder (what
-``mlflow.artifacts.download_artifacts("models:/<name>/<version>")`` returns) without
-``mlflow.pyfunc.load_model``: it finds the config, the state dict and the ONNX file from
-the ``MLmodel`` file, so a long-lived process loads versions logged by older code with its
-own code (loading a pyfunc would swap this package on ``sys.path`` for the model's copy).
 """
 
 from __future__ import annotations
@@ -29,13 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from registry.model import (
-    CONFIG_ARTIFACT,
-    WEIGHTS_ARTIFACT,
-    ClassifierConfig,
-    build_network,
-    forward_features,
-)
+from marketplace_models.network import ClassifierConfig, forward_features
 
 log = logging.getLogger(__name__)
 
@@ -124,64 +112,3 @@ def export_onnx(
             PARITY_ATOL,
         )
     return report
-
-
-@dataclass(frozen=True)
-class LoggedClassifier:
-    """The files of a logged classifier, found through its MLmodel file."""
-
-    folder: Path
-    config: ClassifierConfig
-    weights: Path
-    onnx: Path | None
-
-
-class NotAClassifier(ValueError):
-    """The folder is an MLflow model, but not a marketplace classifier this code can serve."""
-
-
-def read_logged_classifier(folder: Path) -> LoggedClassifier:
-    """Find the config, state dict and (optional) ONNX file of the model in ``folder``.
-
-    Raises :class:`NotAClassifier` naming what is missing.
-    """
-    import yaml
-
-    mlmodel = folder / "MLmodel"
-    if not mlmodel.is_file():
-        raise NotAClassifier(f"{folder} has no MLmodel file")
-    spec = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
-    pyfunc = (spec.get("flavors") or {}).get("python_function") or {}
-    artifacts = pyfunc.get("artifacts") or {}
-
-    def artifact(key: str) -> Path | None:
-        entry = artifacts.get(key)
-        path = entry.get("path") if isinstance(entry, dict) else None
-        return folder / path if path else None
-
-    config_path, weights_path = artifact(CONFIG_ARTIFACT), artifact(WEIGHTS_ARTIFACT)
-    if config_path is None or weights_path is None:
-        flavors = ", ".join(sorted(spec.get("flavors") or {})) or "none"
-        raise NotAClassifier(
-            "the model is not a marketplace image classifier (no classifier config and "
-            f"weights among its artifacts; flavors: {flavors})"
-        )
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise NotAClassifier(f"the model lacks its artifact {path.name}")
-    config = ClassifierConfig.from_json(config_path.read_text(encoding="utf-8"))
-    onnx = artifact(ONNX_ARTIFACT)
-    return LoggedClassifier(
-        folder=folder,
-        config=config,
-        weights=weights_path,
-        onnx=onnx if onnx is not None and onnx.is_file() else None,
-    )
-
-
-def load_network(logged: LoggedClassifier) -> nn.Module:
-    """The logged classifier's network with its weights, on the CPU, in eval mode."""
-    state = torch.load(logged.weights, map_location="cpu", weights_only=True)
-    net = build_network(logged.config.arch, logged.config.num_classes)
-    net.load_state_dict(state)
-    return net.eval()

@@ -1,10 +1,10 @@
 """How every kind of marketplace model is logged: an MLflow pyfunc "from code".
 
-The image, text and photo + text classifiers (:mod:`registry.model`,
-:mod:`registry.text_model`, :mod:`registry.listing_model`) are each logged the same way: an
+The image, text and photo + text classifiers (:mod:`marketplace_models.image`,
+:mod:`marketplace_models.text`, :mod:`marketplace_models.listing`) are each logged the same way: an
 entry file written beside the model only builds an empty wrapper
 (``mlflow.models.set_model``), the weights and configs are artifacts read in the wrapper's
-``load_context`` (never unpickled), and ``code_paths`` is this ``registry/`` folder, so a
+``load_context`` (never unpickled), and ``code_paths`` is this ``marketplace_models/`` package, so a
 logged model brings the code that reads it and nothing of ``steps/``. Requirements are given
 explicitly (inferring them costs seconds): the installed versions as lower bounds.
 
@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-REGISTRY_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def installed_lower_bounds(packages: Iterable[str]) -> list[str]:
@@ -49,7 +49,7 @@ def log_from_code(
     metadata_: Mapping[str, Any] | None = None,
 ):
     """Write ``entry`` to ``folder/entry_file`` and log the pyfunc it builds, with
-    ``artifacts``, this ``registry/`` as its code, ``signature``, ``input_example`` and
+    ``artifacts``, this ``marketplace_models/`` as its code, ``signature``, ``input_example`` and
     ``pip_requirements``, in the active run; return MLflow's ``ModelInfo``."""
     import mlflow
 
@@ -59,7 +59,7 @@ def log_from_code(
         name=name,
         python_model=str(path),
         artifacts=dict(artifacts),
-        code_paths=[str(REGISTRY_DIR)],
+        code_paths=[str(PACKAGE_DIR)],
         signature=signature,
         input_example=input_example,
         pip_requirements=pip_requirements,

@@ -1,7 +1,7 @@
 """Small hand-made image features for the sklearn image baseline, as a scikit-learn transformer.
 
 :class:`ImageFeatures` turns a column of images (JPEG/PNG bytes, or file paths) into one
-feature row per image: the image normalised by :func:`registry.imaging.load_normalized` (the
+feature row per image: the image normalised by :func:`.imaging.load_normalized` (the
 project's one normalisation) to ``size`` x ``size``, then
 
 * its pixels, scaled to [0, 1] (``3 * size * size`` numbers);
@@ -12,8 +12,8 @@ project's one normalisation) to ``size`` x ``size``, then
   pixels see mostly colour).
 
 It has no fitted state, so a logged baseline model takes raw image bytes, as the deep model
-does. It lives in ``registry/`` (what a logged model may carry) and imports only numpy,
-Pillow, scikit-learn and ``registry.imaging``, so that it travels with a logged baseline
+does. It is part of what a logged model carries and imports only numpy,
+Pillow, scikit-learn and ``marketplace_models.imaging``, so that it travels with a logged baseline
 (``code_paths``) and loads where ``steps/`` is absent.
 
 Reads and writes nothing.
@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from registry.imaging import load_normalized
+from marketplace_models.imaging import load_normalized
 
 DEFAULT_COLUMN = "image"
 HOG_SIZE = 64  # side of the image the colour histogram and the HOG are taken on

@@ -1,7 +1,7 @@
 """The logged text classifier: a pyfunc that takes a listing's text and returns a category.
 
 This module is what a registered ``marketplace-text-classifier`` version *is*, and the text
-half of a ``marketplace-listing-classifier`` (``registry/listing_model.py``). Training
+half of a ``marketplace-listing-classifier`` (``marketplace_models/listing.py``). Training
 (``steps/train_text.py``) fits an encoder and a linear head, then calls
 :func:`log_text_classifier`; the service loads the version with ``mlflow.pyfunc.load_model``
 and never imports ``steps/``.
@@ -21,7 +21,7 @@ multinomial logistic regression, stored as arrays.
 What a logged model holds (no pickles): ``artifacts/text/text.json`` (categories, encoder,
 settings), ``text_head.npz`` (coef, intercept) and the encoder's files (``tfidf.json`` +
 ``tfidf_idf.npz``: vocabularies and IDF weights; or ``encoder/``: the transformer and its
-tokenizer, ``save_pretrained``), ``code/registry/`` and the entry file
+tokenizer, ``save_pretrained``), ``code/marketplace_models/`` and the entry file
 ``marketplace_text_classifier.py``.
 
 Input: a DataFrame with a column ``text`` (a listing's title, description or both, or a
@@ -44,9 +44,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from registry.cli import UserError
-from registry.kinds import TEXT_COLUMN
-from registry.pyfunc import entry_code, installed_lower_bounds, log_from_code
+from marketplace_models.errors import UserError
+from marketplace_models.kinds import TEXT_COLUMN
+from marketplace_models.pyfunc import entry_code, installed_lower_bounds, log_from_code
 
 TFIDF = "tfidf"
 TRANSFORMER = "transformer"
@@ -63,7 +63,7 @@ ENCODE_BATCH_SIZE = 32
 FEW_TEXTS = 8  # up to this many texts, TF-IDF is computed without scikit-learn's transform
 
 ENTRY_CODE = entry_code(
-    "registry.text_model", "MarketplaceTextClassifier", "marketplace text classifier"
+    "marketplace_models.text", "MarketplaceTextClassifier", "marketplace text classifier"
 )
 ENTRY_FILE = "marketplace_text_classifier.py"
 
@@ -423,7 +423,7 @@ def logged_artifacts(folder: Path) -> dict[str, Path]:
 def input_kind_of(folder: Path) -> str:
     """What the logged model in ``folder`` takes, from its artifacts: ``image+text`` (a
     fusion head), ``text`` (a text classifier alone) or ``image``."""
-    from registry.kinds import IMAGE, IMAGE_TEXT, TEXT
+    from marketplace_models.kinds import IMAGE, IMAGE_TEXT, TEXT
 
     artifacts = logged_artifacts(folder)
     if TEXT_ARTIFACT in artifacts:

@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from registry.cli import ArgumentParser, UserError, run_cli
+from cli import ArgumentParser, UserError, run_cli
 from registry.store import DEFAULT_MODEL_NAME, PRODUCTION
 
 DEFAULT_CLEAN = "data/clean"

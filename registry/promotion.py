@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cli import UserError
 from registry.descriptions import append_to_version, decision_note
 from registry.smoke import SmokeCheckError, check_version
 from registry.store import (
@@ -42,7 +43,6 @@ from registry.store import (
     LEGACY_STAGE,
     PREVIOUS_PRODUCTION,
     PRODUCTION,
-    RegistryError,
     connect,
     error_code,
 )
@@ -81,7 +81,7 @@ NONE = "none"  # a tag value for "no such thing" (no previous version, no metric
 READY = "READY"
 
 
-class PromotionRefused(RegistryError):
+class PromotionRefused(UserError):
     """The candidate broke the metric rule; the message says by how much.
 
     ``why`` is the same without the advice, as the version's description records it.
@@ -235,12 +235,12 @@ def choose_candidate(
         holder = alias_holder(client, name, PRODUCTION)
         versions = [v for v in list_versions(client, name) if v.status == READY]
         if not versions:
-            raise RegistryError(f"{name} has no versions yet: train one first")
+            raise UserError(f"{name} has no versions yet: train one first")
         prefer = int(holder.version) if holder else None
         return best_version(versions, metric, prefer=prefer)
     chosen = describe(client, get_version(client, name, version))
     if chosen.status != READY:
-        raise RegistryError(
+        raise UserError(
             f"{name} version {chosen.version} is {chosen.status}, not READY: its registration "
             "did not finish; pick another version"
         )
@@ -320,7 +320,7 @@ def promote(
     ``legacy_stage`` True also moves the ``Production`` stage; None (the default) moves it
     only when some version is in that stage already, so the two never disagree.
     ``run_id`` (the promote step's run) is recorded in the tags. Raises
-    :class:`RegistryError` (:class:`PromotionRefused`, ``SmokeCheckError``) and moves nothing
+    :class:`UserError` (:class:`PromotionRefused`, ``SmokeCheckError``) and moves nothing
     when a check fails; a candidate refused by the rule or the smoke check is tagged
     ``promotion.refused`` and its description says why.
     """
@@ -389,7 +389,7 @@ def rollback(
     with promotion_lock(client, name, timeout=lock_timeout):
         now_current, now_target = _rollback_pair(client, name)
         if (now_current.version, now_target.version) != (current.version, target.version):
-            raise RegistryError(
+            raise UserError(
                 f"{name}'s aliases changed while this rollback ran (production is now version "
                 f"{now_current.version}); check `python -m registry list` and run it again"
             )
@@ -443,12 +443,12 @@ def _rollback_pair(client: MlflowClient, name: str) -> tuple[VersionInfo, Versio
     current = _holder_info(client, name, PRODUCTION)
     target = _holder_info(client, name, PREVIOUS_PRODUCTION)
     if current is None:
-        raise RegistryError(
+        raise UserError(
             f"no version of {name} holds {PRODUCTION}, so there is nothing to roll back: "
             "promote one with `python -m registry promote`"
         )
     if target is None or target.version == current.version:
-        raise RegistryError(
+        raise UserError(
             f"no version of {name} holds {PREVIOUS_PRODUCTION}, so there is nothing to roll "
             "back to: promote the version you want with `python -m registry promote --version N`"
         )
@@ -498,7 +498,7 @@ def _move_production(client: MlflowClient, decision: Decision) -> None:
     holder = alias_holder(client, name, PRODUCTION)
     if holder is None or int(holder.version) != decision.version:
         now = "nothing" if holder is None else f"version {holder.version}"
-        raise RegistryError(
+        raise UserError(
             f"{PRODUCTION} of {name} points at {now} right after this promotion set it to "
             f"version {version}: another client moved it; check `python -m registry list`"
         )
@@ -538,7 +538,7 @@ def promotion_lock(
     The lock is a registered model ``<name>.promotion-lock``: creating a registered model
     fails atomically when one of that name exists, in sqlite and behind a server alike.
     A lock older than ``stale_after`` seconds (a crashed promotion) is broken. Waits up to
-    ``timeout`` seconds, then raises :class:`RegistryError`.
+    ``timeout`` seconds, then raises :class:`UserError`.
     """
     lock = name + LOCK_SUFFIX
     holder = f"{current_user()}@{socket.gethostname()} pid {os.getpid()}"
@@ -557,7 +557,7 @@ def promotion_lock(
         if _break_if_stale(client, lock, stale_after):
             continue
         if time.monotonic() > deadline:
-            raise RegistryError(
+            raise UserError(
                 f"another promotion of {name} is in progress (it holds the registered model "
                 f"{lock}); wait for it and retry, or delete {lock} if no promotion is running"
             )

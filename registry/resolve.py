@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from registry.store import PRODUCTION, RegistryError, connect
+from cli import UserError
+from registry.store import PRODUCTION, connect
 from registry.versions import alias_holder, get_version, require_model
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class ResolvedModel:
 def resolve_model_uri(uri: str, client: MlflowClient | None = None) -> str:
     """The URI or path to pass to ``mlflow.pyfunc.load_model`` for ``uri``.
 
-    Raises :class:`RegistryError` with a one-line explanation when ``uri`` names nothing:
+    Raises :class:`UserError` with a one-line explanation when ``uri`` names nothing:
     an unknown model or version, an alias or stage that no version holds, a missing folder.
     """
     return resolve_model(uri, client).load_uri
@@ -61,7 +62,7 @@ def resolve_model(uri: str, client: MlflowClient | None = None) -> ResolvedModel
     """Like :func:`resolve_model_uri`, also saying which registered version ``uri`` names."""
     text = uri.strip()
     if not text:
-        raise RegistryError("empty model URI: give e.g. models:/marketplace-classifier@production")
+        raise UserError("empty model URI: give e.g. models:/marketplace-classifier@production")
     if text.startswith(MODELS_SCHEME):
         return _resolve_registry_uri(text, client or connect())
     if text.startswith(PASS_THROUGH_SCHEMES):
@@ -72,12 +73,12 @@ def resolve_model(uri: str, client: MlflowClient | None = None) -> ResolvedModel
 def _resolve_local_path(text: str) -> ResolvedModel:
     path = Path(text).expanduser()
     if not path.exists():
-        raise RegistryError(
+        raise UserError(
             f"no model at {text}: give a model folder, or a URI such as "
             "models:/marketplace-classifier@production"
         )
     if not (path / "MLmodel").is_file():
-        raise RegistryError(f"{text} is not an MLflow model folder (it has no MLmodel file)")
+        raise UserError(f"{text} is not an MLflow model folder (it has no MLmodel file)")
     resolved = str(path.resolve())
     return ResolvedModel(uri=text, load_uri=resolved)
 
@@ -118,7 +119,7 @@ def _alias_version(client: MlflowClient, name: str, alias: str):
             else "set it with `python -m registry promote`, or use an alias that "
             "`python -m registry list` shows"
         )
-        raise RegistryError(f"no version of {name} holds the {alias} alias: {hint}")
+        raise UserError(f"no version of {name} holds the {alias} alias: {hint}")
     return holder
 
 
@@ -128,7 +129,7 @@ def _stage_version(client: MlflowClient, name: str, stage: str):
         warnings.simplefilter("ignore", FutureWarning)
         versions = client.get_latest_versions(name, stages=[stage])
     if not versions:
-        raise RegistryError(
+        raise UserError(
             f"no version of {name} is in the legacy stage {stage}: promote one with "
             "`python -m registry promote --version best --legacy-stage`, or load "
             f"models:/{name}@production"

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.clean_data import cleaned_sizes, image_folder, load_clean
-from registry.kinds import COLUMNS, IMAGE, IMAGE_COLUMN, TEXT, TEXT_COLUMN, input_of
-from registry.store import RegistryError, UserError
+from clean_data import cleaned_sizes, image_folder, load_clean
+from cli import UserError
+from marketplace_models.kinds import COLUMNS, IMAGE, IMAGE_COLUMN, TEXT, TEXT_COLUMN
+from registry.kinds import input_of
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -48,7 +49,7 @@ SYNTHETIC_TEXTS = (
 UNITS = {IMAGE: ("image", "images"), TEXT: ("text", "texts"), "image+text": ("listing", "listings")}
 
 
-class SmokeCheckError(RegistryError):
+class SmokeCheckError(UserError):
     """The candidate did not load, or its predictions break the classifier contract."""
 
 
@@ -146,7 +147,7 @@ def _is_probability(value: Any) -> bool:
 def clean_test_images(clean: Path | None, count: int = SMOKE_IMAGES) -> list[bytes]:
     """Up to ``count`` test-split images from a cleaned data folder, one per category first.
 
-    Read through :func:`registry.clean_data.load_clean`, each from the largest
+    Read through :func:`clean_data.load_clean`, each from the largest
     ``images/<size>/`` that has it, else the raw file beside the clean folder. Returns an
     empty list when the folder, its tables or the image files are missing.
     """
@@ -186,7 +187,7 @@ def clean_test_listings(clean: Path | None, count: int = SMOKE_IMAGES) -> list[t
     except UserError as exc:
         log.info("not using %s for the smoke check: %s", clean, exc)
         return []
-    from registry.text_model import listing_text
+    from marketplace_models.text import listing_text
 
     products = data.products.assign(product_id=data.products["product_id"].astype(str))
     text_of = {
@@ -316,7 +317,7 @@ def load_version(client: MlflowClient, name: str, version: int | str) -> Iterato
                 )
             )
             model = mlflow.pyfunc.load_model(str(local))
-        except RegistryError:
+        except UserError:
             raise
         except Exception as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""

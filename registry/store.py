@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from registry.cli import UserError
+from cli import UserError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -24,10 +24,6 @@ DEFAULT_MODEL_NAME = "marketplace-classifier"
 PRODUCTION = "production"
 PREVIOUS_PRODUCTION = "previous-production"
 LEGACY_STAGE = "Production"
-
-
-# The project's one error type (registry.cli.UserError), under the name the registry uses.
-RegistryError = UserError
 
 
 def tracking_uri() -> str:
@@ -44,14 +40,14 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise :class:`RegistryError` at once when the store is not there.
+    """Raise :class:`UserError` at once when the store is not there.
 
     An HTTP server must answer ``/health``; a sqlite file must exist (reading a registry
     should not create an empty store in whatever folder the command ran from).
     """
     database = sqlite_path(uri)
     if database is not None and not database.is_file():
-        raise RegistryError(
+        raise UserError(
             f"no tracking store at {database} ({uri}): run from the project folder, where "
             "training created mlflow.db, or set MLFLOW_TRACKING_URI"
         )
@@ -59,7 +55,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
-    """Raise :class:`RegistryError` at once when an HTTP tracking server does not answer."""
+    """Raise :class:`UserError` at once when an HTTP tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -67,7 +63,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
             reply.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise RegistryError(
+        raise UserError(
             f"cannot reach the MLflow tracking server at {uri} ({reason}): start it with "
             "`make stack`, or unset MLFLOW_TRACKING_URI to use the local sqlite store"
         ) from None

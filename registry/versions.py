@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from registry.store import RegistryError, error_code
+from cli import UserError
+from registry.store import error_code
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -169,7 +170,7 @@ def describe(
 
 
 def require_model(client: MlflowClient, name: str) -> None:
-    """Raise :class:`RegistryError` when no registered model is called ``name``."""
+    """Raise :class:`UserError` when no registered model is called ``name``."""
     try:
         client.get_registered_model(name)
     except Exception as exc:
@@ -177,7 +178,7 @@ def require_model(client: MlflowClient, name: str) -> None:
             raise
         known = sorted(model.name for model in client.search_registered_models(max_results=20))
         hint = f" (registered: {', '.join(known)})" if known else ""
-        raise RegistryError(
+        raise UserError(
             f"no registered model named {name!r} in {client.tracking_uri}{hint}: train and "
             "register one with `mlflow run . -e train --env-manager local`, or pass --model-name"
         ) from None
@@ -223,17 +224,17 @@ def get_version(client: MlflowClient, name: str, spec: str | int) -> ModelVersio
                 raise
         numbers = [v.version for v in all_versions(client, name)]
         known = ", ".join(str(n) for n in numbers) or "none"
-        raise RegistryError(f"{name} has no version {text} (versions: {known})")
+        raise UserError(f"{name} has no version {text} (versions: {known})")
     if text.lower() == LATEST:
         versions = all_versions(client, name)
         if not versions:
-            raise RegistryError(f"{name} has no versions yet: train one first")
+            raise UserError(f"{name} has no versions yet: train one first")
         return versions[-1]
     alias = text.removeprefix("@")
     require_model(client, name)
     holder = alias_holder(client, name, alias)
     if holder is None:
-        raise RegistryError(
+        raise UserError(
             f"no version of {name} holds the alias {alias!r}: give a version number, "
             "`latest`, or an alias that `python -m registry list` shows"
         )
@@ -252,7 +253,7 @@ def best_version(
     if not scored:
         names = sorted({m for v in versions for m in v.canonical_metrics()})
         known = ", ".join(names) if names else "none"
-        raise RegistryError(
+        raise UserError(
             f"no version of {versions[0].name if versions else 'the model'} has the metric "
             f"{metric!r} (metrics found: {known}): pass --metric, or a version number with --force"
         )

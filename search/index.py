@@ -29,7 +29,7 @@ import json
 import math
 import shutil
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from registry.store import RegistryError
+from cli import UserError
 
 if TYPE_CHECKING:
     import faiss
@@ -87,7 +87,7 @@ DEFAULT_K = 12
 NORMALIZE_CHUNK = 65_536  # rows at a time: no temporary the size of the catalogue
 
 
-class SearchIndexError(RegistryError):
+class SearchIndexError(UserError):
     """A missing or unusable index: the message says what is wrong and what to run."""
 
 
@@ -399,7 +399,7 @@ class SearchIndex:
         if missing:
             raise SearchIndexError(
                 f"{folder} is not a search index folder (missing {', '.join(missing)}): "
-                "download one with registry.search_index.download_index"
+                "download one with search.index.download_index"
             )
         try:
             manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
@@ -692,34 +692,6 @@ def _unpack_thumbnails(folder: Path) -> Path:
 
 
 # ------------------------------------------------------------------------ evaluation
-
-
-def precision_at(
-    index: SearchIndex, queries: np.ndarray, query_categories: Sequence[str], ks: Iterable[int]
-) -> dict[int, float]:
-    """Mean share of same-category listings among each query's top ``k`` (per product)."""
-    ks = sorted(set(ks))
-    if len(queries) == 0:
-        return {k: float("nan") for k in ks}
-    answers = index.search(queries, max(ks))
-    shares: dict[int, list[float]] = {k: [] for k in ks}
-    for category, results in zip(query_categories, answers, strict=True):
-        for k in ks:
-            top = results[:k]
-            shares[k].append(sum(r.category == category for r in top) / k)
-    return {k: float(np.mean(values)) for k, values in shares.items()}
-
-
-def recall_at(approximate: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
-    """Mean share of the exact top ``k`` rows that the approximate search found."""
-    if len(exact) == 0:
-        return float("nan")
-    hits = []
-    for found, truth in zip(approximate, exact, strict=True):
-        wanted = {int(row) for row in truth[:k] if row >= 0}
-        if wanted:
-            hits.append(len(wanted & {int(row) for row in found[:k]}) / len(wanted))
-    return float(np.mean(hits)) if hits else float("nan")
 
 
 # ------------------------------------------------------------------------ the registry

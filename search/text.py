@@ -1,7 +1,7 @@
 """Search by a typed query: TF-IDF relevance over the listings' names and descriptions.
 
 :class:`TextSearch` holds the catalogue's listings as rows of an L2-normalised TF-IDF
-matrix (words and character n-grams, ``registry.text_model.TfidfEncoder``), so a query's
+matrix (words and character n-grams, ``marketplace_models.text.TfidfEncoder``), so a query's
 relevance to a listing is the cosine of their vectors. :meth:`TextSearch.rank` orders the
 listings for a query by
 
@@ -9,10 +9,10 @@ listings for a query by
             + category_boost * P(listing's category | query)
 
 where the photo similarity is given only when the buyer also sent a photo (the cosine of
-the photo embeddings, ``registry.search_index``), and the category probabilities come from
+the photo embeddings, ``search.index``), and the category probabilities come from
 the text model's answer for the query. The ``index`` step builds it with the photo index
 and logs it in the same run, under ``search_index/text/`` (:data:`FILES`); it also measures
-the ranking (:func:`ndcg_at`, :func:`precision_of`).
+the ranking (:func:`search.metrics.ndcg_at`, :func:`search.metrics.precision_of`).
 
 Nothing here runs at import time.
 """
@@ -20,14 +20,13 @@ Nothing here runs at import time.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from registry.text_model import TfidfEncoder, TfidfSettings, listing_text
+from marketplace_models.text import TfidfEncoder, TfidfSettings, listing_text
 
 TEXT_DIR = "text"
 MATRIX_FILE = "listings_tfidf.npz"
@@ -35,7 +34,6 @@ ROWS_FILE = "listings_rows.json"
 FILES = ("tfidf.json", "tfidf_idf.npz", MATRIX_FILE, ROWS_FILE)
 CATEGORY_BOOST = 0.2
 PHOTO_WEIGHT = 0.5
-EVAL_K = 10
 
 
 class TextSearch:
@@ -135,23 +133,3 @@ def _normalize_rows(matrix):
     from sklearn.preprocessing import normalize
 
     return normalize(matrix, norm="l2", axis=1, copy=False)
-
-
-# ----------------------------------------------------------------------- measuring
-
-
-def ndcg_at(relevant: Sequence[bool], k: int = EVAL_K, total_relevant: int | None = None) -> float:
-    """NDCG@k of one ranked list with binary relevance (``relevant[i]``: the i-th result).
-
-    The ideal list puts ``min(k, total_relevant)`` relevant results first (all of
-    ``relevant``'s when ``total_relevant`` is None).
-    """
-    gains = [1.0 / math.log2(rank + 2) for rank, hit in enumerate(relevant[:k]) if hit]
-    ideal_count = min(k, sum(relevant) if total_relevant is None else total_relevant)
-    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(ideal_count))
-    return sum(gains) / ideal if ideal else 0.0
-
-
-def precision_of(relevant: Sequence[bool], k: int = EVAL_K) -> float:
-    """Share of relevant results among the first ``k`` (a shorter list counts its misses)."""
-    return sum(bool(hit) for hit in relevant[:k]) / k

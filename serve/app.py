@@ -28,8 +28,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry import search_index
-from registry.kinds import IMAGE_TEXT, TEXT
+from marketplace_models.kinds import IMAGE_TEXT, TEXT
+from search import index as search_index
 from serve.holder import ModelHolder
 from serve.inference import Batcher, Classifier, ImageResult, UploadError
 from serve.loader import ServedModel
@@ -753,7 +753,7 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
         """A photo's category and the most similar listings (a listing's photos count once).
 
         With `q`, the query's text relevance (and its category boost) is blended with the
-        photo's similarity (`registry.text_search`)."""
+        photo's similarity (`search.text`)."""
         k = _checked_k(k)
         wanted = _checked_category(model, category)
         query = checked_text(q, settings.max_text_chars, required=False)

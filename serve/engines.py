@@ -19,7 +19,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from registry.export import ONNX_INPUT, LoggedClassifier, load_network, serving_network
+from marketplace_models.image import LoggedClassifier, load_network
+from marketplace_models.onnx import ONNX_INPUT, serving_network
 
 
 class Engine(Protocol):

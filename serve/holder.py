@@ -26,9 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from registry.kinds import IMAGE, TEXT
+from cli import UserError
+from marketplace_models.kinds import IMAGE, TEXT
 from registry.resolve import ResolvedModel, resolve_model
-from registry.store import RegistryError, connect
+from registry.store import connect
 from serve.loader import (
     LoadError,
     ServedModel,
@@ -125,7 +126,7 @@ class ModelHolder:
     def _load(self, resolved: ResolvedModel) -> ServedModel:
         client = None
         if resolved.name is not None:
-            with contextlib.suppress(RegistryError):
+            with contextlib.suppress(UserError):
                 client = connect(self.settings.tracking_uri)
         if self.kind == TEXT:
             return load_served_text_model(
@@ -217,4 +218,4 @@ class ModelHolder:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {text}"
+    return text if isinstance(exc, UserError) else f"{type(exc).__name__}: {text}"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from registry.imaging import ImageTooLarge
+from marketplace_models.imaging import ImageTooLarge
 from serve.loader import ServedModel
 from serve.metrics import ServiceMetrics
 

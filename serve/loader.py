@@ -26,27 +26,26 @@ from typing import Any
 
 import numpy as np
 
-from registry.export import NotAClassifier, read_logged_classifier
-from registry.imaging import load_normalized
-from registry.kinds import IMAGE, IMAGE_TEXT, TEXT, TEXT_COLUMN
-from registry.listing_model import FusionParts, read_fusion_parts
-from registry.model import decode_image_value
+from marketplace_models.image import NotAClassifier, decode_image_value, read_logged_classifier
+from marketplace_models.imaging import load_normalized
+from marketplace_models.kinds import IMAGE, IMAGE_TEXT, TEXT, TEXT_COLUMN
+from marketplace_models.listing import FusionParts, read_fusion_parts
+from marketplace_models.text import TextClassifier, input_kind_of, read_text_classifier
 from registry.resolve import ResolvedModel
-from registry.search_index import (
-    SearchIndex,
-    SearchIndexError,
-    download_index,
-    index_run_for_version,
-    load_index_for_version,
-)
 from registry.smoke import (
     SYNTHETIC_TEXTS,
     input_example_images,
     input_example_rows,
     synthetic_images,
 )
-from registry.text_model import TextClassifier, input_kind_of, read_text_classifier
-from registry.text_search import TEXT_DIR, TextSearch
+from search.index import (
+    SearchIndex,
+    SearchIndexError,
+    download_index,
+    index_run_for_version,
+    load_index_for_version,
+)
+from search.text import TEXT_DIR, TextSearch
 from serve.engines import Engine, EngineUnavailable, build_engine
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from registry.cli import ArgumentParser, UserError, cli
+from cli import ArgumentParser, UserError, cli
 from registry.store import check_server
 
 log = logging.getLogger("stack")

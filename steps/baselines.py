@@ -9,8 +9,9 @@ split the ResNet uses), so the deep model's gain over these floors is measured, 
   the same features (text capped to the commonest terms, dense). Each is one ``Pipeline``
   that takes the raw columns and predicts pounds.
 * Images (root category): a most-frequent ``DummyClassifier``; logistic regression on
-  :class:`registry.image_features.ImageFeatures` (downsized pixels, colour histogram, coarse
-  HOG). The pipeline takes a column ``image`` of JPEG/PNG bytes, as the deep model does.
+  :class:`marketplace_models.sklearn_features.ImageFeatures` (downsized pixels, colour
+  histogram, coarse HOG). The pipeline takes a column ``image`` of JPEG/PNG bytes, as the
+  deep model does.
 
 Splits: images use ``images.parquet``'s ``split``. Products take the split of their images;
 a product without images gets one from a hash of its id (SHA-256), with the split
@@ -34,8 +35,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,15 +44,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from registry.clean_data import (
-    IMAGES_FILE,
-    PRODUCTS_FILE,
-    SPLITS,
-    CleanData,
-    choose_size,
-    load_clean,
-)
-from registry.image_features import HOG_SIZE
+from clean_data import IMAGES_FILE, PRODUCTS_FILE, SPLITS, CleanData, choose_size, load_clean
+from cli import UserError
+from marketplace_models.pyfunc import PACKAGE_DIR, installed_lower_bounds
+from marketplace_models.sklearn_features import HOG_SIZE
 from registry.versions import metric_value
 from steps import runtime
 from steps.evaluation import (
@@ -66,7 +60,6 @@ from steps.evaluation import (
     metric_key,
 )
 from steps.runtime import (
-    StepError,
     auto_or_positive_int,
     cli,
     log_params,
@@ -101,7 +94,7 @@ SKOPS_TRUSTED_TYPES = [
     "numpy.dtype",
     "numpy.ravel",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "registry.image_features.ImageFeatures",
+    "marketplace_models.sklearn_features.ImageFeatures",
 ]
 
 
@@ -191,7 +184,7 @@ def image_table(clean: CleanData) -> pd.DataFrame:
 
 
 def check_rows(table: pd.DataFrame, task: str, target: str | None = None) -> dict[str, int]:
-    """Rows per split; a StepError when a split (or, with ``target``, the classes) is too small."""
+    """Rows per split; a UserError when a split (or, with ``target``, the classes) is too small."""
     counts = {split: int((table["split"] == split).sum()) for split in SPLITS}
     needs = {"train": MIN_TRAIN_ROWS, "val": MIN_EVAL_ROWS, "test": MIN_EVAL_ROWS}
     short = [
@@ -200,14 +193,14 @@ def check_rows(table: pd.DataFrame, task: str, target: str | None = None) -> dic
         if counts[split] < needs[split]
     ]
     if short:
-        raise StepError(
+        raise UserError(
             f"too few rows for the {task} baselines: {'; '.join(short)}. Use a bigger export, "
             "or clean it again with larger --val-frac/--test-frac"
         )
     if target is not None:
         train = table.loc[table["split"] == "train", target]
         if train.nunique() < MIN_CLASSES:
-            raise StepError(
+            raise UserError(
                 f"too few classes for the {task} baselines: the train split has "
                 f"{train.nunique()} (needs {MIN_CLASSES}). Use a bigger export"
             )
@@ -284,7 +277,7 @@ def build_image_model(kind: str, *, feature_size: int = 16, C: float = LOGREG_C,
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from registry.image_features import ImageFeatures
+    from marketplace_models.sklearn_features import ImageFeatures
 
     if kind == "dummy":
         return Pipeline([("model", DummyClassifier(strategy="most_frequent"))])
@@ -339,31 +332,12 @@ def plot_predicted_vs_true(true_pounds: np.ndarray, predicted_pounds: np.ndarray
 
 
 def pip_requirements(images: bool) -> list[str]:
-    """Pinned requirements of a logged baseline (given, so MLflow need not infer them)."""
-    from importlib.metadata import version
-
+    """Requirements of a logged baseline (given, so MLflow need not infer them): the installed
+    versions as lower bounds, the policy every logged model follows."""
     packages = ["mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy"]
     if images:
         packages.append("pillow")
-    return [f"{name}=={version(name)}" for name in packages]
-
-
-def _code_package(target: Path) -> list[str]:
-    """Copy the modules an image model needs, as a package, into ``target``; its path.
-
-    The model pickles ``registry.image_features.ImageFeatures``, which uses
-    ``registry.imaging``: these two modules (and an empty package marker) travel with the
-    model as ``code_paths``, so it loads where this repository is not installed, and a served
-    baseline carries ``registry/`` code only.
-    """
-    from registry import image_features, imaging
-
-    folder = target / "registry"
-    folder.mkdir(parents=True)
-    (folder / "__init__.py").write_text('"""registry (only what a baseline model needs)."""\n')
-    for module in (image_features, imaging):
-        shutil.copy2(module.__file__, folder / Path(module.__file__).name)
-    return [str(folder)]
+    return installed_lower_bounds(packages)
 
 
 def log_sklearn_model(model, example: pd.DataFrame, *, images: bool, name: str):
@@ -373,16 +347,17 @@ def log_sklearn_model(model, example: pd.DataFrame, *, images: bool, name: str):
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, model.predict(example))
-    with tempfile.TemporaryDirectory() as tmp:
-        return mlflow.sklearn.log_model(
-            model,
-            name=name,
-            signature=signature,
-            input_example=example,
-            pip_requirements=pip_requirements(images),
-            code_paths=_code_package(Path(tmp)) if images else None,
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-        )
+    # An image baseline pickles marketplace_models.sklearn_features.ImageFeatures: it carries
+    # that package whole, like every logged model, so it loads where this repository is not.
+    return mlflow.sklearn.log_model(
+        model,
+        name=name,
+        signature=signature,
+        input_example=example,
+        pip_requirements=pip_requirements(images),
+        code_paths=[str(PACKAGE_DIR)] if images else None,
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+    )
 
 
 def log_datasets(table: pd.DataFrame, source: Path, name: str, target: str) -> dict[str, Any]:
@@ -529,7 +504,7 @@ def image_feature_cache(
     parts: dict[str, pd.DataFrame], sizes: Sequence[int]
 ) -> dict[int, dict[str, np.ndarray]]:
     """ImageFeatures of every split at every feature size, computed once for the search."""
-    from registry.image_features import ImageFeatures
+    from marketplace_models.sklearn_features import ImageFeatures
 
     cache = {}
     for size in sizes:
@@ -762,7 +737,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     if args.feature_size < 4:
-        raise StepError(f"--feature-size must be at least 4 pixels, got {args.feature_size}")
+        raise UserError(f"--feature-size must be at least 4 pixels, got {args.feature_size}")
     clean = load_clean(args.clean, products=True)
     needed = max(args.feature_size, HOG_SIZE)
     clean = clean.at_size(choose_size(args.clean, needed, args.image_size, flag="--image-size"))

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cli import UserError
 from steps import runtime
 from steps.baselines import results_markdown
-from steps.runtime import StepError, check_tracking_server, cli, tracking_uri
+from steps.runtime import check_tracking_server, cli, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,11 @@ RESULTS_FILE = "results.json"
 
 
 def _check_store(uri: str) -> None:
-    """A StepError when the store is a sqlite file that does not exist (MLflow would make it)."""
+    """A UserError when the store is a sqlite file that does not exist (MLflow would make it)."""
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.is_file():
-            raise StepError(
+            raise UserError(
                 f"no tracking store at {path}: run `mlflow run . -e baselines --env-manager local` "
                 "first, or set MLFLOW_TRACKING_URI to the store that holds its runs"
             )
@@ -51,7 +52,7 @@ def latest_baselines_run(client, uri: str):
         max_results=1,
     )
     if not runs:
-        raise StepError(
+        raise UserError(
             f"no finished baselines run in {uri}: run "
             "`mlflow run . -e baselines --env-manager local` first"
         )
@@ -74,7 +75,7 @@ def load_results(run_id: str | None = None) -> dict[str, Any]:
         return mlflow.artifacts.load_dict(f"runs:/{run_id}/{RESULTS_FILE}")
     except (MlflowException, OSError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StepError(
+        raise UserError(
             f"cannot read {RESULTS_FILE} of run {run_id} ({message[:200]}): is it a finished "
             "baselines run?"
         ) from None

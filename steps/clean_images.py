@@ -4,7 +4,7 @@ Reads (never modifies):
     <raw>/images/*  every image file present (jpg, jpeg, png, webp, gif, bmp, tif, tiff);
                     images.parquet, not this step, decides which of them training uses
 Writes:
-    <out>/images/<size>/<image_id>.jpg   registry.imaging.load_normalized(path, size): EXIF
+    <out>/images/<size>/<image_id>.jpg   imaging.load_normalized(path, size): EXIF
                                          applied, RGB, aspect kept, padded to size x size;
                                          JPEG quality 90, written to a temporary name and
                                          renamed, so an interruption never leaves half a file
@@ -32,10 +32,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from registry.clean_data import IMAGES_DIR, image_folder
-from registry.imaging import load_normalized
+from clean_data import IMAGES_DIR, image_folder
+from cli import UserError
+from marketplace_models.imaging import load_normalized
 from steps import runtime
-from steps.runtime import StepError, cli, log_params, start_run
+from steps.runtime import cli, log_params, start_run
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +157,10 @@ def run_jobs(
 
 
 def refuse_out_in_raw(raw: Path, out: Path) -> None:
-    """A :class:`StepError` when ``out`` is the raw folder or inside it (raw is read-only)."""
+    """A :class:`UserError` when ``out`` is the raw folder or inside it (raw is read-only)."""
     raw_resolved, out_resolved = raw.resolve(), out.resolve()
     if out_resolved == raw_resolved or raw_resolved in out_resolved.parents:
-        raise StepError(
+        raise UserError(
             f"--out {out} is inside the raw folder {raw}; the raw export is never written to, "
             "choose another folder such as data/clean"
         )
@@ -168,17 +169,17 @@ def refuse_out_in_raw(raw: Path, out: Path) -> None:
 def check_inputs(raw: Path, out: Path, size: int, workers: int) -> Path:
     """Validate the arguments; return the raw images folder."""
     if size < MIN_SIZE:
-        raise StepError(f"--size must be at least {MIN_SIZE} pixels, got {size}")
+        raise UserError(f"--size must be at least {MIN_SIZE} pixels, got {size}")
     if workers < 0:
-        raise StepError(f"--workers must be 0 (all cores) or more, got {workers}")
+        raise UserError(f"--workers must be 0 (all cores) or more, got {workers}")
     if not raw.is_dir():
-        raise StepError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
+        raise UserError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
     images_dir = raw / IMAGES_DIR
     if not images_dir.is_dir():
-        raise StepError(f"{images_dir} not found; the raw export needs its images/ folder")
+        raise UserError(f"{images_dir} not found; the raw export needs its images/ folder")
     refuse_out_in_raw(raw, out)
     if not list_images(images_dir):
-        raise StepError(
+        raise UserError(
             f"no image files in {images_dir} (expected {', '.join(IMAGE_SUFFIXES)}); "
             "check the export or --raw"
         )

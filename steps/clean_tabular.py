@@ -40,17 +40,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from registry.clean_data import (
-    CATEGORIES_FILE,
-    IMAGES_FILE,
-    PRODUCTS_FILE,
-    REPORT_FILE,
-    SPLITS,
-)
-from registry.imaging import open_image
+from clean_data import CATEGORIES_FILE, IMAGES_FILE, PRODUCTS_FILE, REPORT_FILE, SPLITS
+from cli import UserError
+from marketplace_models.imaging import open_image
 from steps import runtime
 from steps.clean_images import list_images, refuse_out_in_raw
-from steps.runtime import StepError, cli, log_params, start_run
+from steps.runtime import cli, log_params, start_run
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +183,7 @@ def read_raw_csv(
     (:func:`missing_to_none` turns them into ``\n``).
     """
     if not path.is_file():
-        raise StepError(
+        raise UserError(
             f"{path} not found; point --raw at an export folder (make one with demo_data)"
         )
     try:
@@ -200,14 +195,14 @@ def read_raw_csv(
             na_filter=False,
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise StepError(f"cannot read {path} as CSV ({exc}); re-export it") from None
+        raise UserError(f"cannot read {path} as CSV ({exc}); re-export it") from None
     frame.columns = [str(column).strip("\r\n \ufeff") for column in frame.columns]
     first = frame.columns[0] if len(frame.columns) else None
     if first is not None and (first == "" or first.startswith("Unnamed:")):
         frame = frame.drop(columns=first)
     missing = [column for column in required if column not in frame.columns]
     if missing:
-        raise StepError(
+        raise UserError(
             f"{path} lacks column(s) {', '.join(missing)} (has {', '.join(frame.columns)}); "
             "is this the marketplace export?"
         )
@@ -293,8 +288,8 @@ def clean_products(raw: pd.DataFrame, max_price: float) -> tuple[pd.DataFrame, d
 def probe_image(path: Path) -> tuple[int, int, str]:
     """Original (width, height, mode) of an image file, after checking it fully decodes.
 
-    The header gives size and mode; :func:`registry.imaging.open_image` then draft-decodes the
-    data (fast for JPEGs) and raises ``OSError`` when it is broken or truncated.
+    The header gives size and mode; :func:`marketplace_models.imaging.open_image` then
+    draft-decodes the data (fast for JPEGs) and raises ``OSError`` when it is broken or truncated.
     """
     with Image.open(path) as header:
         width, height, mode = header.size[0], header.size[1], header.mode
@@ -437,18 +432,18 @@ def split_by_product(
 def check_paths(raw: Path, out: Path) -> None:
     """Refuse a missing raw folder, and any output folder that is or lies inside it."""
     if not raw.is_dir():
-        raise StepError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
+        raise UserError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
     refuse_out_in_raw(raw, out)
 
 
 def check_fractions(val_frac: float, test_frac: float, max_price: float) -> None:
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-        raise StepError(
+        raise UserError(
             f"--val-frac {val_frac} and --test-frac {test_frac} must each be in [0, 1) "
             "and sum to less than 1"
         )
     if not max_price > 0:
-        raise StepError(f"--max-price must be above 0, got {max_price}")
+        raise UserError(f"--max-price must be above 0, got {max_price}")
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -540,7 +535,7 @@ def build_clean_tables(
     """Read, parse, filter, probe images, label and split; write nothing, log nothing."""
     raw = Path(raw)
     if not raw.is_dir():
-        raise StepError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
+        raise UserError(f"raw folder {raw} not found; run ingest or demo_data first, or fix --raw")
     check_fractions(val_frac, test_frac, max_price)
     raw_products, absent_products = read_raw_csv(
         raw / PRODUCTS_CSV, PRODUCT_COLUMNS, REQUIRED_PRODUCT_COLUMNS
@@ -551,13 +546,13 @@ def build_clean_tables(
 
     products, product_report = clean_products(raw_products, max_price)
     if products.empty:
-        raise StepError(
+        raise UserError(
             f"{raw / PRODUCTS_CSV} has no usable rows (each needs an id and a category); "
             "check the export"
         )
     images, image_report = clean_image_rows(raw_images, products, raw)
     if images.empty:
-        raise StepError(
+        raise UserError(
             f"no usable images: none of the {len(raw_images)} rows of {raw / IMAGES_CSV} names a "
             f"known product with a readable file in {raw / IMAGES_DIR}; check the export"
         )

@@ -55,9 +55,10 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from cli import UserError
 from steps import runtime
 from steps.clean_tabular import IMAGE_COLUMNS, PRODUCT_COLUMNS
-from steps.runtime import StepError, cli, log_params, non_negative_int, positive_int, start_run
+from steps.runtime import cli, log_params, non_negative_int, positive_int, start_run
 
 log = logging.getLogger(__name__)
 
@@ -607,7 +608,7 @@ def write_products_csv(table: pd.DataFrame, path: Path) -> None:
 def make_export(out: Path, products: int = 2000, seed: int = 0, workers: int = 0) -> dict:
     """Write a synthetic export to ``out``; returns counts. Existing images are kept."""
     if products < 1:
-        raise StepError(f"--products must be at least 1, got {products}")
+        raise UserError(f"--products must be at least 1, got {products}")
     out = Path(out)
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ the cleaned JPEGs in ``images/<clean_size>/``.
 Embeds every catalogue photo with the model (``unwrap_python_model().embed``: the
 penultimate layer, batched, with a progress bar), L2-normalises the embeddings and builds
 a FAISS index (``--kind``: ``auto`` = exact up to
-``registry.search_index.AUTO_EXACT_MAX_FLOATS``, HNSW above; or ``flat``, ``hnsw``,
+``search.index.AUTO_EXACT_MAX_FLOATS``, HNSW above; or ``flat``, ``hnsw``,
 ``ivfpq``). Writes, as artifacts of this run under ``search_index/`` (the layout is
 ``registry/search_index.py``'s): the index, the id map, the listings' metadata and a JPEG
 thumbnail of every photo, so that a service replica needs only the tracking server. Tags
@@ -53,12 +53,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from registry import search_index
+from cli import UserError
 from registry.resolve import ResolvedModel, pinned, resolve_model
 from registry.store import DEFAULT_MODEL_NAME, connect
 from registry.versions import get_version
+from search import index as search_index
+from search.metrics import precision_at, recall_at
 from steps import runtime
-from steps.runtime import StepError, cli, log_params, positive_int, start_run, str_to_bool
+from steps.runtime import cli, log_params, positive_int, start_run, str_to_bool
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class Catalogue:
     """The photos to index (one row each, with its file) and the listings they belong to."""
 
     images: pd.DataFrame  # image_id, product_id, category, split, path
-    listings: pd.DataFrame  # registry.search_index.LISTING_COLUMNS
+    listings: pd.DataFrame  # search.index.LISTING_COLUMNS
     categories: list[str]
     folder: Path
     image_dir: Path
@@ -135,11 +137,11 @@ def resolve(model_uri: str, model_name: str) -> ResolvedModel:
 
 
 def load_catalogue(clean: Path, clean_size: int) -> Catalogue:
-    """The photos and listings of the clean data; :class:`StepError` when it is missing."""
+    """The photos and listings of the clean data; :class:`UserError` when it is missing."""
     clean = Path(clean)
     needed = [clean / name for name in ("products.parquet", "images.parquet", "categories.json")]
     if not all(path.is_file() for path in needed):
-        raise StepError(
+        raise UserError(
             f"no cleaned data in {clean} (products.parquet, images.parquet, categories.json): "
             "run `mlflow run . -e clean_tabular --env-manager local` and `-e clean_images` "
             "first, or pass --clean with the folder they wrote"
@@ -148,7 +150,7 @@ def load_catalogue(clean: Path, clean_size: int) -> Catalogue:
     if not image_dir.is_dir():
         folder = clean / "images"
         found = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-        raise StepError(
+        raise UserError(
             f"no cleaned images in {image_dir}: run clean_images with --size {clean_size}, or "
             f"pass --clean-size with a size that exists (found: {', '.join(found) or 'none'})"
         )
@@ -171,7 +173,7 @@ def load_catalogue(clean: Path, clean_size: int) -> Catalogue:
         )
     images = images[present & images["product_id"].isin(products["product_id"])]
     if images.empty:
-        raise StepError(
+        raise UserError(
             f"no photo of {clean / 'images.parquet'} has a cleaned JPEG in {image_dir}: "
             f"run clean_images with --size {clean_size}"
         )
@@ -264,13 +266,13 @@ def load_embedder(model: ResolvedModel):
         loaded = mlflow.pyfunc.load_model(model.load_uri)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise StepError(
+        raise UserError(
             f"cannot load {model.uri} ({type(exc).__name__}: {first}): give a model URI "
             "that `python -m registry list` shows, e.g. models:/marketplace-classifier/1"
         ) from None
     python_model = loaded.unwrap_python_model()
     if not callable(getattr(python_model, "embed", None)):
-        raise StepError(
+        raise UserError(
             f"{model.uri} is not a marketplace classifier: its model has no embed() method"
         )
     return python_model
@@ -287,7 +289,7 @@ def embed_photos(embedder, paths: Sequence[Path], batch_size: int) -> np.ndarray
             try:
                 parts.append(np.asarray(embedder.embed(batch), dtype=np.float32))
             except ValueError as exc:
-                raise StepError(f"{exc} in {paths[start].parent}: re-run clean_images") from None
+                raise UserError(f"{exc} in {paths[start].parent}: re-run clean_images") from None
             bar.update(len(batch))
     return np.concatenate(parts)
 
@@ -331,9 +333,7 @@ def evaluate(vectors: np.ndarray, catalogue: Catalogue, kind: str) -> dict[str, 
         {"search": search_index.search_settings(index), "categories": catalogue.categories},
     )
     queries = vectors[test]
-    precision = search_index.precision_at(
-        searcher, queries, images.loc[test, "category"].tolist(), PRECISION_KS
-    )
+    precision = precision_at(searcher, queries, images.loc[test, "category"].tolist(), PRECISION_KS)
     metrics = {f"precision_at_{k}": value for k, value in precision.items()}
     shares = listings["category"].value_counts(normalize=True)
     metrics["majority_share"] = float(shares.iloc[0]) if len(shares) else float("nan")
@@ -344,7 +344,7 @@ def evaluate(vectors: np.ndarray, catalogue: Catalogue, kind: str) -> dict[str, 
         normalized = search_index.normalize(queries)
         _, truth = exact.search(normalized, RECALL_K)
         _, found = index.search(normalized, RECALL_K)
-        metrics[f"recall_at_{RECALL_K}"] = search_index.recall_at(found, truth, RECALL_K)
+        metrics[f"recall_at_{RECALL_K}"] = recall_at(found, truth, RECALL_K)
     return metrics
 
 
@@ -360,9 +360,10 @@ def catalogue_texts(catalogue: Catalogue) -> pd.DataFrame:
 def evaluate_text_search(vectors: np.ndarray, catalogue: Catalogue) -> dict[str, float]:
     """NDCG@10 and precision@10 of same-category listings for the test listings as queries
     (their own title), against the train + validation listings: by the text, by the photo
-    (the listing's first photo), and by both (``registry.text_search``; no category boost,
+    (the listing's first photo), and by both (``search.text``; no category boost,
     which needs the text model)."""
-    from registry.text_search import EVAL_K, TextSearch, ndcg_at, precision_of
+    from search.metrics import EVAL_K, ndcg_at, precision_of
+    from search.text import TextSearch
 
     images = catalogue.images
     served = images["split"].isin(["train", "val"]).to_numpy()
@@ -446,7 +447,7 @@ def build_and_log(
                 "thumbnail_size": args.thumbnail_size,
             },
         )
-        from registry.text_search import TEXT_DIR, TextSearch
+        from search.text import TEXT_DIR, TextSearch
 
         started = time.perf_counter()
         TextSearch.build(catalogue_texts(catalogue)).save(folder / TEXT_DIR)

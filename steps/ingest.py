@@ -30,8 +30,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from cli import UserError
 from steps import runtime
-from steps.runtime import StepError, cli, log_params, positive_int, start_run
+from steps.runtime import cli, log_params, positive_int, start_run
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def parse_s3_uri(source: str) -> S3Location:
     rest = source[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if not bucket:
-        raise StepError(f"no bucket in {source!r}: use s3://bucket/prefix")
+        raise UserError(f"no bucket in {source!r}: use s3://bucket/prefix")
     return S3Location(bucket, prefix.strip("/"))
 
 
@@ -93,7 +94,7 @@ def check_layout(files: Sequence[SourceFile], where: str) -> None:
     if not any(f.path.startswith(IMAGES_DIR + "/") for f in files):
         missing.append(IMAGES_DIR + "/")
     if missing:
-        raise StepError(
+        raise UserError(
             f"{where} is not a raw export: missing {', '.join(missing)} "
             "(expected Products.csv, Images.csv and images/); check the path"
         )
@@ -102,7 +103,7 @@ def check_layout(files: Sequence[SourceFile], where: str) -> None:
 def list_local(root: Path) -> list[SourceFile]:
     """The layout's files under a local folder."""
     if not root.is_dir():
-        raise StepError(f"no such folder: {root}")
+        raise UserError(f"no such folder: {root}")
     files = []
     for name in TABLES:
         if (root / name).is_file():
@@ -143,8 +144,8 @@ def make_s3_client(workers: int = 16):
     return session.client("s3", endpoint_url=s3_endpoint(), config=config)
 
 
-def explain_s3_error(exc: Exception, location: S3Location) -> StepError:
-    """Turn a botocore exception into a one-line StepError that says what to do."""
+def explain_s3_error(exc: Exception, location: S3Location) -> UserError:
+    """Turn a botocore exception into a one-line UserError that says what to do."""
     from botocore.exceptions import (
         ClientError,
         EndpointConnectionError,
@@ -159,24 +160,24 @@ def explain_s3_error(exc: Exception, location: S3Location) -> StepError:
         or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
     )
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return StepError(
+        return UserError(
             f"no AWS credentials to read {where}: set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
         )
     if isinstance(exc, EndpointConnectionError):
-        return StepError(
+        return UserError(
             f"cannot reach S3 at {endpoint or 'the AWS endpoint'} to read {where}: check "
             "AWS_ENDPOINT_URL (or MLFLOW_S3_ENDPOINT_URL) and that the store is running"
         )
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchBucket", "404"):
-            return StepError(f"bucket {location.bucket!r} does not exist ({where}); check the name")
+            return UserError(f"bucket {location.bucket!r} does not exist ({where}); check the name")
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return StepError(f"access to {where} denied ({code}): check your AWS credentials")
-        return StepError(f"S3 refused to list {where} ({code or exc}); check the source")
+            return UserError(f"access to {where} denied ({code}): check your AWS credentials")
+        return UserError(f"S3 refused to list {where} ({code or exc}); check the source")
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return StepError(f"cannot read {where} ({type(exc).__name__}: {message})")
+    return UserError(f"cannot read {where} ({type(exc).__name__}: {message})")
 
 
 def list_s3(client, location: S3Location) -> list[SourceFile]:
@@ -192,7 +193,7 @@ def list_s3(client, location: S3Location) -> list[SourceFile]:
     except (BotoCoreError, ClientError) as exc:
         raise explain_s3_error(exc, location) from None
     if not keys:
-        raise StepError(
+        raise UserError(
             f"no objects under {location.uri}: check the bucket and prefix "
             "(the prefix is the folder holding Products.csv)"
         )
@@ -214,7 +215,7 @@ def check_out(source_root: Path | None, out: Path) -> None:
         return
     source, target = source_root.resolve(), out.resolve()
     if target == source or source in target.parents:
-        raise StepError(
+        raise UserError(
             f"--out {out} is the source folder or inside it; ingest never writes into its "
             "source: pick another --out (default data/raw)"
         )
@@ -299,7 +300,7 @@ def ingest(source: str, out: Path, *, workers: int = 16) -> dict:
     source = str(source).strip()
     out = Path(out)
     if not source:
-        raise StepError("--source is empty: give a folder or s3://bucket/prefix")
+        raise UserError("--source is empty: give a folder or s3://bucket/prefix")
     started = time.perf_counter()
     if source.startswith("s3://"):
         location = parse_s3_uri(source)
@@ -352,7 +353,7 @@ def ingest(source: str, out: Path, *, workers: int = 16) -> dict:
         summary["run_id"] = active.info.run_id
         if failures:
             path, error = failures[0]
-            raise StepError(
+            raise UserError(
                 f"{len(failures)} of {len(fetch)} files failed to copy (first: {path}: {error}); "
                 "run ingest again: it resumes and fetches only what is missing"
             )

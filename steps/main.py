@@ -30,11 +30,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry.clean_data import TABLE_FILES, image_folder
+from clean_data import TABLE_FILES, image_folder
+from cli import UserError
 from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
 from steps import runtime
 from steps.runtime import (
-    StepError,
     cli,
     log_params,
     non_negative_int,
@@ -168,7 +168,7 @@ def run_step(
             synchronous=True,
         )
     except ExecutionException as exc:
-        raise StepError(f"step {step.entry_point} failed ({exc}); see its message above") from None
+        raise UserError(f"step {step.entry_point} failed ({exc}); see its message above") from None
     run_id = submitted.run_id
     client.set_tag(run_id, PARENT_RUN_TAG, parent_run_id)
     client.set_tag(run_id, CACHE_KEY_TAG, key)
@@ -432,7 +432,7 @@ def promote_trained(
     )
     try:
         run_step(promote, parent, experiment, code, env_manager)
-    except StepError:
+    except UserError:
         log.warning(
             "version %s of %s was not promoted (see the reason above); production is unchanged",
             version,

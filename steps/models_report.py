@@ -18,8 +18,10 @@ import argparse
 import logging
 from collections.abc import Mapping, Sequence
 
-from registry.kinds import IMAGE, IMAGE_TEXT, KINDS, MODEL_NAMES, TEXT
-from registry.store import PRODUCTION, RegistryError, connect
+from cli import UserError
+from marketplace_models.kinds import IMAGE, IMAGE_TEXT, KINDS, TEXT
+from registry.kinds import MODEL_NAMES
+from registry.store import PRODUCTION, connect
 from registry.versions import alias_holder, get_version
 from steps import runtime
 
@@ -51,7 +53,7 @@ def chosen_version(client, name: str):
     try:
         holder = alias_holder(client, name, PRODUCTION)
         return holder or get_version(client, name, "latest")
-    except RegistryError:
+    except UserError:
         return None
 
 

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from cli import UserError
 from registry.promotion import (
     DEFAULT_METRIC,
     TAG_PREFIX,
@@ -29,10 +30,10 @@ from registry.promotion import (
     decision_options,
     promote,
 )
-from registry.store import DEFAULT_MODEL_NAME, PRODUCTION, RegistryError, connect
+from registry.store import DEFAULT_MODEL_NAME, PRODUCTION, connect
 from registry.versions import canonical_metric
 from steps import runtime
-from steps.runtime import StepError, cli, log_params, optional_text, start_run, str_to_bool
+from steps.runtime import cli, log_params, optional_text, start_run, str_to_bool
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def _candidate_version(args: argparse.Namespace) -> int | None:
     """The version ``--version`` names now (None when it names none)."""
     try:
         return choose_candidate(connect(), args.model_name, args.version, args.metric).version
-    except RegistryError:
+    except UserError:
         return None
 
 
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> Decision:
                 run_id=run.info.run_id,
                 **decision_options(args),
             )
-        except RegistryError as exc:
+        except UserError as exc:
             mlflow.set_tags(
                 {
                     OUTCOME: "refused",
@@ -177,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> Decision:
                     "mlflow.runName": run_name(candidate, "refused", model_name=args.model_name),
                 }
             )
-            raise StepError(str(exc)) from None
+            raise UserError(str(exc)) from None
         record_decision(decision, params)
     print(decision.summary())
     return decision

@@ -1,9 +1,9 @@
 """What every step shares: the tracking store and one MLflow run per step.
 
 The command-line convention (the parser, the argparse types, one-line errors with exit code
-2 through :func:`cli`) and the one error type are :mod:`registry.cli`'s, re-exported here so
-that a step imports everything it runs with from one place. ``StepError`` is
-:class:`registry.cli.UserError` under the name the steps use. Nothing here runs at import
+2 through :func:`cli`) and the one error type are :mod:`cli`'s, re-exported here so
+that a step imports everything it runs with from one place. ``UserError`` is
+:class:`cli.UserError` under the name the steps use. Nothing here runs at import
 time.
 """
 
@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Mapping
 
-from registry.cli import (
+from cli import (
     EXIT_USER_ERROR,
     ArgumentParser,
     UserError,
@@ -28,13 +28,13 @@ from registry.cli import (
     str_to_bool,
     whole_number,
 )
-from registry.store import RegistryError, check_server, tracking_uri
+from registry.store import check_server, tracking_uri
 
 __all__ = [
     "EXIT_USER_ERROR",
     "ArgumentParser",
-    "RegistryError",
-    "StepError",
+    "UserError",
+    "UserError",
     "auto_or_positive_int",
     "check_tracking_server",
     "cli",
@@ -60,8 +60,6 @@ MODEL_TRAINING = "custom_model_development"
 UNSET = ("", "none")
 
 log = logging.getLogger("steps")
-
-StepError = UserError
 
 
 def check_tracking_server(uri: str | None = None, timeout: float = 5.0) -> None:

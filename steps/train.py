@@ -40,19 +40,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from clean_data import DATA_DIGEST_TAG, data_digest
+from cli import UserError
+from marketplace_models.image import log_classifier
+from marketplace_models.network import ARCHS, ClassifierConfig
 from registry.descriptions import model_description, registration_note
-from registry.model import (
-    ARCHS,
-    DATA_DIGEST_TAG,
-    ClassifierConfig,
-    data_digest,
-    log_classifier,
-    register_described,
-)
 from registry.promotion import DEFAULT_METRIC
+from registry.register import register_described
 from steps import runtime
 from steps.evaluation import log_classification_report
-from steps.runtime import StepError
 from steps.training import checkpoint as ckpt
 from steps.training.config import ALL_LAYERS, TrainConfig
 from steps.training.data import CleanData, decode_images, labels_of, load_clean_data
@@ -152,7 +148,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     args = get_args_parser().parse_args(argv)
     if args.image_size < 16:
-        raise StepError(f"--image-size must be at least 16 pixels, got {args.image_size}")
+        raise UserError(f"--image-size must be at least 16 pixels, got {args.image_size}")
     return TrainConfig(
         clean=args.clean,
         epochs=args.epochs,
@@ -295,12 +291,12 @@ def _prepare(cfg: TrainConfig, ctx: Context):
             mlflow.set_tracking_uri(runtime.tracking_uri())
             try:
                 fetched = ckpt.fetch_checkpoint(cfg.resume)
-            except StepError as exc:
+            except UserError as exc:
                 fetched = str(exc)  # every rank stops with it, none waits for a checkpoint
         # Every rank resumes from rank 0's copy of the checkpoint: the same epoch and weights.
         fetched = broadcast_object(ctx, fetched)
         if isinstance(fetched, str):
-            raise StepError(fetched)
+            raise UserError(fetched)
         checkpoint = fetched
         cfg = cfg.resumed_with(checkpoint["args"])
         log.info("resuming run %s after epoch %d", cfg.resume, checkpoint["epoch"])

@@ -14,7 +14,7 @@ One row per photo, as the service receives a listing (a photo and its listing's 
   train rows these are *out of fold* (``--folds`` folds by listing: each listing's
   probabilities come from a classifier that did not see it), so the head learns how far
   to trust the text on listings the text model has not memorised;
-* the head (``registry.listing_model.FusionHead``: the L2-normalised embedding and the
+* the head (``marketplace_models.listing.FusionHead``: the L2-normalised embedding and the
   text probabilities side by side, one hidden layer) trained with AdamW on the train
   photos, per-epoch metrics with ``step=epoch``, early-stopped on the validation loss
   (``--patience``), the best epoch kept.
@@ -50,25 +50,34 @@ import numpy as np
 import pandas as pd
 import torch
 
-from registry.clean_data import IMAGES_FILE, SPLITS, choose_size, image_folder, load_clean
-from registry.descriptions import model_description, registration_note
-from registry.kinds import IMAGE_TEXT, INPUT_TAG, LISTING_MODEL_NAME
-from registry.listing_model import (
+from clean_data import (
+    DATA_DIGEST_TAG,
+    IMAGES_FILE,
+    SPLITS,
+    choose_size,
+    data_digest,
+    image_folder,
+    load_clean,
+)
+from cli import UserError
+from marketplace_models.kinds import IMAGE_TEXT
+from marketplace_models.listing import (
     FusionConfig,
     FusionHead,
     fusion_features,
     head_probabilities,
     log_listing_classifier,
 )
-from registry.model import DATA_DIGEST_TAG, data_digest, register_described
+from registry.descriptions import model_description, registration_note
+from registry.kinds import INPUT_TAG, LISTING_MODEL_NAME
 from registry.promotion import DEFAULT_METRIC
+from registry.register import register_described
 from registry.resolve import ResolvedModel, pinned
-from registry.store import DEFAULT_MODEL_NAME, PRODUCTION, RegistryError, connect
+from registry.store import DEFAULT_MODEL_NAME, PRODUCTION, connect
 from registry.versions import alias_holder, get_version
 from steps import runtime
 from steps.evaluation import classification_metrics, log_classification_report
 from steps.index import embed_photos, load_embedder
-from steps.runtime import StepError
 from steps.train_text import (
     DEFAULT_C_VALUES,
     Listings,
@@ -111,8 +120,8 @@ def _require_image_model(client, name: str) -> None:
 
     try:
         require_model(client, name)
-    except RegistryError:
-        raise RegistryError(
+    except UserError:
+        raise UserError(
             f"no registered image model {name!r} to embed photos with: train one first "
             "(`mlflow run . -e train --env-manager local`), or pass image_model_uri"
         ) from None
@@ -145,7 +154,7 @@ def load_photos(listings: Listings, clean: Path, clean_size: int | None, needed:
         log.warning("%d photos have no cleaned JPEG in %s: left out", int((~present).sum()), folder)
     frame = frame[present].reset_index(drop=True)
     if frame.empty:
-        raise StepError(f"no cleaned photo in {folder}: run clean_images with --size {size}")
+        raise UserError(f"no cleaned photo in {folder}: run clean_images with --size {size}")
     frame["text"] = frame["product_id"].map(text_of).to_numpy()
     return Photos(frame, listings.categories)
 
@@ -164,7 +173,7 @@ def out_of_fold_probabilities(
 ) -> np.ndarray:
     """Class probabilities ``(N, C)`` of each train listing by a text classifier fitted on
     the other folds (same encoder settings and ``C``)."""
-    from registry.text_model import TextClassifier, TextConfig
+    from marketplace_models.text import TextClassifier, TextConfig
 
     rng = np.random.default_rng(seed)
     fold_of = rng.permutation(len(train)) % max(2, folds)
@@ -371,7 +380,7 @@ def train_combined(args: argparse.Namespace) -> CombinedOutcome:
             image_model_uri=image.load_uri,
         )
         if not by_split["val"].any():
-            raise StepError("the validation split has no photos: early stopping needs some")
+            raise UserError("the validation split has no photos: early stopping needs some")
         outcome = train_head(
             config,
             features[by_split["train"]],

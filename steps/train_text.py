@@ -3,10 +3,10 @@
 Reads ``<clean>/products.parquet`` (name, description, root_category, split) and
 ``<clean>/categories.json``: one row per listing that has photos (so the split is the
 image model's, decided per product); the text is the title, a new line, the description
-(``registry.text_model.listing_text``).
+(``marketplace_models.text.listing_text``).
 
 The encoder (``--text-encoder``): empty (the default, offline) for TF-IDF of words and of
-character n-grams (``registry.text_model.TfidfEncoder``); a Hugging Face model name or a
+character n-grams (``marketplace_models.text.TfidfEncoder``); a Hugging Face model name or a
 folder saved with ``save_pretrained`` for a frozen, mean-pooled transformer. The head is a
 multinomial logistic regression; its ``C`` is chosen on the validation split among
 ``--c-values`` (by validation log loss), then it is refit on the train split with that ``C``.
@@ -37,12 +37,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from registry.clean_data import PRODUCTS_FILE, SPLITS, load_clean
-from registry.descriptions import model_description, registration_note
-from registry.kinds import INPUT_TAG, TEXT, TEXT_MODEL_NAME
-from registry.model import DATA_DIGEST_TAG, data_digest, register_described
-from registry.promotion import DEFAULT_METRIC
-from registry.text_model import (
+from clean_data import DATA_DIGEST_TAG, PRODUCTS_FILE, SPLITS, data_digest, load_clean
+from cli import UserError
+from marketplace_models.kinds import TEXT
+from marketplace_models.text import (
     TFIDF,
     TRANSFORMER,
     TextClassifier,
@@ -53,9 +51,12 @@ from registry.text_model import (
     listing_text,
     log_text_classifier,
 )
+from registry.descriptions import model_description, registration_note
+from registry.kinds import INPUT_TAG, TEXT_MODEL_NAME
+from registry.promotion import DEFAULT_METRIC
+from registry.register import register_described
 from steps import runtime
 from steps.evaluation import classification_metrics, log_classification_report
-from steps.runtime import StepError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def load_listings(clean: Path) -> Listings:
     products = products[products["split"].isin(SPLITS)]
     products = products[products["root_category"].isin(label_of)]
     if products.empty:
-        raise StepError(
+        raise UserError(
             f"no listing of {Path(clean) / PRODUCTS_FILE} has a split (only listings with "
             "photos get one): run clean_tabular on an export with images"
         )
@@ -127,7 +128,7 @@ def fit_head(features, labels: np.ndarray, num_classes: int, c: float, seed: int
 
     present = np.unique(labels)
     if len(present) < 2:
-        raise StepError(
+        raise UserError(
             f"the train split has listings of {len(present)} category: at least 2 are needed"
         )
     model = LogisticRegression(C=c, max_iter=MAX_ITER, random_state=seed)
@@ -145,9 +146,9 @@ def parse_c_values(text: str) -> list[float]:
     try:
         values = [float(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
-        raise StepError(f"--c-values must be numbers separated by commas, got {text!r}") from None
+        raise UserError(f"--c-values must be numbers separated by commas, got {text!r}") from None
     if not values or any(not v > 0 for v in values):
-        raise StepError(f"--c-values must be numbers above 0, got {text!r}")
+        raise UserError(f"--c-values must be numbers above 0, got {text!r}")
     return values
 
 
@@ -174,7 +175,7 @@ def select_and_fit(
     """Fit the encoder and a head per ``C`` on train, keep the best on val (by val loss)."""
     train, val = listings.split("train"), listings.split("val")
     if train.empty:
-        raise StepError("the train split has no listings: use a bigger export")
+        raise UserError("the train split has no listings: use a bigger export")
     encoder = build_encoder(text_encoder, train["text"], min_df)
     config = TextConfig(
         categories=listings.categories,

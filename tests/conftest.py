@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,21 +10,6 @@ pytest_plugins = ["tests.fixtures_servers"]
 
 DEMO_PRODUCTS = 60
 DEMO_CLEAN_SIZE = 64
-
-
-@pytest.fixture(autouse=True)
-def _same_sys_path_for_every_test():
-    """Each test starts from the same ``sys.path``.
-
-    Loading a logged sklearn image baseline puts its ``code/`` folder (a ``registry`` package
-    holding only ``image_features`` and ``imaging``) first on ``sys.path``, for good. A later
-    test whose worker processes are spawned (clean_images spawns them whenever another
-    thread is alive, which on a busy machine is more often) then imported that trimmed copy
-    and died with ``No module named 'registry.clean_data'``.
-    """
-    saved = list(sys.path)
-    yield
-    sys.path[:] = saved
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Small real classifier versions for service tests, and a running ``python -m serve``.
 
 ``make_store`` fills a sqlite tracking store with versions of ``marketplace-classifier``
-logged by ``registry.model.log_classifier`` (resnet18 at 32 px, random weights, so they
+logged by ``marketplace_models.image.log_classifier`` (resnet18 at 32 px, random weights, so they
 load and answer in milliseconds):
 
     version 1  seed 0, with its ONNX export              test_accuracy 0.6
@@ -51,7 +51,7 @@ PHOTOS = [jpeg((200, 30, 30)), jpeg((30, 200, 30), (80, 40)), jpeg((30, 30, 200)
 def _network(seed: int):
     import torch
 
-    from registry.model import build_network
+    from marketplace_models.network import build_network
 
     torch.manual_seed(seed)
     return build_network("resnet18", len(CATEGORIES)).eval()
@@ -61,7 +61,9 @@ def make_store(folder: Path) -> str:
     """Create ``folder/mlflow.db`` with the four versions above; return its tracking URI."""
     import mlflow
 
-    from registry.model import ClassifierConfig, log_classifier, register_classifier
+    from marketplace_models.image import log_classifier
+    from marketplace_models.network import ClassifierConfig
+    from registry.register import register_classifier
 
     folder.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -129,10 +131,12 @@ def add_listing_models(uri: str) -> None:
     import mlflow
     import torch
 
-    from registry.kinds import IMAGE_TEXT, INPUT_TAG, LISTING_MODEL_NAME, TEXT, TEXT_MODEL_NAME
-    from registry.listing_model import FusionConfig, FusionHead, log_listing_classifier
-    from registry.model import ClassifierConfig, register_classifier
-    from registry.text_model import log_text_classifier
+    from marketplace_models.kinds import IMAGE_TEXT, TEXT
+    from marketplace_models.listing import FusionConfig, FusionHead, log_listing_classifier
+    from marketplace_models.network import ClassifierConfig
+    from marketplace_models.text import log_text_classifier
+    from registry.kinds import INPUT_TAG, LISTING_MODEL_NAME, TEXT_MODEL_NAME
+    from registry.register import register_classifier
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)

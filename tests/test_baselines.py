@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from registry.clean_data import CleanData
-from registry.image_features import ImageFeatures, gradient_histogram
+from clean_data import CleanData
+from cli import UserError
+from marketplace_models.sklearn_features import ImageFeatures, gradient_histogram
 from steps import baselines as step
 from steps.baselines import (
     check_rows,
@@ -26,7 +27,6 @@ from steps.baselines import (
     results_markdown,
 )
 from steps.evaluation import align_probabilities, label_indices, top_k_accuracy
-from steps.runtime import StepError
 
 REPO = Path(__file__).resolve().parents[1]
 INHERITED_RUN = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")  # a step subprocess must not attach
@@ -192,10 +192,10 @@ def test_price_models_take_a_missing_description_as_none_or_nan(kind: str) -> No
 
 def test_check_rows_says_which_split_is_too_small() -> None:
     table = pd.DataFrame({"split": ["train"] * 12 + ["val"], "label": ["a", "b"] * 6 + ["a"]})
-    with pytest.raises(StepError, match=r"too few rows.*test has 0"):
+    with pytest.raises(UserError, match=r"too few rows.*test has 0"):
         check_rows(table, "price")
     table = pd.DataFrame({"split": ["train"] * 12 + ["val", "test"], "label": ["a"] * 14})
-    with pytest.raises(StepError, match="too few classes"):
+    with pytest.raises(UserError, match="too few classes"):
         check_rows(table, "image", "label")
     table.loc[0, "label"] = "b"
     assert check_rows(table, "image", "label") == {"train": 12, "val": 1, "test": 1}
@@ -495,7 +495,7 @@ def test_the_image_model_brings_its_code_and_loads_outside_the_repo(
         f"model = mlflow.pyfunc.load_model('runs:/{run_id}/image-logreg')\n"
         f"frame = pd.DataFrame({{'image': [open({str(image)!r}, 'rb').read()]}})\n"
         "print(model.predict(frame)[0])\n"
-        "print(sys.modules['registry.image_features'].__file__)\n"
+        "print(sys.modules['marketplace_models.sklearn_features'].__file__)\n"
         "print('steps' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in INHERITED_RUN}

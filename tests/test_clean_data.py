@@ -1,4 +1,4 @@
-"""registry.clean_data: the clean layout, load_clean and the automatic image size."""
+"""clean_data: the clean layout, load_clean and the automatic image size."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from registry.clean_data import (
-    CATEGORIES_FILE,
-    IMAGES_FILE,
-    choose_size,
-    cleaned_sizes,
-    load_clean,
-)
-from registry.cli import UserError
+from clean_data import CATEGORIES_FILE, IMAGES_FILE, choose_size, cleaned_sizes, load_clean
+from cli import UserError
 from steps.training.data import load_clean_data
 
 
@@ -44,7 +38,7 @@ def test_auto_is_the_smallest_size_large_enough_else_the_largest(
     tmp_path: Path, needed: int, expected: int, caplog
 ) -> None:
     clean = write_clean(tmp_path / "clean")
-    with caplog.at_level(logging.INFO, logger="registry.clean_data"):
+    with caplog.at_level(logging.INFO, logger="clean_data"):
         assert choose_size(clean, needed, None, flag="--clean-size") == expected
     [line] = [r.getMessage() for r in caplog.records]
     assert f"images/{expected}/" in line and "--clean-size auto" in line

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from registry.imaging import load_normalized
+from cli import UserError
+from marketplace_models.imaging import load_normalized
 from steps import clean_images as step
 from steps.clean_images import JPEG_QUALITY, clean_images, is_done, list_images, normalize_file
-from steps.runtime import StepError
 
 REPO = Path(__file__).resolve().parents[1]
 INHERITED_RUN = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")  # a step subprocess must not attach
@@ -274,7 +274,7 @@ def test_bad_input_is_a_step_error(tmp_path: Path, case: str, message: str) -> N
         (raw / "images" / "notes.txt").write_text("not an image")
     out = {"out_is_raw": raw, "out_in_raw": raw / "clean"}.get(case, tmp_path / "clean")
     size = 4 if case == "small" else SIZE
-    with pytest.raises(StepError, match=message) as error:
+    with pytest.raises(UserError, match=message) as error:
         clean_images(raw, out, size=size, workers=1, log_run=False)
     assert "\n" not in str(error.value)
     assert not (raw / "clean").exists()

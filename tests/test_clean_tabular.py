@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from cli import UserError
 from steps.clean_tabular import (
     IMAGE_COLUMNS,
     PRODUCT_COLUMNS,
@@ -37,7 +38,6 @@ from steps.clean_tabular import (
     split_by_product,
     split_category,
 )
-from steps.runtime import StepError
 
 REPO = Path(__file__).resolve().parents[1]
 INHERITED_RUN = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")  # a step subprocess must not attach
@@ -327,7 +327,7 @@ def test_crlf_records_are_read_too(tmp_path: Path) -> None:
 def test_missing_required_columns_are_named(tmp_path: Path) -> None:
     path = tmp_path / "Products.csv"
     path.write_text(",id,product_name,price\r\n0,a,b,£1.00\n")
-    with pytest.raises(StepError, match=r"lacks column\(s\) category \(") as error:
+    with pytest.raises(UserError, match=r"lacks column\(s\) category \(") as error:
         read_raw_csv(path, PRODUCT_COLUMNS, REQUIRED_PRODUCT_COLUMNS)
     assert "\n" not in str(error.value)
 
@@ -347,7 +347,7 @@ def test_optional_columns_may_be_absent_and_come_out_empty(tmp_path: Path) -> No
 def test_unreadable_csv_is_a_step_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "Products.csv"
     path.write_bytes(content)
-    with pytest.raises(StepError):
+    with pytest.raises(UserError):
         read_raw_csv(path, PRODUCT_COLUMNS, REQUIRED_PRODUCT_COLUMNS)[0]
 
 
@@ -632,7 +632,7 @@ def test_out_inside_raw_is_refused(tmp_path: Path) -> None:
     raw = balanced_export(tmp_path / "raw", per_category=1)
     before = tree_digest(raw)
     for out in (raw, raw / "clean", raw / "images"):
-        with pytest.raises(StepError, match="inside the raw folder"):
+        with pytest.raises(UserError, match="inside the raw folder"):
             clean_tabular(raw, out)
     assert tree_digest(raw) == before
 
@@ -644,7 +644,7 @@ def test_tracking_server_down_fails_before_writing(
 
     raw = balanced_export(tmp_path / "raw", per_category=1)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_endpoint())
-    with pytest.raises(StepError, match="cannot reach the MLflow tracking server"):
+    with pytest.raises(UserError, match="cannot reach the MLflow tracking server"):
         clean_tabular(raw, tmp_path / "clean")
     assert not (tmp_path / "clean").exists()
 
@@ -674,7 +674,7 @@ def test_bad_exports_are_one_line_step_errors(
     if breakage == "no_image_files":
         for path in (raw / "images").iterdir():
             path.unlink()
-    with pytest.raises(StepError, match=message) as error:
+    with pytest.raises(UserError, match=message) as error:
         clean_tabular(raw, tmp_path / "clean")
     assert "\n" not in str(error.value)
     assert not (tmp_path / "clean" / "products.parquet").exists()
@@ -690,7 +690,7 @@ def test_bad_exports_are_one_line_step_errors(
 )
 def test_bad_fractions_are_step_errors(tmp_path: Path, kwargs, message) -> None:
     raw = balanced_export(tmp_path / "raw", per_category=1)
-    with pytest.raises(StepError, match=message):
+    with pytest.raises(UserError, match=message):
         clean_tabular(raw, tmp_path / "clean", **kwargs)
 
 

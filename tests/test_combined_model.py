@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from registry.kinds import IMAGE_TEXT, INPUT_TAG, LISTING_MODEL_NAME
-from registry.listing_model import FusionConfig, fusion_features, head_probabilities
+from marketplace_models.kinds import IMAGE_TEXT
+from marketplace_models.listing import FusionConfig, fusion_features, head_probabilities
+from registry.kinds import INPUT_TAG, LISTING_MODEL_NAME
 from steps import train_combined
 from steps.evaluation import classification_metrics
 from tests.test_index_step import register_tiny_version

@@ -71,10 +71,10 @@ def test_export_is_deterministic_for_a_seed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv", [["--products", "0"], ["--products", "ten"], ["--seed", "-1"]])
 def test_bad_parameters_are_rejected(argv: list[str], tmp_path: Path) -> None:
+    from cli import UserError
     from steps.demo_data import get_args_parser
-    from steps.runtime import StepError
 
-    with pytest.raises(StepError, match="--products|--seed"):
+    with pytest.raises(UserError, match="--products|--seed"):
         get_args_parser().parse_args(["--out", str(tmp_path), *argv])
 
 

@@ -1,4 +1,4 @@
-"""registry.imaging: the one normalisation every image goes through (clean, train, serve)."""
+"""marketplace_models.imaging: the one normalisation of every image (clean, train, serve)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from registry.imaging import (
+from marketplace_models.imaging import (
     ALPHA_BACKGROUND,
     PAD_COLOUR,
     load_normalized,

@@ -19,8 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from registry import search_index, text_search
-from registry.search_index import SearchIndex, load_index_for_version
+from search import index as search_index
+from search import text as text_search
+from search.index import SearchIndex, load_index_for_version
 from steps import index as index_step
 from tests.conftest import DEMO_CLEAN_SIZE
 
@@ -30,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def register_tiny_version(clean: Path, seed: int = 0) -> str:
     """A resnet18 with random weights at 32 px, logged and registered; its version."""
-    from registry.model import ClassifierConfig, build_network, log_classifier, register_classifier
+    from marketplace_models.image import log_classifier
+    from marketplace_models.network import ClassifierConfig, build_network
+    from registry.register import register_classifier
 
     categories = json.loads((clean / "categories.json").read_text())
     torch.manual_seed(seed)

@@ -9,9 +9,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from cli import UserError
 from steps import ingest as ingest_module
 from steps.ingest import ingest, s3_endpoint
-from steps.runtime import StepError
 from tests.servers import LAYOUT, MotoS3, closed_endpoint, make_tiny_export
 
 
@@ -123,7 +123,7 @@ def test_failed_files_are_reported_and_retried(
 
     monkeypatch.setattr(ingest_module, "local_fetcher", flaky_fetcher)
     with pytest.raises(
-        StepError, match=r"1 of 5 files failed .*images/2c3d\.jpg.*run ingest again"
+        UserError, match=r"1 of 5 files failed .*images/2c3d\.jpg.*run ingest again"
     ):
         ingest(str(export), out, workers=2)
     assert not (out / "images/2c3d.jpg").exists()
@@ -156,20 +156,20 @@ def test_folder_without_the_layout_is_refused(
     tracking: str, export: Path, broken: str, message: str
 ) -> None:
     _remove(export / broken)
-    with pytest.raises(StepError, match=message):
+    with pytest.raises(UserError, match=message):
         ingest(str(export), Path("raw"))
     assert not Path("raw").exists()
 
 
 def test_missing_folder_is_refused(tracking: str, tmp_path: Path) -> None:
-    with pytest.raises(StepError, match="no such folder: .*nope"):
+    with pytest.raises(UserError, match="no such folder: .*nope"):
         ingest(str(tmp_path / "nope"), Path("raw"))
 
 
 @pytest.mark.parametrize("out", [".", "images", "sub/raw"])
 def test_out_in_the_source_is_refused(tracking: str, export: Path, out: str) -> None:
     before = snapshot(export)
-    with pytest.raises(StepError, match="never writes into its source"):
+    with pytest.raises(UserError, match="never writes into its source"):
         ingest(str(export), export / out)
     assert snapshot(export) == before
 
@@ -242,10 +242,10 @@ def test_s3_export_is_downloaded_and_resumed(
 def test_empty_bucket_and_prefix_are_refused(
     tracking: str, moto_s3: MotoS3, s3_bucket: str, s3_env: dict[str, str]
 ) -> None:
-    with pytest.raises(StepError, match=rf"no objects under s3://{s3_bucket}: "):
+    with pytest.raises(UserError, match=rf"no objects under s3://{s3_bucket}: "):
         ingest(f"s3://{s3_bucket}", Path("raw"))
     moto_s3.client().put_object(Bucket=s3_bucket, Key="other/Products.csv", Body=b"x")
-    with pytest.raises(StepError, match=rf"no objects under s3://{s3_bucket}/exports: "):
+    with pytest.raises(UserError, match=rf"no objects under s3://{s3_bucket}/exports: "):
         ingest(f"s3://{s3_bucket}/exports", Path("raw"))
     assert not Path("raw").exists()
 
@@ -254,12 +254,12 @@ def test_s3_prefix_without_the_layout_is_refused(
     tracking: str, moto_s3: MotoS3, s3_bucket: str, s3_env: dict[str, str]
 ) -> None:
     moto_s3.client().put_object(Bucket=s3_bucket, Key="x/Products.csv", Body=b"x")
-    with pytest.raises(StepError, match=r"not a raw export: missing Images\.csv, images/"):
+    with pytest.raises(UserError, match=r"not a raw export: missing Images\.csv, images/"):
         ingest(f"s3://{s3_bucket}/x", Path("raw"))
 
 
 def test_missing_bucket_is_refused(tracking: str, s3_env: dict[str, str]) -> None:
-    with pytest.raises(StepError, match="bucket 'no-such-bucket-here' does not exist"):
+    with pytest.raises(UserError, match="bucket 'no-such-bucket-here' does not exist"):
         ingest("s3://no-such-bucket-here/raw", Path("raw"))
 
 
@@ -270,7 +270,7 @@ def test_missing_credentials_are_refused(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
-    with pytest.raises(StepError, match="no AWS credentials"):
+    with pytest.raises(UserError, match="no AWS credentials"):
         ingest(f"s3://{s3_bucket}/raw", Path("raw"))
 
 
@@ -280,7 +280,7 @@ def test_unreachable_endpoint_fails_fast(
     endpoint = closed_endpoint()
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     started = time.monotonic()
-    with pytest.raises(StepError, match=f"cannot reach S3 at {endpoint}"):
+    with pytest.raises(UserError, match=f"cannot reach S3 at {endpoint}"):
         ingest("s3://bucket/raw", Path("raw"))
     # Minutes with boto3's default retries; well under one here, even on a busy machine.
     assert time.monotonic() - started < 60

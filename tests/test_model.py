@@ -1,4 +1,4 @@
-"""The logged classifier (registry/model.py): packaging, registering, loading, predicting."""
+"""The logged image classifier (marketplace_models/image.py): packaging, loading, predicting."""
 
 from __future__ import annotations
 
@@ -14,17 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from registry.imaging import normalize_image
-from registry.model import (
+from marketplace_models.image import MarketplaceClassifier, log_classifier, pip_requirements
+from marketplace_models.imaging import normalize_image
+from marketplace_models.network import (
     ClassifierConfig,
-    MarketplaceClassifier,
     build_network,
     eval_transform,
-    log_classifier,
-    pip_requirements,
     preprocess_image,
-    register_classifier,
 )
+from registry.register import register_classifier
 
 CATEGORIES = ["Appliances", "Baby & Kids Stuff", "Home & Garden"]
 IMAGE_SIZE = 32
@@ -159,8 +157,9 @@ def test_logged_model_holds_weights_config_and_code_but_no_pickle(
         info = log_classifier(network, config, example_image=photos[0])
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path)))
     assert not list(local.rglob("*.pkl"))
-    assert (local / "code" / "registry" / "model.py").is_file()
-    assert (local / "code" / "registry" / "imaging.py").is_file()
+    assert (local / "code" / "marketplace_models" / "image.py").is_file()
+    assert (local / "code" / "marketplace_models" / "imaging.py").is_file()
+    assert sorted(p.name for p in (local / "code").iterdir()) == ["marketplace_models"]
     state = torch.load(local / "artifacts" / "classifier.pt", weights_only=True)
     assert set(state) == set(network.state_dict())
     saved = json.loads((local / "artifacts" / "classifier.json").read_text())

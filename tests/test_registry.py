@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cli import UserError
 from registry import descriptions, promotion
 from registry.__main__ import main as registry_main
 from registry.promotion import PromotionRefused, promote, promotion_lock, rollback
@@ -38,8 +39,6 @@ from registry.smoke import (
     smoke_check,
     synthetic_images,
 )
-from registry.store import RegistryError
-from steps.runtime import StepError
 from tests.servers import closed_endpoint, start_mlflow_server
 
 NAME = "marketplace-classifier"
@@ -290,9 +289,9 @@ def test_lower_is_better_for_losses(client) -> None:
 
 
 def test_unknown_model_and_version_are_clear_errors(client) -> None:
-    with pytest.raises(RegistryError, match="no registered model named 'nope'.*marketplace"):
+    with pytest.raises(UserError, match="no registered model named 'nope'.*marketplace"):
         promote("nope", "1", client=client)
-    with pytest.raises(RegistryError, match=r"has no version 9 \(versions: 1, 2, 3, 4\)"):
+    with pytest.raises(UserError, match=r"has no version 9 \(versions: 1, 2, 3, 4\)"):
         promote(NAME, "9", client=client)
 
 
@@ -455,12 +454,12 @@ def test_rollback_swaps_production_and_previous_and_records_it(client) -> None:
 
 
 def test_rollback_needs_a_previous_production(client) -> None:
-    with pytest.raises(RegistryError, match="no registered model named 'nope'"):
+    with pytest.raises(UserError, match="no registered model named 'nope'"):
         rollback("nope", client=client)
-    with pytest.raises(RegistryError, match="no version of .* holds production"):
+    with pytest.raises(UserError, match="no version of .* holds production"):
         rollback(NAME, client=client)
     promote(NAME, "1", client=client)
-    with pytest.raises(RegistryError, match="holds previous-production"):
+    with pytest.raises(UserError, match="holds previous-production"):
         rollback(NAME, client=client)
 
 
@@ -493,7 +492,7 @@ def test_legacy_stage_follows_production_once_used(client) -> None:
 def test_legacy_stage_untouched_unless_asked(client) -> None:
     promote(NAME, "1", client=client)
     assert client.get_model_version(NAME, "1").current_stage == "None"
-    with pytest.raises(RegistryError, match="no version of .* is in the legacy stage Production"):
+    with pytest.raises(UserError, match="no version of .* is in the legacy stage Production"):
         resolve_model_uri(f"models:/{NAME}/Production")
 
     again = promote(NAME, "1", legacy_stage=True, client=client)  # set it for production now
@@ -507,7 +506,7 @@ def test_legacy_stage_untouched_unless_asked(client) -> None:
 def test_resolve_model_uri_pins_registry_uris_to_a_version(client, template_store: Path) -> None:
     import mlflow
 
-    with pytest.raises(RegistryError, match="no version of .* holds the production alias.*promote"):
+    with pytest.raises(UserError, match="no version of .* holds the production alias.*promote"):
         resolve_model_uri(f"models:/{NAME}@production")
     client.set_registered_model_alias(NAME, "production", "2")
 
@@ -523,20 +522,20 @@ def test_resolve_model_uri_pins_registry_uris_to_a_version(client, template_stor
         "Green things"
     )
 
-    with pytest.raises(RegistryError, match="has no version 7"):
+    with pytest.raises(UserError, match="has no version 7"):
         resolve_model_uri(f"models:/{NAME}/7")
-    with pytest.raises(RegistryError, match="no registered model named 'other'"):
+    with pytest.raises(UserError, match="no registered model named 'other'"):
         resolve_model_uri("models:/other@production")
 
 
 def test_resolve_model_uri_checks_local_folders(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()
-    with pytest.raises(RegistryError, match="no MLmodel file"):
+    with pytest.raises(UserError, match="no MLmodel file"):
         resolve_model_uri(str(model))
     (model / "MLmodel").write_text("flavors: {}\n")
     assert resolve_model_uri(str(model)) == str(model.resolve())
-    with pytest.raises(RegistryError, match="no model at"):
+    with pytest.raises(UserError, match="no model at"):
         resolve_model_uri(str(tmp_path / "missing"))
 
 
@@ -661,7 +660,7 @@ def test_two_promotions_at_once_leave_one_production(client) -> None:
 
 
 def test_a_held_lock_makes_a_promotion_wait_then_fail_clearly(client) -> None:
-    with promotion_lock(client, NAME), pytest.raises(RegistryError) as failed:
+    with promotion_lock(client, NAME), pytest.raises(UserError) as failed:
         promote(NAME, "1", client=client, lock_timeout=0.3)
     assert "another promotion of marketplace-classifier is in progress" in str(failed.value)
     assert _aliases(client) == {}
@@ -673,7 +672,7 @@ def test_a_stale_lock_is_broken(client) -> None:
     client.create_registered_model(NAME + promotion.LOCK_SUFFIX)
     with promotion_lock(client, NAME, timeout=0.3, stale_after=-1.0):
         pass  # entered: the crashed holder's lock was deleted
-    with pytest.raises(RegistryError, match="in progress"):
+    with pytest.raises(UserError, match="in progress"):
         client.create_registered_model(NAME + promotion.LOCK_SUFFIX)
         with promotion_lock(client, NAME, timeout=0.3):
             pass
@@ -805,7 +804,7 @@ def test_promote_step_refusal_is_a_failed_run_and_a_step_error(client) -> None:
     from steps.promote import main as promote_step
 
     client.set_registered_model_alias(NAME, "production", "2")
-    with pytest.raises(StepError, match="refused: version 1 has test/accuracy 0.6000"):
+    with pytest.raises(UserError, match="refused: version 1 has test/accuracy 0.6000"):
         promote_step(["--version", "1", "--force", "false"])
 
     (run,) = _step_runs(client)
@@ -966,21 +965,24 @@ def test_mlflow_run_promote_entry_point(client, tmp_path: Path) -> None:
 def test_a_real_classifier_is_smoke_checked_on_clean_test_images(
     tracking: str, demo_clean: Path
 ) -> None:
-    """The training helper's pyfunc (registry.model), promoted on the demo's test split."""
+    """The training helper's pyfunc (marketplace_models.image), promoted on the test split."""
     import mlflow
     import torch
     from mlflow import MlflowClient
 
-    model = pytest.importorskip("registry.model")
+    from marketplace_models import image as model
+    from marketplace_models.network import ClassifierConfig, build_network
+    from registry.register import register_classifier
+
     categories = json.loads((demo_clean / "categories.json").read_text())
     torch.manual_seed(0)
-    network = model.build_network("resnet18", len(categories)).eval()
-    config = model.ClassifierConfig(arch="resnet18", categories=categories, image_size=32)
+    network = build_network("resnet18", len(categories)).eval()
+    config = ClassifierConfig(arch="resnet18", categories=categories, image_size=32)
     mlflow.set_experiment("tests")
     with mlflow.start_run():
         mlflow.log_metric("test_accuracy", 0.3)
         info = model.log_classifier(network, config, example_image=_jpeg((90, 90, 90)))
-    version = model.register_classifier(info.model_uri, model_name=NAME)
+    version = register_classifier(info.model_uri, model_name=NAME)
 
     decision = promote(NAME, "best", clean=demo_clean, reason="first real model")
 

@@ -15,16 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from search.metrics import precision_at, recall_at
 
-from registry import search_index
-from registry.search_index import (
+from search import index as search_index
+from search.index import (
     AUTO_EXACT_MAX_FLOATS,
     SearchIndex,
     SearchIndexError,
     build_index,
     normalize,
-    precision_at,
-    recall_at,
     resolve_kind,
     save_index,
 )

@@ -488,8 +488,8 @@ def test_onnx_export_matches_torch_and_a_failed_check_keeps_no_file(tmp_path, mo
     import onnxruntime
     import torch
 
-    from registry import export
-    from registry.model import ClassifierConfig, build_network
+    from marketplace_models import onnx as export
+    from marketplace_models.network import ClassifierConfig, build_network
 
     torch.manual_seed(0)
     net = build_network("resnet18", 5).eval()
@@ -596,7 +596,9 @@ def test_a_tracking_server_that_goes_down_does_not_stop_the_answers(store_templa
     import httpx
     import mlflow
 
-    from registry.model import ClassifierConfig, log_classifier, register_classifier
+    from marketplace_models.image import log_classifier
+    from marketplace_models.network import ClassifierConfig
+    from registry.register import register_classifier
     from tests.served_versions import _network
 
     server = start_mlflow_server(tmp_path / "mlflow", artifacts_destination=str(tmp_path / "art"))

@@ -42,7 +42,9 @@ def _register(uri: str, clean: Path, seed: int) -> int:
     import mlflow
     import torch
 
-    from registry.model import ClassifierConfig, build_network, log_classifier, register_classifier
+    from marketplace_models.image import log_classifier
+    from marketplace_models.network import ClassifierConfig, build_network
+    from registry.register import register_classifier
 
     categories = json.loads((clean / "categories.json").read_text())
     torch.manual_seed(seed)
@@ -228,9 +230,10 @@ def test_a_typed_query_finds_ranked_listings(client, photos, demo_clean, store):
 def test_a_served_text_model_boosts_the_query_s_category(store, demo_clean):
     import mlflow
 
-    from registry.kinds import INPUT_TAG, TEXT
-    from registry.model import register_classifier
-    from registry.text_model import log_text_classifier
+    from marketplace_models.kinds import TEXT
+    from marketplace_models.text import log_text_classifier
+    from registry.kinds import INPUT_TAG
+    from registry.register import register_classifier
     from steps.train_text import load_listings, select_and_fit
 
     listings = load_listings(demo_clean)

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from registry.kinds import INPUT_TAG, TEXT, TEXT_MODEL_NAME
-from registry.text_model import (
+from cli import UserError
+from marketplace_models.kinds import TEXT
+from marketplace_models.text import (
     TextClassifier,
     TextConfig,
     TfidfEncoder,
@@ -25,8 +26,8 @@ from registry.text_model import (
     as_text,
     listing_text,
 )
+from registry.kinds import INPUT_TAG, TEXT_MODEL_NAME
 from steps import train_text
-from steps.runtime import StepError
 
 WORDS = {
     "Bikes": ["mountain bike", "road bike", "bmx", "tandem"],
@@ -80,7 +81,7 @@ def test_tfidf_encoder_reads_words_and_word_pieces_and_round_trips(tmp_path: Pat
 
 
 def test_a_few_texts_get_exactly_what_scikit_learn_computes() -> None:
-    from registry.text_model import FEW_TEXTS, softmax
+    from marketplace_models.text import FEW_TEXTS, softmax
 
     listings = train_text.Listings(tiny_listings(), list(WORDS), Path("."))
     classifier = train_text.select_and_fit(listings, c_values=(3.0,), min_df=1).classifier
@@ -119,9 +120,9 @@ def test_vague_text_gets_an_unsure_answer() -> None:
 
 
 def test_bad_c_values_are_one_line_errors() -> None:
-    with pytest.raises(StepError, match="--c-values must be numbers separated by commas"):
+    with pytest.raises(UserError, match="--c-values must be numbers separated by commas"):
         train_text.parse_c_values("one,two")
-    with pytest.raises(StepError, match="above 0"):
+    with pytest.raises(UserError, match="above 0"):
         train_text.parse_c_values("0,1")
 
 
@@ -259,7 +260,7 @@ def test_a_missing_encoder_is_a_one_line_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("transformers")
-    from registry.cli import UserError
+    from cli import UserError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     empty = tmp_path / "not-a-model"

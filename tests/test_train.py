@@ -22,8 +22,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from registry.model import build_network, eval_transform, forward_features
-from steps.runtime import StepError
+from cli import UserError
+from marketplace_models.network import build_network, eval_transform, forward_features
 from steps.train import main, parse_config, train
 from steps.training import loop, stages
 from steps.training.config import TrainConfig
@@ -149,7 +149,7 @@ def test_trainable_layers_parse(text, expected):
 
 @pytest.mark.parametrize("text", ["-1", "1.5", "some"])
 def test_trainable_layers_reject_nonsense(text):
-    with pytest.raises(StepError, match="trainable-layers"):
+    with pytest.raises(UserError, match="trainable-layers"):
         parse_trainable_layers(text)
 
 
@@ -184,7 +184,7 @@ def test_weights_file_loads_the_backbone_and_replaces_a_different_head(resnet18_
 
 
 def test_weights_file_for_another_arch_is_refused(resnet18_weights):
-    with pytest.raises(StepError, match="do not fit resnet34"):
+    with pytest.raises(UserError, match="do not fit resnet34"):
         build_model("resnet34", 3, str(resnet18_weights))
 
 
@@ -196,7 +196,7 @@ def test_auto_weights_fall_back_to_random_when_imagenet_cannot_be_had(monkeypatc
     state, used = resolve_weights("auto", "resnet18")
     assert state is None and used.startswith("random")
     assert "random initialisation" in caplog.text
-    with pytest.raises(StepError, match="ImageNet weights for resnet18 could not be had"):
+    with pytest.raises(UserError, match="ImageNet weights for resnet18 could not be had"):
         resolve_weights("imagenet", "resnet18")
     assert resolve_weights("none", "resnet18") == (None, "none")
 
@@ -416,7 +416,7 @@ def test_a_signal_ends_the_run_killed_and_resume_continues_it(
     assert "test/accuracy" in finished.data.metrics
     assert finished.info.run_name == f"train resnet18 e3 {SIZE}px"  # the checkpoint's settings
     assert len(mlflow.search_runs(experiment_names=["tests"], output_format="list")) == 1
-    with pytest.raises(StepError, match="nothing to resume"):
+    with pytest.raises(UserError, match="nothing to resume"):
         train(parse_config(tiny_args(tiny_clean, "--resume", run.info.run_id)))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steps.runtime import StepError
+from cli import UserError
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,12 @@ def fetch_checkpoint(run_id: str, name: str = LAST) -> dict[str, Any]:
     try:
         run = mlflow.tracking.MlflowClient().get_run(run_id)
     except MlflowException:
-        raise StepError(
+        raise UserError(
             f"no run {run_id!r} in the tracking store {mlflow.get_tracking_uri()}: pass "
             "--resume with the id of an interrupted train run (see `mlflow ui`)"
         ) from None
     if name == LAST and run.info.status == "FINISHED":
-        raise StepError(
+        raise UserError(
             f"run {run_id} finished: there is nothing to resume; start a new run, or pass "
             f"--weights runs:/{run_id}/{CHECKPOINT_DIR}/{BEST} to start from its best weights"
         )
@@ -96,7 +96,7 @@ def fetch_checkpoint(run_id: str, name: str = LAST) -> dict[str, Any]:
             )
         except (MlflowException, OSError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StepError(
+            raise UserError(
                 f"run {run_id} has no {CHECKPOINT_DIR}/{name} ({first}): it finished no epoch, "
                 "so start a new run instead of resuming"
             ) from None

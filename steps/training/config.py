@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from registry.model import MODEL_NAME
+from registry.kinds import MODEL_NAME
 
 ALL_LAYERS = 5  # stem + layer1..layer4 + head: `--trainable-layers all`
 HEAD_ONLY = 0

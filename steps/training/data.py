@@ -1,7 +1,7 @@
 """The cleaned data as training sees it, and the in-memory image cache.
 
 Reads ``<clean>/images.parquet``, ``<clean>/categories.json`` (through
-:func:`registry.clean_data.load_clean`) and the JPEGs in ``<clean>/images/<clean_size>/``
+:func:`clean_data.load_clean`) and the JPEGs in ``<clean>/images/<clean_size>/``
 (made by clean_images). Each JPEG is decoded once, by
 :func:`decode_images`, into a uint8 tensor ``(N, 3, S, S)``; every epoch then indexes that
 tensor instead of decoding files again.
@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from registry.clean_data import IMAGES_FILE, CleanData, choose_size, load_clean
-from registry.model import preprocess_image
-from steps.runtime import StepError
+from clean_data import IMAGES_FILE, CleanData, choose_size, load_clean
+from cli import UserError
+from marketplace_models.network import preprocess_image
 
 __all__ = ["CleanData", "decode_images", "labels_of", "load_clean_data", "shard"]
 
@@ -34,8 +34,8 @@ TRAIN_CACHE_RATIO = 8 / 7
 
 def load_clean_data(clean: Path, clean_size: int | None, image_size: int = 0) -> CleanData:
     """The cleaned data at ``clean_size`` (None: ``auto``, see
-    :func:`registry.clean_data.choose_size`, for a model input of ``image_size``), without the
-    images that have no cleaned JPEG there. A :class:`StepError` says which step to run when
+    :func:`clean_data.choose_size`, for a model input of ``image_size``), without the
+    images that have no cleaned JPEG there. A :class:`UserError` says which step to run when
     something is missing.
     """
     data = load_clean(clean, columns=("image_id", "label", "split"))
@@ -53,7 +53,7 @@ def load_clean_data(clean: Path, clean_size: int | None, image_size: int = 0) ->
     data = replace(data, images=images[exists].reset_index(drop=True))
     for split in ("train", "val"):
         if data.split(split).empty:
-            raise StepError(
+            raise UserError(
                 f"the {split} split of {data.folder / IMAGES_FILE} has no images with cleaned "
                 "JPEGs: run clean_images, and clean_tabular with non-zero --val-frac"
             )
@@ -78,7 +78,7 @@ def decode_images(paths: list[Path], size: int, workers: int = 0) -> torch.Tenso
         try:
             array = preprocess_image(paths[index], size)
         except OSError as exc:
-            raise StepError(
+            raise UserError(
                 f"cannot read {paths[index]} ({exc}): re-run clean_images to rebuild it"
             ) from None
         cache[index] = torch.from_numpy(array).permute(2, 0, 1)

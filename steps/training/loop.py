@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from steps.runtime import StepError
+from cli import UserError
 from steps.training.distributed import Context, all_reduce_sum
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", refresh=False)
     loss_sum, correct_sum, count = all_reduce_sum(ctx, [total_loss.item(), correct.item(), seen])
     if not math.isfinite(loss_sum):
-        raise StepError(f"training diverged at epoch {epoch} (loss is {loss_sum}): lower --lr")
+        raise UserError(f"training diverged at epoch {epoch} (loss is {loss_sum}): lower --lr")
     seconds = time.perf_counter() - start
     lr = lr_sum / max(1, len(source))
     return EpochResult(loss_sum / count, correct_sum / count, int(count), seconds, lr)

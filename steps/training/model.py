@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from registry.model import ARCHS, WEIGHTS_FILE, build_network
-from steps.runtime import StepError
+from cli import UserError
+from marketplace_models.image import WEIGHTS_FILE
+from marketplace_models.network import ARCHS, build_network
 from steps.training.config import ALL_LAYERS
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def parse_trainable_layers(value: str) -> int:
     except ValueError:
         number = -1.0
     if number < 0 or not number.is_integer():
-        raise StepError(
+        raise UserError(
             f"--trainable-layers must be 0 (head only), 1 (+layer4) .. 5, or all; got {value!r}"
         )
     return min(int(number), ALL_LAYERS)
@@ -48,7 +49,7 @@ def parse_trainable_layers(value: str) -> int:
 
 def check_arch(arch: str) -> str:
     if arch not in ARCHS:
-        raise StepError(f"unknown --arch {arch!r}: use one of {', '.join(ARCHS)}")
+        raise UserError(f"unknown --arch {arch!r}: use one of {', '.join(ARCHS)}")
     return arch
 
 
@@ -92,10 +93,10 @@ def _fetch_weights_file(spec: str) -> Path:
     if local.is_dir():  # a logged classifier: its state dict artifact
         found = sorted(local.rglob(WEIGHTS_FILE))
         if not found:
-            raise StepError(f"--weights {spec} is a folder without a {WEIGHTS_FILE}")
+            raise UserError(f"--weights {spec} is a folder without a {WEIGHTS_FILE}")
         local = found[0]
     if not local.is_file():
-        raise StepError(f"--weights {spec}: no such file; pass a state dict, auto or none")
+        raise UserError(f"--weights {spec}: no such file; pass a state dict, auto or none")
     return local
 
 
@@ -103,13 +104,13 @@ def _read_state_dict(path: Path, spec: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a state dict"
-        raise StepError(f"--weights {spec} is not a PyTorch state dict ({exc})") from None
+        raise UserError(f"--weights {spec} is not a PyTorch state dict ({exc})") from None
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]  # a training checkpoint
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
-        raise StepError(f"--weights {spec} is not a state dict of tensors")
+        raise UserError(f"--weights {spec} is not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -126,7 +127,7 @@ def fit_state_dict(
     wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
         sample = (missing or unexpected or wrong)[:3]
-        raise StepError(
+        raise UserError(
             f"the weights from {source} do not fit {arch} ({len(missing)} missing, "
             f"{len(unexpected)} unexpected, {len(wrong)} wrong-shaped keys, e.g. "
             f"{', '.join(sample)}): pass --arch matching the file, or --weights auto/none"
@@ -146,7 +147,7 @@ def resolve_weights(spec: str, arch: str) -> tuple[dict[str, torch.Tensor] | Non
             state, name = _imagenet_state(arch, download=True)
         except Exception as exc:  # offline, timeouts, proxies, corrupt files: all "unavailable"
             if kind == "imagenet":
-                raise StepError(
+                raise UserError(
                     f"ImageNet weights for {arch} could not be had ({exc}); put them in "
                     f"{Path(torch.hub.get_dir()) / 'checkpoints'} or use --weights auto or none"
                 ) from None

@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from registry.model import forward_features
+from marketplace_models.network import forward_features
 from steps.training.config import TrainConfig
 from steps.training.data import CleanData, decode_images, labels_of, shard, train_cache_size
 from steps.training.distributed import Context, all_reduce_sum, wrap

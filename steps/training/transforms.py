@@ -7,8 +7,8 @@
   parameters; this is torchvision's ``RandomResizedCrop(scale=(0.6, 1))``,
   ``RandomHorizontalFlip()``, ``ColorJitter(0.2, 0.2, 0.2)``, ``ToTensor()``,
   ``Normalize()`` done without a per-image Python loop.
-- Eval: the one image normalisation of clean_images (``registry.imaging``) at
-  ``image_size``, tensor conversion and mean/std: ``registry.model.eval_transform``,
+- Eval: the one image normalisation of clean_images (``marketplace_models.imaging``) at
+  ``image_size``, tensor conversion and mean/std: ``marketplace_models.network.eval_transform``,
   the same code the logged model runs on every request.
 """
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from registry.model import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize_batch
+from marketplace_models.network import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize_batch
 
 __all__ = ["TrainTransform", "eval_batch", "eval_transform", "train_transform"]
 

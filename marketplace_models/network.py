@@ -1,0 +1,124 @@
+"""The classifier network, its config and the evaluation preset that feeds it.
+
+:func:`build_network` makes the torchvision ResNet every image model is; :func:`forward_features`
+is its embedding; :class:`ClassifierConfig` is what a logged classifier stores beside the
+weights. The evaluation preset (:func:`preprocess_image` then :func:`normalize_batch`, one image
+at a time :func:`eval_transform`) is what training evaluates with and what every logged model
+and the service predict with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from marketplace_models.imaging import load_normalized
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FORMAT_VERSION = 1
+
+
+def build_network(arch: str, num_classes: int) -> nn.Module:
+    """A torchvision ResNet with a ``num_classes`` head and no pretrained weights."""
+    import torchvision
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}: expected one of {', '.join(ARCHS)}")
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+
+
+def forward_features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The image embedding: a ResNet's pooled penultimate layer, ``(B, D)``."""
+    x = net.conv1(images)  # (B, 64, H/2, W/2)
+    x = net.maxpool(net.relu(net.bn1(x)))  # (B, 64, H/4, W/4)
+    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))  # (B, D, H/32, W/32)
+    return torch.flatten(net.avgpool(x), 1)  # (B, D)
+
+
+def embedding_dim(net: nn.Module) -> int:
+    """Width of :func:`forward_features` (512 for resnet18/34, 2048 for resnet50)."""
+    return int(net.fc.in_features)
+
+
+# The evaluation preset.
+
+
+def preprocess_image(source: bytes | str | Path, image_size: int) -> np.ndarray:
+    """First half of the evaluation preset: the shared normalisation, as uint8 ``(S, S, 3)``.
+
+    Raises ``OSError`` when ``source`` is not a readable image.
+    """
+    return np.array(load_normalized(source, image_size), dtype=np.uint8)
+
+
+def normalize_batch(
+    images: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Second half of the evaluation preset: uint8 ``(B, 3, S, S)`` to normalised float."""
+    mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean_t) / std_t
+
+
+def stack_images(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 ``(S, S, 3)`` arrays to one uint8 ``(B, 3, S, S)`` tensor."""
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def eval_transform(
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+):
+    """The evaluation preset for one image: shared normalisation, tensor, mean/std.
+
+    Returns a callable ``source -> float tensor (3, S, S)``. Training evaluates and the
+    logged model predicts through exactly these steps (batched).
+    """
+
+    def transform(source: bytes | str | Path) -> torch.Tensor:
+        batch = stack_images([preprocess_image(source, image_size)])
+        return normalize_batch(batch, mean, std)[0]
+
+    return transform
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything besides the weights that a logged classifier needs, stored as JSON."""
+
+    arch: str
+    categories: list[str]
+    image_size: int
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "num_classes": self.num_classes}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClassifierConfig:
+        data = json.loads(text)
+        return cls(
+            arch=data["arch"],
+            categories=list(data["categories"]),
+            image_size=int(data["image_size"]),
+            mean=[float(v) for v in data["mean"]],
+            std=[float(v) for v in data["std"]],
+            format_version=int(data.get("format_version", FORMAT_VERSION)),
+        )
