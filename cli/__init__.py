@@ -15,6 +15,8 @@ import math
 import os
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -187,3 +189,18 @@ def connection_problem(exc: BaseException) -> str | None:
             "your AWS credentials"
         )
     return None
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`UserError` at once when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+            reply.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}): start it with "
+            "`make stack`, or unset MLFLOW_TRACKING_URI to use the local sqlite store"
+        ) from None

@@ -9,12 +9,10 @@ for minutes. Nothing here runs at import time.
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli import UserError
+from cli import UserError, check_server
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -52,21 +50,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             "training created mlflow.db, or set MLFLOW_TRACKING_URI"
         )
     check_server(uri, timeout)
-
-
-def check_server(uri: str, timeout: float = 5.0) -> None:
-    """Raise :class:`UserError` at once when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
-            reply.read()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise UserError(
-            f"cannot reach the MLflow tracking server at {uri} ({reason}): start it with "
-            "`make stack`, or unset MLFLOW_TRACKING_URI to use the local sqlite store"
-        ) from None
 
 
 def connect(uri: str | None = None) -> MlflowClient:

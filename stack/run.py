@@ -37,8 +37,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cli import ArgumentParser, UserError, cli
-from registry.store import check_server
+from cli import ArgumentParser, UserError, check_server, cli
 
 log = logging.getLogger("stack")
 

@@ -18,6 +18,7 @@ from cli import (
     ArgumentParser,
     UserError,
     auto_or_positive_int,
+    check_server,
     cli,
     configure_logging,
     existing_dir,
@@ -28,7 +29,7 @@ from cli import (
     str_to_bool,
     whole_number,
 )
-from registry.store import check_server, tracking_uri
+from registry.store import tracking_uri
 
 __all__ = [
     "EXIT_USER_ERROR",

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from search.metrics import precision_at, recall_at
 
 from search import index as search_index
 from search.index import (
@@ -27,6 +26,7 @@ from search.index import (
     resolve_kind,
     save_index,
 )
+from search.metrics import precision_at, recall_at
 
 faiss = pytest.importorskip("faiss")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from search.metrics import ndcg_at, precision_of
 
+from search.metrics import ndcg_at, precision_of
 from search.text import TextSearch
 
 LISTINGS = pd.DataFrame(
