@@ -34,8 +34,9 @@ import PIL
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # runnable as `python bench/clean_images.py` from anywhere
-    sys.path.insert(0, str(REPO))
+# Runnable as `python bench/clean_images.py` from anywhere: the repo first, before bench/ (whose
+# search.py and serve.py would hide the packages of the same name).
+sys.path.insert(0, str(REPO))
 
 from steps.clean_images import JPEG_QUALITY, clean_images, list_images  # noqa: E402
 

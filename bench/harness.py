@@ -10,12 +10,10 @@ afterwards, SIGKILL for anything that lingers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,8 +23,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli.processes import LOOPBACK, free_port, log_tail, start_in_group, stop_group
+
 REPO = Path(__file__).resolve().parents[1]
-LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 300.0
 BOUNDARY = "bench-boundary-7f3a9c"
 MULTIPART_HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
@@ -44,24 +43,13 @@ class Server:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the whole group, SIGKILL if it lingers (uvicorn workers included)."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # children that outlive the parent
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
+        stop_group(self.process.pid, timeout, self.process)
 
     def cpu_seconds(self) -> float:
         return group_cpu_seconds(self.process.pid)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log, lines)
 
 
 def group_cpu_seconds(group: int) -> float:
@@ -76,12 +64,6 @@ def group_cpu_seconds(group: int) -> float:
         if int(fields[2]) == group:  # fields[0] is the state (field 3 of stat)
             total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / ticks
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def server_environment(
@@ -107,18 +89,8 @@ def server_environment(
 
 def launch(name: str, command: list[str], env: dict[str, str], url: str, folder: Path) -> Server:
     """Start ``command`` in ``folder`` in a new session, its output in ``folder/<name>.log``."""
-    folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / f"{name}.log"
-    with log_path.open("wb") as handle:
-        process = subprocess.Popen(
-            command,
-            cwd=folder,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_in_group(command, log=log_path, env=env, cwd=folder)
     return Server(name=name, url=url, process=process, log=log_path)
 
 

@@ -38,8 +38,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "predict_text.json"
-if str(REPO) not in sys.path:  # runnable as `python bench/predict_text.py` from anywhere
-    sys.path.insert(0, str(REPO))
+# Runnable as `python bench/predict_text.py` from anywhere: the repo first, before bench/ (whose
+# search.py and serve.py would hide the packages of the same name).
+sys.path.insert(0, str(REPO))
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -70,8 +70,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # runnable as `python bench/search.py` from anywhere
-    sys.path.insert(0, str(REPO))
+# Runnable as `python bench/search.py` from anywhere: the repo first, before bench/ (whose
+# search.py and serve.py would hide the packages of the same name).
+sys.path.insert(0, str(REPO))
 
 from bench.harness import (  # noqa: E402  (after the path fix above)
     MULTIPART_HEADERS,

@@ -41,8 +41,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # runnable as `python bench/train.py` from anywhere
-    sys.path.insert(0, str(REPO))
+# Runnable as `python bench/train.py` from anywhere: the repo first, before bench/ (whose
+# search.py and serve.py would hide the packages of the same name).
+sys.path.insert(0, str(REPO))
 
 from marketplace_models.network import build_network  # noqa: E402
 from steps.training import stages  # noqa: E402

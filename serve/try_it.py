@@ -12,27 +12,20 @@ gets ready (its log's last lines are shown).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
+from cli import ArgumentParser, UserError, cli
+from cli.processes import LOOPBACK, ProcessExited, free_port, start_in_group, stop_group, wait_until
+
 READY_TIMEOUT_S = 180.0
-EXIT_USER_ERROR = 2
-
-
-class TryError(Exception):
-    """Why the try-out could not run, in one line."""
 
 
 def demo_photo(clean: Path, raw: Path) -> tuple[Path, str | None]:
@@ -41,19 +34,13 @@ def demo_photo(clean: Path, raw: Path) -> tuple[Path, str | None]:
 
     table = clean / "images.parquet"
     if not table.is_file():
-        raise TryError(f"no {table}: run `make demo` first, or pass --photo")
+        raise UserError(f"no {table}: run `make demo` first, or pass --photo")
     images = pd.read_parquet(table, columns=["image_id", "root_category", "split", "file"])
     for row in images[images["split"] == "test"].sort_values("image_id").itertuples():
         path = raw / str(row.file)
         if path.is_file():
             return path, str(row.root_category)
-    raise TryError(f"no test-split photo of {table} is under {raw}: pass --photo")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    raise UserError(f"no test-split photo of {table} is under {raw}: pass --photo")
 
 
 def multipart(field: str, path: Path, fields: dict[str, str] | None = None) -> tuple[bytes, str]:
@@ -71,22 +58,26 @@ def multipart(field: str, path: Path, fields: dict[str, str] | None = None) -> t
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    reason = "it did not answer"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise TryError(f"the service exited with code {process.returncode}")
+def wait_ready(url: str, process, timeout: float) -> None:
+    """Return once ``/ready`` answers 200; a UserError with the last reason otherwise."""
+    reason = ["it did not answer"]
+
+    def ready() -> bool:
         try:
             with urllib.request.urlopen(url + "/ready", timeout=5) as reply:
-                if reply.status == 200:
-                    return
+                return reply.status == 200
         except urllib.error.HTTPError as exc:
-            reason = json.loads(exc.read() or b"{}").get("detail", str(exc))
+            reason[0] = json.loads(exc.read() or b"{}").get("detail", str(exc))
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(0.5)
-    raise TryError(f"the service was not ready within {timeout:.0f} s: {reason}")
+        return False
+
+    try:
+        wait_until(ready, timeout=timeout, process=process, what="the production model")
+    except ProcessExited:
+        raise UserError(f"the service exited with code {process.returncode}") from None
+    except TimeoutError:
+        raise UserError(f"the service was not ready within {timeout:.0f} s: {reason[0]}") from None
 
 
 def show_similar(url: str, photo: Path, k: int = 3) -> None:
@@ -109,71 +100,64 @@ def show_similar(url: str, photo: Path, k: int = 3) -> None:
 
 def try_service(photo: Path, expected: str | None, timeout: float) -> dict:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "SERVE_HOST": "127.0.0.1", "SERVE_PORT": str(port)}
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serve"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    url = f"http://{LOOPBACK}:{port}"
+    env = {**os.environ, "SERVE_HOST": LOOPBACK, "SERVE_PORT": str(port)}
+    with tempfile.TemporaryDirectory(prefix="try-it-") as tmp:
+        log = Path(tmp) / "serve.log"
+        process = start_in_group([sys.executable, "-m", "serve"], log=log, env=env)
         try:
             print(f"started the service on {url}; waiting for the production model ...")
             wait_ready(url, process, timeout)
-            body, content_type = multipart("image", photo)
-            request = urllib.request.Request(
-                url + "/predict", data=body, headers={"Content-Type": content_type}
-            )
-            with urllib.request.urlopen(request, timeout=60) as reply:
-                answer = json.loads(reply.read())
-            print(f"$ curl -F image=@{photo} {url}/predict")
-            print(json.dumps(answer, indent=2))
+            answer = ask(url, photo)
             if expected is not None:
                 print(f"(the photo's listing is in {expected!r})")
             show_similar(url, photo)
             return answer
-        except TryError as exc:
-            log.seek(0)
-            tail = log.read().decode(errors="replace").strip().splitlines()[-5:]
-            raise TryError(f"{exc}\n  " + "\n  ".join(tail)) from None
+        except UserError as exc:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise UserError(f"{exc}\n  " + "\n  ".join(tail)) from None
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process.pid, timeout=30, process=process)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m serve.try_it", description=__doc__.split("\n")[0]
+def ask(url: str, photo: Path) -> dict:
+    """POST the photo to ``/predict`` as curl would; print and return the answer."""
+    body, content_type = multipart("image", photo)
+    request = urllib.request.Request(
+        url + "/predict", data=body, headers={"Content-Type": content_type}
     )
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        answer = json.loads(reply.read())
+    print(f"$ curl -F image=@{photo} {url}/predict")
+    print(json.dumps(answer, indent=2))
+    return answer
+
+
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m serve.try_it", description=__doc__.split("\n")[0])
     parser.add_argument("--photo", type=Path, help="a photo to send (default: a demo photo)")
     parser.add_argument("--clean", type=Path, default=Path("data/clean"))
     parser.add_argument("--raw", type=Path, default=Path("data/raw"))
     parser.add_argument("--timeout", type=float, default=READY_TIMEOUT_S)
-    args = parser.parse_args(argv)
-    try:
-        if args.photo is not None:
-            if not args.photo.is_file():
-                raise TryError(f"no photo at {args.photo}")
-            photo, expected = args.photo, None
-        else:
-            photo, expected = demo_photo(args.clean, args.raw)
-        try_service(photo, expected, args.timeout)
-    except TryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    if args.photo is not None:
+        if not args.photo.is_file():
+            raise UserError(f"no photo at {args.photo}")
+        photo, expected = args.photo, None
+    else:
+        photo, expected = demo_photo(args.clean, args.raw)
+    try_service(photo, expected, args.timeout)
     print(
         "\nRun it yourself: `make serve`, then open http://127.0.0.1:8000/ (the search page)"
         " or http://127.0.0.1:8000/docs (the API)"
     )
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -24,20 +24,28 @@ was started), ``mlflow.db`` and ``artifacts/`` (with the defaults).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from cli import ArgumentParser, UserError, check_server, cli
+from cli.processes import (
+    ProcessExited,
+    is_alive,
+    log_tail,
+    start_in_group,
+    stop_group,
+    wait_until,
+)
 
 log = logging.getLogger("stack")
 
@@ -50,17 +58,44 @@ STOP_TIMEOUT_S = 20.0
 LOG_TAIL_LINES = 25
 
 
-@dataclass(frozen=True)
-class StackConfig:
-    """Everything ``start`` needs, read from the environment."""
+class StackSettings(BaseSettings):
+    """Everything ``start`` needs, read from the environment (see the module docstring)."""
 
-    state_dir: Path
-    host: str
-    port: int
-    workers: int
-    backend_store_uri: str
-    artifacts_destination: str
-    start_timeout: float
+    model_config = SettingsConfigDict(env_prefix="STACK_", extra="ignore", frozen=True)
+
+    dir: Path = Field(REPO_ROOT / ".stack", description="The state folder.")
+    host: str = Field(DEFAULT_HOST, description="Address the server binds.")
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="Port the server binds.")
+    workers: int = Field(DEFAULT_WORKERS, ge=1, description="The server's worker processes.")
+    start_timeout: float = Field(
+        DEFAULT_START_TIMEOUT_S, gt=0, description="Seconds to wait for /health at start."
+    )
+    backend_store_uri: str = Field(
+        "",
+        validation_alias="BACKEND_STORE_URI",
+        description="Tracking and registry database (default: sqlite in the state folder).",
+    )
+    artifacts_destination: str = Field(
+        "",
+        validation_alias="ARTIFACTS_DESTINATION",
+        description="Where the server keeps artifacts: a folder or s3://bucket/prefix "
+        "(default: artifacts/ in the state folder).",
+    )
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir.expanduser().resolve()
+
+    @property
+    def backend(self) -> str:
+        return self.backend_store_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    @property
+    def artifacts(self) -> str:
+        destination = self.artifacts_destination or str(self.state_dir / "artifacts")
+        if "://" in destination:
+            return destination
+        return str(Path(destination).expanduser().resolve())
 
     @property
     def pid_file(self) -> Path:
@@ -85,82 +120,23 @@ def server_url(host: str, port: int) -> str:
     return f"http://{reachable}:{port}"
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
+def load_settings() -> StackSettings:
+    """The stack's settings from the environment; a bad value is a one-line UserError."""
     try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"{name}={value!r} is not a whole number") from None
+        return StackSettings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{_env_name(error['loc'])}: {error['msg']}" for error in exc.errors())
+        raise UserError(f"bad stack setting ({problems})") from None
 
 
-def load_config(environ: dict[str, str] | None = None) -> StackConfig:
-    """Read the stack's settings from the environment (see the module docstring)."""
-    env = os.environ if environ is None else environ
-    state_dir = Path(env.get("STACK_DIR") or REPO_ROOT / ".stack").expanduser().resolve()
-    port = _env_int("STACK_PORT", DEFAULT_PORT)
-    if not 0 < port < 65536:
-        raise UserError(f"STACK_PORT={port} is not a TCP port (1-65535)")
-    destination = env.get("ARTIFACTS_DESTINATION") or str(state_dir / "artifacts")
-    if "://" not in destination:
-        destination = str(Path(destination).expanduser().resolve())
-    try:
-        timeout = float(env.get("STACK_START_TIMEOUT") or DEFAULT_START_TIMEOUT_S)
-    except ValueError:
-        raise UserError("STACK_START_TIMEOUT must be a number of seconds") from None
-    return StackConfig(
-        state_dir=state_dir,
-        host=env.get("STACK_HOST") or DEFAULT_HOST,
-        port=port,
-        workers=max(1, _env_int("STACK_WORKERS", DEFAULT_WORKERS)),
-        backend_store_uri=env.get("BACKEND_STORE_URI") or f"sqlite:///{state_dir / 'mlflow.db'}",
-        artifacts_destination=destination,
-        start_timeout=timeout,
-    )
+def _env_name(loc: tuple) -> str:
+    name = str(loc[0]) if loc else "?"
+    field = StackSettings.model_fields.get(name)
+    alias = field.validation_alias if field is not None else None
+    return str(alias) if isinstance(alias, str) else f"STACK_{name.upper()}"
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name, or None where /proc is missing."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rpartition(")")[2].split()
-
-
-def is_alive(pid: int) -> bool:
-    """Whether ``pid`` is a running (not zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    fields = _proc_stat(pid)
-    return not (fields and fields[0] == "Z")
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is left in process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            fields = _proc_stat(int(entry.name))
-            if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-                return True
-    return False
 
 
 def looks_like_mlflow(pid: int) -> bool:
@@ -172,7 +148,7 @@ def looks_like_mlflow(pid: int) -> bool:
     return b"mlflow" in cmdline
 
 
-def read_pid(config: StackConfig) -> int | None:
+def read_pid(config: StackSettings) -> int | None:
     """The pid of the running server, or None; a stale pid file is removed."""
     try:
         pid = int(config.pid_file.read_text().strip())
@@ -205,27 +181,16 @@ def health_ok(url: str, timeout: float = 2.0) -> bool:
     return True
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    tail = text.strip().splitlines()[-lines:]
-    return "\n".join("    " + line for line in tail) or "    (empty log)"
+def indented_log_tail(path: Path) -> str:
+    return "\n".join("    " + line for line in log_tail(path, LOG_TAIL_LINES).splitlines())
 
 
-def stop_group(pgid: int, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the server's process group, then SIGKILL what is left after ``timeout``."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not group_alive(pgid):
-            return
-        time.sleep(0.2)
-    log.warning("mlflow server (pid %d) ignored SIGTERM for %.0f s: killing it", pgid, timeout)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+def stop_server(pgid: int) -> None:
+    """Stop the server's process group (SIGKILL after STOP_TIMEOUT_S, with a warning)."""
+    if not stop_group(pgid, STOP_TIMEOUT_S):
+        log.warning(
+            "mlflow server (pid %d) ignored SIGTERM for %.0f s: killed", pgid, STOP_TIMEOUT_S
+        )
 
 
 # --------------------------------------------------------------------------- checks
@@ -267,16 +232,16 @@ def check_s3_destination(destination: str) -> None:
 # --------------------------------------------------------------------------- commands
 
 
-def server_command(config: StackConfig) -> list[str]:
+def server_command(config: StackSettings) -> list[str]:
     return [
         sys.executable,
         "-m",
         "mlflow",
         "server",
         "--backend-store-uri",
-        config.backend_store_uri,
+        config.backend,
         "--artifacts-destination",
-        config.artifacts_destination,
+        config.artifacts,
         "--host",
         config.host,
         "--port",
@@ -296,7 +261,7 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def start(config: StackConfig) -> int:
+def start(config: StackSettings) -> int:
     """Start the server in the background and wait until it answers; return its pid."""
     pid = read_pid(config)
     if pid is not None:
@@ -309,24 +274,22 @@ def start(config: StackConfig) -> int:
             f"port {config.port} on {config.host} is already in use by another program: "
             "stop it or pick another port, e.g. STACK_PORT=5001 make stack"
         )
-    if config.artifacts_destination.startswith("s3://"):
-        check_s3_destination(config.artifacts_destination)
-    elif "://" not in config.artifacts_destination:
-        Path(config.artifacts_destination).mkdir(parents=True, exist_ok=True)
+    if config.artifacts.startswith("s3://"):
+        check_s3_destination(config.artifacts)
+    elif "://" not in config.artifacts:
+        Path(config.artifacts).mkdir(parents=True, exist_ok=True)
     config.state_dir.mkdir(parents=True, exist_ok=True)
 
     with config.log_file.open("ab") as log_handle:
         log_handle.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start\n".encode())
-        log_handle.flush()
-        process = subprocess.Popen(
-            server_command(config),
-            cwd=config.state_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=log_handle,
-            stderr=subprocess.STDOUT,
-            env=server_env(),
-            start_new_session=True,  # its own process group: survives the shell, stops as one
-        )
+    # Its own process group: it survives the shell that started it, and stops as one.
+    process = start_in_group(
+        server_command(config),
+        log=config.log_file,
+        env=server_env(),
+        cwd=config.state_dir,
+        append=True,
+    )
     config.pid_file.write_text(f"{process.pid}\n")
     config.info_file.write_text(
         json.dumps({"pid": process.pid, "url": config.url, **_public(config)}, indent=2) + "\n"
@@ -335,46 +298,54 @@ def start(config: StackConfig) -> int:
     return process.pid
 
 
-def _public(config: StackConfig) -> dict:
-    fields = asdict(config)
-    fields["state_dir"] = str(config.state_dir)
-    return fields
+def _public(config: StackSettings) -> dict:
+    return {
+        "state_dir": str(config.state_dir),
+        "host": config.host,
+        "port": config.port,
+        "workers": config.workers,
+        "backend_store_uri": config.backend,
+        "artifacts_destination": config.artifacts,
+        "start_timeout": config.start_timeout,
+    }
 
 
-def wait_until_healthy(config: StackConfig, process: subprocess.Popen) -> None:
+def wait_until_healthy(config: StackSettings, process: subprocess.Popen) -> None:
     """Return once /health answers; stop the server and fail with its log tail otherwise."""
-    deadline = time.monotonic() + config.start_timeout
-    while time.monotonic() < deadline:
-        code = process.poll()
-        if code is not None:
-            config.pid_file.unlink(missing_ok=True)
-            raise UserError(
-                f"mlflow server exited at start (exit code {code}); last lines of "
-                f"{config.log_file}:\n{log_tail(config.log_file)}"
-            )
-        if health_ok(config.url):
-            return
-        time.sleep(0.5)
-    stop_group(process.pid)
-    config.pid_file.unlink(missing_ok=True)
-    raise UserError(
-        f"mlflow server did not answer {config.url}/health within {config.start_timeout:.0f} s "
-        f"(raise STACK_START_TIMEOUT?); last lines of {config.log_file}:\n"
-        f"{log_tail(config.log_file)}"
-    )
+    try:
+        wait_until(
+            lambda: health_ok(config.url),
+            timeout=config.start_timeout,
+            process=process,
+            what=f"{config.url}/health",
+        )
+    except ProcessExited:
+        config.pid_file.unlink(missing_ok=True)
+        raise UserError(
+            f"mlflow server exited at start (exit code {process.returncode}); last lines of "
+            f"{config.log_file}:\n{indented_log_tail(config.log_file)}"
+        ) from None
+    except TimeoutError:
+        stop_server(process.pid)
+        config.pid_file.unlink(missing_ok=True)
+        raise UserError(
+            f"mlflow server did not answer {config.url}/health within "
+            f"{config.start_timeout:.0f} s (raise STACK_START_TIMEOUT?); last lines of "
+            f"{config.log_file}:\n{indented_log_tail(config.log_file)}"
+        ) from None
 
 
-def stop(config: StackConfig) -> bool:
+def stop(config: StackSettings) -> bool:
     """Stop the server if it runs; return whether there was one to stop."""
     pid = read_pid(config)
     if pid is None:
         return False
-    stop_group(pid)
+    stop_server(pid)
     config.pid_file.unlink(missing_ok=True)
     return True
 
 
-def status(config: StackConfig) -> int | None:
+def status(config: StackSettings) -> int | None:
     """The running server's pid, or None."""
     return read_pid(config)
 
@@ -394,14 +365,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    config = load_config()
+    config = load_settings()
     if args.command == "start":
         pid = start(config)
         log.info(
             "MLflow server up at %s (pid %d); artifacts -> %s; log %s",
             config.url,
             pid,
-            config.artifacts_destination,
+            config.artifacts,
             config.log_file,
         )
         print(f"export MLFLOW_TRACKING_URI={config.url}")
@@ -422,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
 
 
-def _read_info(config: StackConfig) -> dict:
+def _read_info(config: StackSettings) -> dict:
     try:
         return json.loads(config.info_file.read_text())
     except (OSError, ValueError):

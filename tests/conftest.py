@@ -1,7 +1,15 @@
-"""Shared fixtures: a throwaway tracking store, and a small demo export, raw and clean."""
+"""Shared fixtures: a throwaway tracking store, and a small demo export, raw and clean.
+
+The whole session logs to a tracking store of its own (``MLFLOW_TRACKING_URI`` is set before
+any test runs, whatever the caller's shell says), and the session fails if the checkout's own
+``mlflow.db``, ``mlruns/``, ``mlartifacts/`` or ``data/`` changed while it ran: tests never
+write into the user's store or data.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +18,54 @@ pytest_plugins = ["tests.fixtures_servers"]
 
 DEMO_PRODUCTS = 60
 DEMO_CLEAN_SIZE = 64
+CHECKOUT = Path(__file__).resolve().parents[1]
+USER_STATE = ("mlflow.db", "mlruns", "mlartifacts", "data")
+SESSION_EXPERIMENTS = ("tests", "marketplace-search")
+_STATE_BEFORE = pytest.StashKey[dict]()
+
+
+def _fingerprint(path: Path) -> object:
+    """What a path holds, cheaply: None when absent, (size, mtime) of each file otherwise."""
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [
+        (str(f.relative_to(path.parent)), f.stat().st_size, f.stat().st_mtime_ns) for f in files
+    ]
+
+
+def _session_store() -> str:
+    """A sqlite store in a temporary folder, its experiments' artifacts beside it."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = Path(tempfile.mkdtemp(prefix="pytest-mlflow-"))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    store = SqlAlchemyStore(uri, str(folder / "artifacts"))  # the Default experiment's root
+    for name in SESSION_EXPERIMENTS:
+        store.create_experiment(name, artifact_location=str(folder / "artifacts" / name))
+    return uri
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STATE_BEFORE] = {n: _fingerprint(CHECKOUT / n) for n in USER_STATE}
+    os.environ["MLFLOW_TRACKING_URI"] = _session_store()
+    os.environ.pop("MLFLOW_RUN_ID", None)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_STATE_BEFORE, None)
+    if before is None:
+        return
+    changed = [n for n in USER_STATE if _fingerprint(CHECKOUT / n) != before[n]]
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = (
+            f"the tests changed the checkout's own {', '.join(changed)}: a test wrote into the "
+            "user's tracking store or data instead of a temporary one"
+        )
+        if reporter is not None:
+            reporter.write_line(f"FAILED checkout state: {message}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
@@ -49,6 +105,7 @@ def demo_clean(demo_raw: Path) -> Path:
 
     clean = demo_raw.parent / "clean"
     with pytest.MonkeyPatch.context() as patch:  # log to a store of its own, not ./mlflow.db
+        patch.chdir(demo_raw.parent)  # and its artifacts beside it, not in ./mlruns
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{demo_raw.parent / 'mlflow.db'}")
         for variable in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
             patch.setenv(variable, "")
