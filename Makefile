@@ -46,9 +46,10 @@ test: $(STAMP) ## run every test, slow ones included
 test-fast: $(STAMP) ## run the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff check and format check
+lint: $(STAMP) ## ruff check, format check and the import-linter layering contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## ruff fix and format
 	$(BIN)/ruff check --fix .

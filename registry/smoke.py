@@ -29,6 +29,7 @@ from clean_data import cleaned_sizes, image_folder, load_clean
 from cli import UserError
 from marketplace_models.kinds import COLUMNS, IMAGE, IMAGE_COLUMN, TEXT, TEXT_COLUMN
 from registry.kinds import input_of
+from registry.legacy import own_code_layout
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -316,7 +317,8 @@ def load_version(client: MlflowClient, name: str, version: int | str) -> Iterato
                     artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri
                 )
             )
-            model = mlflow.pyfunc.load_model(str(local))
+            with own_code_layout(local):
+                model = mlflow.pyfunc.load_model(str(local))
         except UserError:
             raise
         except Exception as exc:

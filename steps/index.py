@@ -11,7 +11,7 @@ penultimate layer, batched, with a progress bar), L2-normalises the embeddings a
 a FAISS index (``--kind``: ``auto`` = exact up to
 ``search.index.AUTO_EXACT_MAX_FLOATS``, HNSW above; or ``flat``, ``hnsw``,
 ``ivfpq``). Writes, as artifacts of this run under ``search_index/`` (the layout is
-``registry/search_index.py``'s): the index, the id map, the listings' metadata and a JPEG
+``search/index.py``'s): the index, the id map, the listings' metadata and a JPEG
 thumbnail of every photo, so that a service replica needs only the tracking server. Tags
 the run with the model's name, version and URI, and the version with ``search_index_run``
 (this run's id). Metrics: ``vectors``, ``products``, ``dim``, ``build_seconds``,
@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clean_data import TABLE_FILES, choose_size
 from cli import UserError
 from registry.resolve import ResolvedModel, pinned, resolve_model
 from registry.store import DEFAULT_MODEL_NAME, connect
@@ -68,11 +69,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The code an index depends on: a change to any of these rebuilds instead of reusing.
 INDEX_CODE = (
     "steps/index.py",
-    "registry/search_index.py",
-    "registry/model.py",
-    "registry/imaging.py",
-    "registry/text_search.py",
-    "registry/text_model.py",
+    "search/index.py",
+    "marketplace_models/image.py",
+    "marketplace_models/imaging.py",
+    "search/text.py",
+    "marketplace_models/text.py",
 )
 CACHE_KEY_TAG = "search_index.cache_key"
 OUTCOME_TAG = "search_index.outcome"
@@ -80,6 +81,8 @@ REUSED_RUN_TAG = "search_index.reused_run"
 PRECISION_KS = (1, 5, 10)
 RECALL_K = 10
 THUMBNAIL_QUALITY = 85
+AUTO = "auto"
+UNKNOWN_INPUT_SIZE = 10**6  # a model of no known input size reads the largest cleaned size
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model")
     parser.add_argument("--clean", type=Path, default=Path("data/clean"), help="clean data")
     parser.add_argument(
-        "--clean-size", type=positive_int, default=256, help="which images/<size>/ to read"
+        "--clean-size",
+        type=runtime.auto_or_positive_int,
+        default=AUTO,
+        help="which images/<size>/ to read (auto: the smallest at least the model's input "
+        "size, else the largest)",
     )
     parser.add_argument(
         "--kind", choices=search_index.KINDS, default="auto", help="FAISS index kind"
@@ -136,16 +143,33 @@ def resolve(model_uri: str, model_name: str) -> ResolvedModel:
     return pinned(f"models:/{model_name}/latest", get_version(client, model_name, "latest"))
 
 
+def model_input_size(model: ResolvedModel) -> int:
+    """The image size the model was trained at (its run's ``image_size``), so ``auto`` reads
+    cleaned photos at least that large; unknown (no run), the largest folder is read."""
+    from mlflow.exceptions import MlflowException
+
+    if model.run_id is None:
+        return UNKNOWN_INPUT_SIZE
+    try:
+        return int(float(connect().get_run(model.run_id).data.params["image_size"]))
+    except (MlflowException, KeyError, ValueError):  # no such run or param
+        return UNKNOWN_INPUT_SIZE
+
+
+def require_tables(clean: Path) -> None:
+    """:class:`UserError` saying which steps to run when the clean tables are not there."""
+    if not all((Path(clean) / name).is_file() for name in TABLE_FILES):
+        raise UserError(
+            f"no cleaned data in {clean} ({', '.join(TABLE_FILES)}): run "
+            "`mlflow run . -e clean_tabular --env-manager local` and `-e clean_images` "
+            "first, or pass --clean with the folder they wrote"
+        )
+
+
 def load_catalogue(clean: Path, clean_size: int) -> Catalogue:
     """The photos and listings of the clean data; :class:`UserError` when it is missing."""
     clean = Path(clean)
-    needed = [clean / name for name in ("products.parquet", "images.parquet", "categories.json")]
-    if not all(path.is_file() for path in needed):
-        raise UserError(
-            f"no cleaned data in {clean} (products.parquet, images.parquet, categories.json): "
-            "run `mlflow run . -e clean_tabular --env-manager local` and `-e clean_images` "
-            "first, or pass --clean with the folder they wrote"
-        )
+    require_tables(clean)
     image_dir = clean / "images" / str(clean_size)
     if not image_dir.is_dir():
         folder = clean / "images"
@@ -490,8 +514,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = get_args_parser().parse_args(argv)
     import mlflow
 
-    catalogue = load_catalogue(args.clean, args.clean_size)
+    require_tables(args.clean)
+    asked = args.clean_size
+    if asked is not None:  # a size that is not there fails before anything is downloaded
+        choose_size(args.clean, asked, asked, flag="--clean-size")
     model = resolve(args.model_uri, args.model_name)
+    args.clean_size = choose_size(args.clean, model_input_size(model), asked, flag="--clean-size")
+    catalogue = load_catalogue(args.clean, args.clean_size)
     key = cache_key(model, data_digest(catalogue), args)
     with start_run("index") as run:
         client = mlflow.MlflowClient()
@@ -500,7 +529,8 @@ def main(argv: Sequence[str] | None = None) -> str:
                 "model_uri": args.model_uri,
                 "model_name": args.model_name,
                 "clean": str(args.clean),
-                "clean_size": args.clean_size,
+                "clean_size": AUTO if asked is None else asked,
+                "clean_size_used": args.clean_size,
                 "kind": args.kind,
                 "batch_size": args.batch_size,
                 "thumbnail_size": args.thumbnail_size,

@@ -47,7 +47,7 @@ from steps.runtime import (
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CODE_FOLDERS = ("steps", "registry")
+CODE_FOLDERS = ("steps", "registry", "marketplace_models", "search", "clean_data", "cli")
 CACHE_KEY_TAG = "pipeline.cache_key"
 OUTPUT_DIGEST_TAG = "pipeline.output_digest"
 PARENT_RUN_TAG = "mlflow.parentRunId"

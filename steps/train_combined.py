@@ -26,7 +26,7 @@ side-by-side: the image model alone (``test_image_only/...``) and the text alone
 
 Writes one MLflow run: parameters, the photos table per split as inputs, the metrics, the
 pyfunc model ``model`` (``image`` and ``text`` in; it carries the image network, the text
-classifier and the head: ``registry/listing_model.py``) and with ``--register true`` a new
+classifier and the head: ``marketplace_models/listing.py``) and with ``--register true`` a new
 version of ``--model-name`` tagged ``input=image+text`` and ``image_model`` (never its
 ``production`` alias).
 

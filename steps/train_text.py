@@ -15,7 +15,7 @@ Writes one MLflow run: the parameters, the listings table per split as inputs, e
 candidate's validation metrics (``step`` = its position in ``--c-values``) and
 ``model_selection.json``, the test metrics and ``evaluation/`` artifacts (steps.evaluation:
 confusion matrix, per-class report), the pyfunc model ``model`` (``text`` in; see
-``registry/text_model.py``) and with ``--register true`` a new version of
+``marketplace_models/text.py``) and with ``--register true`` a new version of
 ``--model-name`` tagged ``input=text`` (never its ``production`` alias).
 
     python -m steps.train_text

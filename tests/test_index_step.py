@@ -219,3 +219,27 @@ def test_catalogue_is_every_split_with_root_categories(demo_clean) -> None:
     assert set(catalogue.listings["category"]) <= set(catalogue.categories)
     assert list(catalogue.listings.columns) == list(search_index.LISTING_COLUMNS)
     assert np.all([path.is_file() for path in catalogue.images["path"]])
+
+
+@pytest.mark.slow
+def test_index_entry_point_reads_whatever_single_size_was_cleaned(
+    demo_clean: Path, tracking: str, tmp_path: Path
+) -> None:
+    """`mlflow run . -e index` with no clean_size (MLproject's `auto`) after cleaning at one
+    size only (the demo data has just images/64/): it indexes from that size."""
+    version = register_tiny_version(demo_clean)
+    env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": "tests", "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_EXPERIMENT_ID", None)  # set by mlflow.set_experiment; the name decides
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "index"]
+    command += ["-P", f"clean={demo_clean}", "--env-manager", "local"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    run = index_runs(client)[-1]
+    assert run.data.params["clean_size"] == "auto"
+    assert run.data.params["clean_size_used"] == str(DEMO_CLEAN_SIZE)
+    assert client.get_model_version(NAME, version).tags[search_index.INDEX_RUN_TAG] == (
+        run.info.run_id
+    )

@@ -35,7 +35,13 @@ def test_conda_yaml_lists_the_same_dependencies_as_pyproject() -> None:
     assert _version(python.split("=")[-1]) >= _version(project["requires-python"].lstrip(">="))
 
 
-FIRST_PARTY = {"steps", "registry", "serve", "stack", "tests", "bench"}
+PACKAGES = tuple(
+    name.rstrip("*")
+    for name in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+)
+FIRST_PARTY = {*PACKAGES, "tests", "bench"}
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -49,7 +55,7 @@ def _imported_modules(path: Path) -> set[str]:
     return modules
 
 
-@pytest.mark.parametrize("folders", [("steps", "registry", "serve", "stack"), ("tests", "bench")])
+@pytest.mark.parametrize("folders", [PACKAGES, ("tests", "bench")])
 def test_every_imported_package_is_declared(folders: tuple[str, ...]) -> None:
     """What the code imports is in pyproject's dependencies (tests and benchmarks, which
     run in `make install`'s environment: or in the dev extra)."""

@@ -1,4 +1,4 @@
-"""The search index (registry/search_index.py): build kinds, files, per-listing answers.
+"""The search index (search/index.py): build kinds, files, per-listing answers.
 
 The catalogue here is synthetic: listings of four categories, each category a cluster of
 listing centres, each listing one to three photos near its centre, so that the right
