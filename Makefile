@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLFLOW_RUN := $(BIN)/mlflow run . --env-manager local
 UI_PORT ?= 5000
+DOCS_PORT ?= 8001
 # Runs of `make demo` (and of `mlflow run` from this shell) land in this experiment.
 export MLFLOW_EXPERIMENT_NAME ?= marketplace-search
 # `mlflow run --env-manager local` runs `python -m steps...` with the first python on PATH.
@@ -18,7 +19,7 @@ DEMO_PARAMS ?= -P products=2000 -P arch=resnet18 -P image_size=48 -P epochs=20 \
 	-P batch_size=32 -P lr=0.002 -P trainable_layers=all
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo serve test test-fast lint format ui stack stack-down stack-status results bench clean
+.PHONY: help install demo serve test test-fast lint format ui docs docs-build stack stack-down stack-status results bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -37,7 +38,7 @@ demo: $(STAMP) ## run the whole pipeline on the demo export, then ask the servic
 	$(BIN)/python -m steps.models_report
 	$(BIN)/python -m serve.try_it
 
-serve: $(STAMP) ## serve the production model on http://127.0.0.1:8000 (SERVE_* settings, see README)
+serve: $(STAMP) ## serve the production model on http://127.0.0.1:8000 (SERVE_* settings: docs/serving.md)
 	$(BIN)/python -m serve
 
 test: $(STAMP) ## run every test, slow ones included
@@ -56,9 +57,15 @@ format: $(STAMP) ## ruff fix and format
 	$(BIN)/ruff format .
 
 ui: $(STAMP) ## open the MLflow UI on the local store (http://127.0.0.1:$(UI_PORT))
-	@echo "The runs, in the UI's model-training view (README: Browse the runs in the MLflow UI):"
+	@echo "The runs, in the UI's model-training view (docs/getting-started.md: Browse the runs):"
 	@echo "  http://127.0.0.1:$(UI_PORT)/#/experiments/1/runs?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+docs: $(STAMP) ## serve the documentation site on http://127.0.0.1:8001 (DOCS_PORT), rebuilt on every edit
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+
+docs-build: $(STAMP) ## build the documentation site into site/ (strict: a broken link fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 stack: $(STAMP) ## start mlflow server on 127.0.0.1:5000 (artifacts to .stack/artifacts or $$ARTIFACTS_DESTINATION)
 	$(BIN)/python -m stack start
@@ -80,5 +87,5 @@ bench: $(STAMP) ## run the benchmarks in bench/ (figures to bench/results/)
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/search.py
 
-clean: ## remove the demo data, the local store and the venv
-	rm -rf data mlruns mlartifacts mlflow.db .stack $(VENV)
+clean: ## remove the demo data, the local store, the built docs and the venv
+	rm -rf data mlruns mlartifacts mlflow.db .stack site $(VENV)

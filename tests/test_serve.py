@@ -680,9 +680,3 @@ def test_try_it_without_demo_data_is_a_one_line_error(tmp_path):
     assert done.stderr.startswith("error: no ") and "make demo" in done.stderr
 
 
-def test_the_readme_lists_every_setting():
-    from serve.settings import environment_table
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for variable, _, _ in environment_table():
-        assert f"| `{variable}` |" in readme, variable
