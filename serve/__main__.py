@@ -1,6 +1,6 @@
 """``python -m serve``: run the service with uvicorn on SERVE_HOST:SERVE_PORT.
 
-Settings come from the environment (see ``serve/settings.py`` and the README); a setting
+Settings come from the environment (see ``serve/settings.py`` and docs/serving.md); a setting
 that does not parse is a one-line error with exit code 2.
 """
 

@@ -139,7 +139,7 @@ def variable_name(field: str) -> str:
 
 
 def environment_table() -> list[tuple[str, str, str]]:
-    """(variable, default, description) for every setting, as the README lists them."""
+    """(variable, default, description) for every setting, as docs/serving.md lists them."""
     rows = []
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)

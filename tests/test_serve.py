@@ -678,5 +678,3 @@ def test_try_it_without_demo_data_is_a_one_line_error(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.startswith("error: no ") and "make demo" in done.stderr
-
-
