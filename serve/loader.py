@@ -86,13 +86,16 @@ class ModelDetails:
         return str(self.version) if self.version is not None else self.uri
 
 
-def read_pixels(data: bytes, image_size: int, max_pixels: int) -> np.ndarray:
+def read_pixels(
+    data: bytes, image_size: int, max_pixels: int, max_decode_bytes: int | None = None
+) -> np.ndarray:
     """One upload to the uint8 ``(S, S, 3)`` array the network takes (the shared normalisation).
 
-    Raises ``OSError`` (``ImageTooLarge`` and ``UnidentifiedImageError`` among them) for
-    what is not a readable image within the pixel limit.
+    Raises ``OSError`` (``ImageTooLarge``, ``ImageTooCostly`` and ``UnidentifiedImageError``
+    among them) for what is not a readable image within the pixel and memory limits.
     """
-    return np.asarray(load_normalized(data, image_size, max_pixels), dtype=np.uint8)
+    image = load_normalized(data, image_size, max_pixels, max_decode_bytes)
+    return np.asarray(image, dtype=np.uint8)
 
 
 @dataclass
@@ -118,9 +121,9 @@ class ServedModel:
     def embedding_dim(self) -> int:
         return self.details.embedding_dim
 
-    def preprocess(self, data: bytes) -> np.ndarray:
+    def preprocess(self, data: bytes, max_decode_bytes: int | None = None) -> np.ndarray:
         """One upload to the network's input (see :func:`read_pixels`)."""
-        return read_pixels(data, self.details.image_size, self.max_pixels)
+        return read_pixels(data, self.details.image_size, self.max_pixels, max_decode_bytes)
 
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``(B, C)`` and embeddings ``(B, D)`` for a uint8 batch."""
@@ -143,6 +146,25 @@ def check_probabilities(probabilities: np.ndarray, rows: int, classes: int) -> N
     worst = float(np.abs(sums - 1.0).max()) if rows else 0.0
     if worst > SUM_TOLERANCE:
         raise LoadError(f"answered with probabilities that sum to {1 + worst:.4f}, not 1")
+
+
+def check_full_batch(engine: Engine, pixels: np.ndarray, classes: int, dim: int) -> None:
+    """Run a full batch (the engine sizes its buffers for it) and check every row came back.
+
+    Raises :class:`LoadError` unless probabilities are ``(B, classes)`` and sane and the
+    embeddings ``(B, dim)`` and finite: the batcher hands out one row per image.
+    """
+    probabilities, embedding = engine.forward(pixels)
+    rows = len(pixels)
+    check_probabilities(np.asarray(probabilities), rows, classes)
+    embedding = np.asarray(embedding)
+    if embedding.shape != (rows, dim):
+        raise LoadError(
+            f"answered a full batch with embeddings of shape {embedding.shape}, "
+            f"expected ({rows}, {dim})"
+        )
+    if not np.all(np.isfinite(embedding)):
+        raise LoadError("answered a full batch with embeddings that are not finite")
 
 
 def ui_link(base: str | None, tracking_uri: str, experiment_id: str | None, run_id: str | None):
@@ -318,7 +340,7 @@ def load_served_model(
                 fusion.predict_proba(embedding, texts), len(example), fusion.config.num_classes
             )
         warm = np.repeat(example[:1], max(1, batch_size), axis=0)
-        built.forward(warm)  # the engine sizes its buffers for a full batch
+        check_full_batch(built, warm, config.num_classes, int(embedding.shape[1]))
         aliases, metrics, experiment_id = _registry_facts(client, resolved)
     except LoadError as exc:
         raise LoadError(f"{what} {exc}") from exc

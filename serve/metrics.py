@@ -10,6 +10,8 @@
 - ``marketplace_model_info{name, version, engine}`` (1 for the version served)
 - ``marketplace_model_loaded`` (1 once a model is served)
 - ``marketplace_reloads_total`` and ``marketplace_reload_failures_total``
+- ``marketplace_batcher_restarts_total`` (the batcher crashed and was restarted)
+- ``marketplace_dropped_images_total`` (images not run: their request timed out or left)
 """
 
 from __future__ import annotations
@@ -72,6 +74,14 @@ class ServiceMetrics:
         self.reloads = Counter("marketplace_reloads", "Versions loaded and swapped in", registry=r)
         self.reload_failures = Counter(
             "marketplace_reload_failures", "Versions that failed to load or answer", registry=r
+        )
+        self.batcher_restarts = Counter(
+            "marketplace_batcher_restarts", "Batcher crashes (each restarted)", registry=r
+        )
+        self.dropped_images = Counter(
+            "marketplace_dropped_images",
+            "Images dropped before their forward pass (request timed out or client left)",
+            registry=r,
         )
 
     def served(self, name: str | None, version: str, engine: str) -> None:
