@@ -168,7 +168,15 @@ class ServiceMiddleware:
         """Run the app in a task of its own, which a client that leaves cancels."""
         body = _Body(receive, self.limit, self.body_timeout, self._too_large, self._too_slow)
         task = asyncio.ensure_future(self.app(scope, body.receive, send))
-        body.on_gone = task.cancel
+        left = False
+
+        def client_left() -> None:  # once answered, the "disconnect" is just the end
+            nonlocal left
+            if not status["sent"]:
+                left = True
+                task.cancel()
+
+        body.on_gone = client_left
         try:
             await task
         except HTTPException as exc:  # a limit, raised outside a route's handler
@@ -176,7 +184,7 @@ class ServiceMiddleware:
                 raise
             await _send_problem(scope, send, exc)
         except asyncio.CancelledError:
-            if not body.gone or status["sent"]:
+            if not left:
                 raise
             status["code"] = CLIENT_GONE  # nobody to answer
         finally:
@@ -199,7 +207,6 @@ class _Body:
         self._received = 0
         self._watcher: asyncio.Task | None = None
         self._left = asyncio.Event()
-        self.gone = False
         self.on_gone = None
 
     async def receive(self) -> Message:
@@ -222,7 +229,6 @@ class _Body:
     async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
-        self.gone = True
         self._left.set()
         if self.on_gone is not None:
             self.on_gone()
