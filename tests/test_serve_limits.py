@@ -196,13 +196,16 @@ def test_sixteen_bit_png_bombs_are_refused_and_cost_bounded_memory(store, tmp_pa
 
             sender = threading.Thread(target=batch)
             sender.start()
-            started = time.monotonic()
-            single = http.post("/predict", files=upload(PHOTOS[1]))
-            single_seconds = time.monotonic() - started
+            beside: list[tuple[int, float]] = []  # normal requests sent while the batch runs
+            while sender.is_alive() or not beside:
+                started = time.monotonic()
+                status = http.post("/predict", files=upload(PHOTOS[1])).status_code
+                beside.append((status, time.monotonic() - started))
             sender.join(timeout=120)
         grown = peak_rss(service.process.pid) - before
-    assert single.status_code == 200
-    assert single_seconds < 30, f"a normal request waited {single_seconds:.1f} s"
+    assert {status for status, _ in beside} == {200}
+    slowest = max(seconds for _, seconds in beside)
+    assert slowest < 10, f"a normal request waited {slowest:.1f} s beside the batch"
     entries = answers["batch"].json()
     assert [e["error"]["status"] if e["error"] else 200 for e in entries] == [422] * 4 + [200] * 4
     # One 4000 x 4000 16-bit image at a time: its 32 MB decode and small copies, not a
