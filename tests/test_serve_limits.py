@@ -231,6 +231,19 @@ def stalled_upload(url: str, declared: int = 1_000_000, sent: int = 4096) -> soc
     return sock
 
 
+def sent_and_left(url: str, photo: bytes) -> None:
+    """Send a whole /predict and leave without reading the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    part = b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+    body = part + photo + b"\r\n--x--\r\n"
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=120) as sock:
+        sock.sendall(head.encode() + body)
+
+
 def answer_or_close(sock: socket.socket, timeout: float) -> bytes:
     """What the server sends back before it closes (b'' if it just closes); raises
     ``TimeoutError`` if it does neither within ``timeout``."""
@@ -396,7 +409,7 @@ def test_a_version_that_drops_rows_of_a_full_batch_is_not_served(store, monkeypa
 class Soak:
     """Mixed clients (good, bad, slow, cancelled, batches) against one service, counted."""
 
-    KINDS = ("good", "good", "good", "junk", "cut", "batch", "slow", "cancelled", "bomb")
+    KINDS = ("good", "good", "good", "junk", "cut", "batch", "slow", "cancelled", "left", "bomb")
     EXPECTED = {
         "good": {200},
         "junk": {415},
@@ -404,6 +417,7 @@ class Soak:
         "batch": {200},
         "slow": {200},
         "cancelled": {None},
+        "left": {None},
         "bomb": {422},
     }
 
@@ -443,6 +457,9 @@ class Soak:
         if kind == "cancelled":
             sock = stalled_upload(self.url, declared=len(photo) + 200, sent=len(photo) // 2)
             sock.close()  # the client leaves mid-upload
+            return None, None
+        if kind == "left":
+            sent_and_left(self.url, photo)  # the client leaves while its image is classified
             return None, None
         if kind == "slow":
             reply = http.post("/predict", content=_slowly(photo), headers=_multipart_type())
