@@ -268,18 +268,19 @@ def test_stalled_bodies_are_cut_off_and_concurrent_requests_are_bounded(store, t
         stalled = [stalled_upload(service.url) for _ in range(4)]
         opened = time.monotonic()
         try:
+
+            def predict() -> httpx.Response:
+                return httpx.post(service.url + "/predict", files=upload(PHOTOS[0]), timeout=60)
+
             busy = wait_until(
-                lambda: (
-                    (r := httpx.post(service.url + "/predict", files=upload(PHOTOS[0]))).status_code
-                    == 503
-                    and r
-                ),
+                lambda: (r := predict()).status_code == 503 and r,
                 timeout=8,
                 what="a 503 with four stalled uploads in progress",
             )
             assert int(busy.headers["Retry-After"]) >= 1
             assert "SERVE_MAX_CONCURRENT_REQUESTS" in busy.json()["detail"]
-            assert httpx.get(service.url + "/ready").status_code == 200  # probes still answer
+            ready = httpx.get(service.url + "/ready", timeout=60)
+            assert ready.status_code == 200  # the probes still answer
             answers = [answer_or_close(sock, timeout=90) for sock in stalled]
         finally:
             for sock in stalled:
