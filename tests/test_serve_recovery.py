@@ -44,7 +44,9 @@ ADMIN = {"Authorization": "Bearer t"}
 @pytest.fixture(scope="module")
 def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("recovery-store")
-    add_listing_models(make_store(folder))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # the artifacts (./mlruns) go beside the store, not the checkout
+        add_listing_models(make_store(folder))
     return folder
 
 
