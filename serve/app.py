@@ -53,6 +53,8 @@ from serve.schemas import (
     ReloadResult,
     SearchAnswer,
     SimilarAnswer,
+    SlotReload,
+    SlotStatus,
     UploadProblem,
 )
 from serve.settings import Settings
@@ -96,6 +98,7 @@ class ServiceMiddleware:
       is cut off: 408, and the connection closed.
     - Once the body is in, a client that goes away cancels its request (counted as 499):
       its images are dropped before they reach the engine.
+    - An unexpected error is answered here too (500, logged), so that it carries the header.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings, metrics: ServiceMetrics) -> None:
@@ -187,6 +190,11 @@ class ServiceMiddleware:
             if not left:
                 raise
             status["code"] = CLIENT_GONE  # nobody to answer
+        except Exception as exc:
+            if status["sent"]:
+                raise
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            await _send_problem(scope, send, _internal_error(exc))
         finally:
             body.close()
 
@@ -236,6 +244,10 @@ class _Body:
     def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+
+
+def _internal_error(exc: Exception) -> HTTPException:
+    return HTTPException(500, f"internal error ({type(exc).__name__}): see the service's log")
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -310,6 +322,7 @@ def _served(request: Request, kind: str) -> ServedModel:
     holder = request.app.state.holders[kind]
     model = holder.current
     if model is None:
+        request.state.model_version = NO_MODEL  # not the image model's: none of this kind
         retry = str(math.ceil(holder.settings.reload_interval))
         raise HTTPException(
             503, f"no {kind} model: {holder.reason}", headers={"Retry-After": retry}
@@ -455,13 +468,15 @@ def _text_search(model: ServedModel, request: Request):
     """The serving version's text search, or 503 with the command that builds it."""
     if model.text_search is None:
         retry = str(math.ceil(request.app.state.settings.reload_interval))
-        raise HTTPException(
-            503,
-            f"the search index of {model.details.label} has no text search (built before the "
-            "index step made one): rebuild it with `mlflow run . -e index -P force=true "
-            "--env-manager local`",
-            headers={"Retry-After": retry},
-        )
+        if model.text_search_problem is not None:  # it failed to load: tried again
+            detail = f"{model.text_search_problem} (the service tries again by itself)"
+        else:
+            detail = (
+                f"the search index of {model.details.label} has no text search (built before "
+                "the index step made one): rebuild it with `mlflow run . -e index -P "
+                "force=true --env-manager local`"
+            )
+        raise HTTPException(503, detail, headers={"Retry-After": retry})
     return model.text_search
 
 
@@ -530,6 +545,32 @@ def _index_info(model: ServedModel) -> IndexInfo:
     )
 
 
+def _slots(app: FastAPI) -> dict[str, SlotStatus]:
+    return {kind: SlotStatus(**holder.status()) for kind, holder in app.state.holders.items()}
+
+
+def _readiness_problem(app: FastAPI) -> str | None:
+    """Why the service cannot answer /predict now, or None: no image model yet, or the
+    batcher down."""
+    holder = app.state.holder
+    if holder.current is None:
+        return holder.reason
+    return app.state.classifier.batcher.problem()  # batcher down, or the engine stuck
+
+
+def _not_ready(request: Request, reason: str) -> JSONResponse:
+    """503 with the reason, Retry-After and every slot's state."""
+    holder = request.app.state.holder
+    retry = holder.retry.seconds_left()
+    wait = min(retry, holder.settings.reload_interval) if retry else holder.settings.reload_interval
+    slots = {kind: slot.model_dump(mode="json") for kind, slot in _slots(request.app).items()}
+    return JSONResponse(
+        {"detail": reason, "slots": slots},
+        status_code=503,
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+    )
+
+
 def _checked_top_k(model: ServedModel, top_k: int | None, default: int) -> int:
     classes = len(model.categories)
     if top_k is None:
@@ -574,12 +615,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         search_index.use_threads(1)
         cache = None if settings.cache_dir else tempfile.TemporaryDirectory(prefix="serve-")
         index_cache = settings.cache_dir or Path(cache.name)
-        holder = ModelHolder(settings, metrics, index_cache=index_cache)
+        # Every model download goes in here, and the folder goes at shutdown, a load cut
+        # short included.
+        downloads = tempfile.TemporaryDirectory(
+            prefix="serve-downloads-", ignore_cleanup_errors=True
+        )
+        where = Path(downloads.name)
+        holder = ModelHolder(settings, metrics, index_cache=index_cache, downloads=where)
         holders = {
             holder.kind: holder,
-            TEXT: ModelHolder(settings, metrics, kind=TEXT, model_uri=settings.text_model_uri),
+            TEXT: ModelHolder(
+                settings, metrics, kind=TEXT, model_uri=settings.text_model_uri, downloads=where
+            ),
             IMAGE_TEXT: ModelHolder(
-                settings, metrics, kind=IMAGE_TEXT, model_uri=settings.listing_model_uri
+                settings,
+                metrics,
+                kind=IMAGE_TEXT,
+                model_uri=settings.listing_model_uri,
+                downloads=where,
             ),
         }
         batcher = Batcher(
@@ -605,8 +658,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            for each in holders.values():
-                await each.stop()
+            await asyncio.gather(*(each.stop() for each in holders.values()))
+            downloads.cleanup()
             await batcher.stop()
             classifier.close()
             if cache is not None:
@@ -655,10 +708,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            {"detail": f"internal error ({type(exc).__name__}): see the service's log"},
-            status_code=500,
-        )
+        return JSONResponse({"detail": _internal_error(exc).detail}, status_code=500)
 
 
 def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> None:
@@ -772,13 +822,17 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
         responses={503: {"model": Problem, "description": "No model yet, and why."}},
         tags=["operations"],
     )
-    async def ready(model: ModelDep, classifier: ClassifierDep) -> Readiness:
-        """200 once a model is loaded and inference runs; 503 with the reason (and
-        Retry-After) before, and while the batcher is down or the engine is stuck."""
-        problem = classifier.batcher.problem()
+    async def ready(request: Request) -> Readiness | JSONResponse:
+        """200 while the image model is loaded and the batcher runs; else 503 with the
+        reason (and Retry-After). Both say every slot's state: its last error, its failed
+        attempts and its next retry."""
+        holder = request.app.state.holder
+        problem = _readiness_problem(request.app)
         if problem is not None:
-            raise HTTPException(503, problem, headers={"Retry-After": str(BUSY_RETRY_S)})
-        return Readiness(status="ready", model=_model_ref(model))
+            return _not_ready(request, problem)
+        model = holder.current
+        request.state.model_version = model.details.label
+        return Readiness(status="ready", model=_model_ref(model), slots=_slots(request.app))
 
     @app.get(
         "/model",
@@ -786,8 +840,13 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
         responses={503: {"model": Problem, "description": "No model yet, and why."}},
         tags=["operations"],
     )
-    async def model_info(model: ModelDep, holder: HolderDep) -> ModelInfo:
-        """The served version: name, version, run, aliases, test metrics, engine, UI link."""
+    async def model_info(request: Request, holder: HolderDep) -> ModelInfo | JSONResponse:
+        """The served version: name, version, run, aliases, test metrics, engine, UI link;
+        and every slot's state (503 with them before the image model loads)."""
+        model = holder.current
+        if model is None:
+            return _not_ready(request, holder.reason)
+        request.state.model_version = model.details.label
         details = model.details
         return ModelInfo(
             name=details.name,
@@ -809,6 +868,7 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
             last_check_error=holder.last_check_error,
             last_reload_error=holder.last_error,
             index=_index_info(model),
+            slots=_slots(request.app),
         )
 
     @app.get(
@@ -828,10 +888,17 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
         dependencies=[Depends(require_admin)],
         tags=["operations"],
     )
-    async def admin_reload(holder: HolderDep) -> ReloadResult:
-        """Check the registry now and load what MODEL_URI names, even a version that failed."""
-        result = await holder.check(force=True)
-        return ReloadResult(outcome=result.outcome, detail=result.detail, version=result.version)
+    async def admin_reload(request: Request) -> ReloadResult:
+        """Check the registry now for every slot (image, text, image+text) and load what
+        each URI names, even a version that failed; the image slot's outcome on top."""
+        holders = request.app.state.holders
+        results = await asyncio.gather(*(each.check(force=True) for each in holders.values()))
+        slots = {
+            kind: SlotReload(outcome=r.outcome, detail=r.detail, version=r.version)
+            for kind, r in zip(holders, results, strict=True)
+        }
+        image = slots[request.app.state.holder.kind]
+        return ReloadResult(**image.model_dump(), slots=slots)
 
     # The capstone API template's routes, for people coming from it.
     @app.get("/healthcheck", response_model=CapstoneHealth, tags=["capstone"])

@@ -64,6 +64,24 @@ class Settings(BaseSettings):
     reload_interval: float = Field(
         10.0, gt=0, description="Seconds between checks of the alias the service follows."
     )
+    load_retry_initial: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds before a version that failed to load (or its text search that "
+        "failed to) is tried again; the wait doubles after each failure.",
+    )
+    load_retry_max: float = Field(
+        300.0,
+        gt=0,
+        description="Longest wait between two tries of a version that keeps failing to load. "
+        "The alias moving, and POST /admin/reload, try at once.",
+    )
+    shutdown_load_wait: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds shutdown waits for a load in progress to stop before its "
+        "downloads are removed anyway.",
+    )
     max_upload_bytes: int = Field(
         10 * MIB, ge=1024, description="Largest request body; bigger ones get 413."
     )
