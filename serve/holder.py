@@ -18,9 +18,9 @@ in, by replacing one reference: requests in flight keep the version they started
 - A tracking server that goes down later changes nothing for requests: the loaded
   version keeps serving, and ``/model`` shows the last failed check.
 - Loads run on a daemon thread of the holder's own and download into ``downloads``, a
-  folder the service owns: :meth:`ModelHolder.stop` asks a load in progress to give up, waits a moment
-  (``SERVE_SHUTDOWN_LOAD_WAIT``) and leaves the folder to the service to remove, so a
-  download cut short by a stop is never left behind.
+  folder the service owns: :meth:`ModelHolder.stop` asks a load in progress to give up,
+  waits a moment (``SERVE_SHUTDOWN_LOAD_WAIT``) and leaves the folder to the service to
+  remove, so a download cut short by a stop is never left behind.
 """
 
 from __future__ import annotations
