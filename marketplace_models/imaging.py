@@ -13,11 +13,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageMode, ImageOps
 
 PAD_COLOUR = (0, 0, 0)
 ALPHA_BACKGROUND = (255, 255, 255)
 RESAMPLE = Image.Resampling.BICUBIC
+HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -37,12 +38,33 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, ALPHA_BACKGROUND)
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    if image.mode in HIGH_BIT_MODES:
+        image = _rescaled_to_eight_bits(image)
     return image.convert("RGB")
+
+
+def _rescaled_to_eight_bits(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float greyscale image stretched to 8 bits (its min to 0, max to 255).
+
+    Works in the image's own precision (float32 at most), so the only copy is one the size of
+    ``image``: :func:`normalize_image` calls it on the image already shrunk to the model's size.
+    """
+    array = np.asarray(image)
+    low, high = array.min(), array.max()
+    if not high > low:
+        return Image.new("L", image.size, 0)
+    shifted = array.astype(np.float32) - np.float32(low)
+    scaled = shifted / np.float32(float(high) - float(low)) * np.float32(255.0)
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+
+
+def fitted_size(dimensions: tuple[int, int], size: int) -> tuple[int, int]:
+    """The long side fitted to ``size``, aspect kept; the short side keeps at least one pixel
+    (ImageOps.pad rounds a sliver's short side to 0 and the photo vanishes)."""
+    width, height = dimensions
+    if width >= height:
+        return (size, max(1, round(height / width * size)))
+    return (max(1, round(width / height * size)), size)
 
 
 def normalize_image(image: Image.Image, size: int) -> Image.Image:
@@ -50,13 +72,11 @@ def normalize_image(image: Image.Image, size: int) -> Image.Image:
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     image = ImageOps.exif_transpose(image) or image
+    fitted = fitted_size(image.size, size)
+    if image.mode in HIGH_BIT_MODES and image.size != fitted:
+        # Shrunk in its own depth first: the 8-bit rescaling then works on a small copy.
+        image = image.resize(fitted, RESAMPLE)
     image = to_rgb(image)
-    # Fit the long side to ``size``; the short side keeps at least one pixel (ImageOps.pad
-    # rounds a sliver's short side to 0 and the photo vanishes).
-    if image.width >= image.height:
-        fitted = (size, max(1, round(image.height / image.width * size)))
-    else:
-        fitted = (max(1, round(image.width / image.height * size)), size)
     if image.size != fitted:
         image = image.resize(fitted, RESAMPLE)
     if fitted == (size, size):
@@ -70,8 +90,27 @@ class ImageTooLarge(OSError):
     """The image's header declares more pixels than the caller accepts (not decoded)."""
 
 
+class ImageTooCostly(ImageTooLarge):
+    """Decoding the image would take more memory than the caller allows (not decoded)."""
+
+
+def bytes_per_pixel(mode: str) -> int:
+    """Bytes Pillow keeps per pixel of ``mode`` (every multi-band mode takes 4)."""
+    info = ImageMode.getmode(mode)
+    return 4 if len(info.bands) > 1 else int(info.typestr[-1])
+
+
+def decode_bytes(image: Image.Image) -> int:
+    """The memory decoding an opened (not yet loaded) image takes: its header's width x
+    height x bytes per pixel of its mode, at the scale ``draft`` chose."""
+    return image.width * image.height * bytes_per_pixel(image.mode)
+
+
 def open_image(
-    source: bytes | str | Path, size: int | None = None, max_pixels: int | None = None
+    source: bytes | str | Path,
+    size: int | None = None,
+    max_pixels: int | None = None,
+    max_decode_bytes: int | None = None,
 ) -> Image.Image:
     """Open and fully decode an image from bytes or a path.
 
@@ -79,8 +118,10 @@ def open_image(
     :func:`normalize_image` fits it into (long side ``size``; Pillow's ``draft``): a
     1024 x 768 photo for a 256 square decodes at quarter scale, several times faster.
     Raises ``OSError`` (Pillow's ``UnidentifiedImageError`` is one) when the data
-    is not a readable image or is truncated, and :class:`ImageTooLarge` (before decoding)
-    when ``max_pixels`` is given and the header declares more pixels than that.
+    is not a readable image or is truncated, and, before decoding, :class:`ImageTooLarge`
+    when ``max_pixels`` is given and the header declares more pixels than that, or
+    :class:`ImageTooCostly` when ``max_decode_bytes`` is given and decoding would take more
+    memory than that (:func:`decode_bytes`).
     """
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")  # noqa: SIM115 (closed by the with below)
     with stream:
@@ -93,12 +134,21 @@ def open_image(
         if size is not None and image.format == "JPEG":
             scale = size / max(image.size)
             image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+        if max_decode_bytes is not None and decode_bytes(image) > max_decode_bytes:
+            raise ImageTooCostly(
+                f"decoding the image ({image.width} x {image.height} pixels, mode "
+                f"{image.mode}) would take {decode_bytes(image) / 2**20:,.0f} MiB, more than "
+                f"the {max_decode_bytes / 2**20:,.0f} MiB allowed"
+            )
         image.load()
     return image
 
 
 def load_normalized(
-    source: bytes | str | Path, size: int, max_pixels: int | None = None
+    source: bytes | str | Path,
+    size: int,
+    max_pixels: int | None = None,
+    max_decode_bytes: int | None = None,
 ) -> Image.Image:
     """Open ``source`` (bytes or a path) and return it normalised to ``size`` square."""
-    return normalize_image(open_image(source, size, max_pixels), size)
+    return normalize_image(open_image(source, size, max_pixels, max_decode_bytes), size)

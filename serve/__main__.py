@@ -49,6 +49,10 @@ def main() -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        # Connections (idle keep-alives and requests still sending) are bounded here;
+        # requests in progress and slow bodies by the app's own middleware.
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_timeout,
     )
 
 

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from marketplace_models.kinds import IMAGE_TEXT, TEXT
 from search import index as search_index
 from serve.holder import ModelHolder
-from serve.inference import Batcher, Classifier, ImageResult, UploadError
+from serve.inference import Batcher, Busy, Classifier, ImageResult, InferenceTimeout, UploadError
 from serve.loader import ServedModel
 from serve.metrics import ServiceMetrics
 from serve.schemas import (
@@ -53,6 +53,8 @@ from serve.schemas import (
     ReloadResult,
     SearchAnswer,
     SimilarAnswer,
+    SlotReload,
+    SlotStatus,
     UploadProblem,
 )
 from serve.settings import Settings
@@ -61,11 +63,18 @@ log = logging.getLogger(__name__)
 
 MODEL_HEADER = "X-Model-Version"
 NO_MODEL = "none"
+BUSY_RETRY_S = 1
+CLIENT_GONE = 499  # nginx's "client closed request", for the metrics: nobody gets it
+UNBOUNDED_PATHS = frozenset({"/health", "/ready", "/metrics", "/healthcheck"})
 UPLOAD_ERRORS = {
     413: {"model": Problem, "description": "The request body is over SERVE_MAX_UPLOAD_BYTES."},
     415: {"model": Problem, "description": "The upload is not an image."},
     422: {"model": Problem, "description": "Empty, corrupt, truncated or too many pixels."},
-    503: {"model": Problem, "description": "No model loaded yet (see Retry-After)."},
+    503: {
+        "model": Problem,
+        "description": "No model loaded yet, or the service is busy (see Retry-After).",
+    },
+    504: {"model": Problem, "description": "No answer within SERVE_INFERENCE_TIMEOUT."},
 }
 IMAGE_HELP = "The photo: JPEG, PNG, WebP, GIF, BMP or TIFF, as a multipart file field."
 TEXT_HELP = "The listing's title and/or description (or a query), as a form field."
@@ -79,15 +88,25 @@ THUMBNAIL_CACHE = "public, max-age=86400"
 
 
 class ServiceMiddleware:
-    """Refuses bodies over the limit, counts and times requests, adds X-Model-Version.
+    """Bounds what a request may cost, counts and times requests, adds X-Model-Version.
 
-    A body is refused from its Content-Length before anything is read, or while it streams
-    in (chunked uploads) as soon as it passes the limit: 413 with a JSON ``detail``.
+    - At most ``SERVE_MAX_CONCURRENT_REQUESTS`` requests are handled at once (the probes
+      and ``/metrics`` aside): past it, 503 with ``Retry-After``, the body left unread.
+    - A body is refused from its Content-Length before anything is read, or while it
+      streams in (chunked uploads) as soon as it passes the limit: 413 with a JSON
+      ``detail``. A client that has not sent its whole body within ``SERVE_BODY_TIMEOUT``
+      is cut off: 408, and the connection closed.
+    - Once the body is in, a client that goes away cancels its request (counted as 499):
+      its images are dropped before they reach the engine.
+    - An unexpected error is answered here too (500, logged), so that it carries the header.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings, metrics: ServiceMetrics) -> None:
         self.app = app
         self.limit = settings.max_upload_bytes
+        self.body_timeout = settings.body_timeout
+        self.max_concurrent = settings.max_concurrent_requests
+        self.in_flight = 0
         self.metrics = metrics
 
     def _too_large(self) -> HTTPException:
@@ -95,6 +114,22 @@ class ServiceMiddleware:
             413,
             f"the upload is over the {self.limit:,}-byte limit: send a smaller photo "
             "(SERVE_MAX_UPLOAD_BYTES sets the limit)",
+        )
+
+    def _too_slow(self) -> HTTPException:
+        return HTTPException(
+            408,
+            f"the request body did not arrive within {self.body_timeout:g} s: send it again "
+            "(SERVE_BODY_TIMEOUT sets the limit)",
+            headers={"Connection": "close"},
+        )
+
+    def _too_many(self) -> HTTPException:
+        return HTTPException(
+            503,
+            f"the service is busy ({self.max_concurrent} requests in progress, "
+            "SERVE_MAX_CONCURRENT_REQUESTS): try again shortly",
+            headers={"Retry-After": str(BUSY_RETRY_S)},
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,32 +148,106 @@ class ServiceMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        counted = scope.get("path") not in UNBOUNDED_PATHS
         try:
             length = _content_length(scope)
             if length is not None and length > self.limit:
                 await _send_problem(scope, send_with_header, self._too_large())
                 return
-            received = 0
-
-            async def receive_with_limit() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > self.limit:
-                        raise self._too_large()
-                return message
-
+            if counted and self.in_flight >= self.max_concurrent:
+                await _send_problem(scope, send_with_header, self._too_many())
+                return
+            self.in_flight += counted
             try:
-                await self.app(scope, receive_with_limit, send_with_header)
-            except HTTPException as exc:  # the limit, raised outside a route's handler
-                if status["sent"] or exc.status_code != 413:
-                    raise
-                await _send_problem(scope, send_with_header, exc)
+                await self._handle(scope, receive, send_with_header, status)
+            finally:
+                self.in_flight -= counted
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.requests.labels(route, scope["method"], str(status["code"])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, status: dict) -> None:
+        """Run the app in a task of its own, which a client that leaves cancels."""
+        body = _Body(receive, self.limit, self.body_timeout, self._too_large, self._too_slow)
+        task = asyncio.ensure_future(self.app(scope, body.receive, send))
+        left = False
+
+        def client_left() -> None:  # once answered, the "disconnect" is just the end
+            nonlocal left
+            if not status["sent"]:
+                left = True
+                task.cancel()
+
+        body.on_gone = client_left
+        try:
+            await task
+        except HTTPException as exc:  # a limit, raised outside a route's handler
+            if status["sent"] or exc.status_code not in (408, 413):
+                raise
+            await _send_problem(scope, send, exc)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            status["code"] = CLIENT_GONE  # nobody to answer
+        except Exception as exc:
+            if status["sent"]:
+                raise
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            await _send_problem(scope, send, _internal_error(exc))
+        finally:
+            body.close()
+
+
+class _Body:
+    """The request's ``receive``, with the size limit and the body deadline applied.
+
+    Once the whole body is in, a watcher reads on (all that can come is the client leaving)
+    and calls ``on_gone`` when it does; a later ``receive`` from the app waits for that.
+    """
+
+    def __init__(self, receive: Receive, limit: int, timeout_s: float, too_large, too_slow):
+        self._receive = receive
+        self._limit = limit
+        self._deadline = asyncio.get_running_loop().time() + timeout_s
+        self._too_large = too_large
+        self._too_slow = too_slow
+        self._received = 0
+        self._watcher: asyncio.Task | None = None
+        self._left = asyncio.Event()
+        self.on_gone = None
+
+    async def receive(self) -> Message:
+        if self._watcher is not None:
+            await self._left.wait()
+            return {"type": "http.disconnect"}
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                message = await self._receive()
+        except TimeoutError:
+            raise self._too_slow() from None
+        if message["type"] == "http.request":
+            self._received += len(message.get("body", b""))
+            if self._received > self._limit:
+                raise self._too_large()
+            if not message.get("more_body", False):
+                self._watcher = asyncio.ensure_future(self._watch())
+        return message
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._left.set()
+        if self.on_gone is not None:
+            self.on_gone()
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+
+def _internal_error(exc: Exception) -> HTTPException:
+    return HTTPException(500, f"internal error ({type(exc).__name__}): see the service's log")
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -152,7 +261,9 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _send_problem(scope: Scope, send: Send, exc: HTTPException) -> None:
-    response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    response = JSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+    )
     response.headers["Connection"] = "close"  # the rest of the body is not read
 
     async def no_body() -> Message:
@@ -211,6 +322,7 @@ def _served(request: Request, kind: str) -> ServedModel:
     holder = request.app.state.holders[kind]
     model = holder.current
     if model is None:
+        request.state.model_version = NO_MODEL  # not the image model's: none of this kind
         retry = str(math.ceil(holder.settings.reload_interval))
         raise HTTPException(
             503, f"no {kind} model: {holder.reason}", headers={"Retry-After": retry}
@@ -356,13 +468,15 @@ def _text_search(model: ServedModel, request: Request):
     """The serving version's text search, or 503 with the command that builds it."""
     if model.text_search is None:
         retry = str(math.ceil(request.app.state.settings.reload_interval))
-        raise HTTPException(
-            503,
-            f"the search index of {model.details.label} has no text search (built before the "
-            "index step made one): rebuild it with `mlflow run . -e index -P force=true "
-            "--env-manager local`",
-            headers={"Retry-After": retry},
-        )
+        if model.text_search_problem is not None:  # it failed to load: tried again
+            detail = f"{model.text_search_problem} (the service tries again by itself)"
+        else:
+            detail = (
+                f"the search index of {model.details.label} has no text search (built before "
+                "the index step made one): rebuild it with `mlflow run . -e index -P "
+                "force=true --env-manager local`"
+            )
+        raise HTTPException(503, detail, headers={"Retry-After": retry})
     return model.text_search
 
 
@@ -431,6 +545,32 @@ def _index_info(model: ServedModel) -> IndexInfo:
     )
 
 
+def _slots(app: FastAPI) -> dict[str, SlotStatus]:
+    return {kind: SlotStatus(**holder.status()) for kind, holder in app.state.holders.items()}
+
+
+def _readiness_problem(app: FastAPI) -> str | None:
+    """Why the service cannot answer /predict now, or None: no image model yet, or the
+    batcher down."""
+    holder = app.state.holder
+    if holder.current is None:
+        return holder.reason
+    return app.state.classifier.batcher.problem()  # batcher down, or the engine stuck
+
+
+def _not_ready(request: Request, reason: str) -> JSONResponse:
+    """503 with the reason, Retry-After and every slot's state."""
+    holder = request.app.state.holder
+    retry = holder.retry.seconds_left()
+    wait = min(retry, holder.settings.reload_interval) if retry else holder.settings.reload_interval
+    slots = {kind: slot.model_dump(mode="json") for kind, slot in _slots(request.app).items()}
+    return JSONResponse(
+        {"detail": reason, "slots": slots},
+        status_code=503,
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+    )
+
+
 def _checked_top_k(model: ServedModel, top_k: int | None, default: int) -> int:
     classes = len(model.categories)
     if top_k is None:
@@ -442,8 +582,20 @@ def _checked_top_k(model: ServedModel, top_k: int | None, default: int) -> int:
     return top_k
 
 
+async def _classified(
+    classifier: Classifier, model: ServedModel, uploads: list[bytes]
+) -> list[ImageResult | UploadError]:
+    """The classifier's results, its refusals as HTTP errors (503 busy, 504 timed out)."""
+    try:
+        return await classifier.classify(model, uploads)
+    except Busy as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": str(BUSY_RETRY_S)}) from None
+    except InferenceTimeout as exc:
+        raise HTTPException(504, str(exc)) from None
+
+
 async def _classify_one(classifier: Classifier, model: ServedModel, image: UploadFile):
-    [result] = await classifier.classify(model, [await image.read()])
+    [result] = await _classified(classifier, model, [await image.read()])
     if isinstance(result, UploadError):
         raise HTTPException(result.status, result.detail)
     return result
@@ -463,16 +615,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         search_index.use_threads(1)
         cache = None if settings.cache_dir else tempfile.TemporaryDirectory(prefix="serve-")
         index_cache = settings.cache_dir or Path(cache.name)
-        holder = ModelHolder(settings, metrics, index_cache=index_cache)
+        # Every model download goes in here, and the folder goes at shutdown, a load cut
+        # short included.
+        downloads = tempfile.TemporaryDirectory(
+            prefix="serve-downloads-", ignore_cleanup_errors=True
+        )
+        where = Path(downloads.name)
+        holder = ModelHolder(settings, metrics, index_cache=index_cache, downloads=where)
         holders = {
             holder.kind: holder,
-            TEXT: ModelHolder(settings, metrics, kind=TEXT, model_uri=settings.text_model_uri),
+            TEXT: ModelHolder(
+                settings, metrics, kind=TEXT, model_uri=settings.text_model_uri, downloads=where
+            ),
             IMAGE_TEXT: ModelHolder(
-                settings, metrics, kind=IMAGE_TEXT, model_uri=settings.listing_model_uri
+                settings,
+                metrics,
+                kind=IMAGE_TEXT,
+                model_uri=settings.listing_model_uri,
+                downloads=where,
             ),
         }
-        batcher = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, metrics)
-        classifier = Classifier(batcher, settings.decode_workers, metrics)
+        batcher = Batcher(
+            settings.batch_size,
+            settings.batch_wait_ms / 1000.0,
+            metrics,
+            max_queued=settings.max_queued_images,
+            timeout_s=settings.inference_timeout,
+        )
+        classifier = Classifier(
+            batcher,
+            settings.decode_workers,
+            metrics,
+            decodes_per_request=settings.decodes_per_request,
+            max_decode_bytes=settings.max_decode_bytes,
+        )
         app.state.holder = holder
         app.state.holders = holders
         app.state.classifier = classifier
@@ -482,8 +658,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            for each in holders.values():
-                await each.stop()
+            await asyncio.gather(*(each.stop() for each in holders.values()))
+            downloads.cleanup()
             await batcher.stop()
             classifier.close()
             if cache is not None:
@@ -532,10 +708,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            {"detail": f"internal error ({type(exc).__name__}): see the service's log"},
-            status_code=500,
-        )
+        return JSONResponse({"detail": _internal_error(exc).detail}, status_code=500)
 
 
 def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> None:
@@ -627,7 +800,7 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
             )
         k = _checked_top_k(model, top_k, settings.top_k)
         uploads = [await image.read() for image in images]
-        results = await classifier.classify(model, uploads)
+        results = await _classified(classifier, model, uploads)
         entries = []
         for index, (image, result) in enumerate(zip(images, results, strict=True)):
             if isinstance(result, UploadError):
@@ -649,9 +822,17 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
         responses={503: {"model": Problem, "description": "No model yet, and why."}},
         tags=["operations"],
     )
-    async def ready(model: ModelDep) -> Readiness:
-        """200 once a model is loaded; 503 with the reason (and Retry-After) before."""
-        return Readiness(status="ready", model=_model_ref(model))
+    async def ready(request: Request) -> Readiness | JSONResponse:
+        """200 while the image model is loaded and the batcher runs; else 503 with the
+        reason (and Retry-After). Both say every slot's state: its last error, its failed
+        attempts and its next retry."""
+        holder = request.app.state.holder
+        problem = _readiness_problem(request.app)
+        if problem is not None:
+            return _not_ready(request, problem)
+        model = holder.current
+        request.state.model_version = model.details.label
+        return Readiness(status="ready", model=_model_ref(model), slots=_slots(request.app))
 
     @app.get(
         "/model",
@@ -659,8 +840,13 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
         responses={503: {"model": Problem, "description": "No model yet, and why."}},
         tags=["operations"],
     )
-    async def model_info(model: ModelDep, holder: HolderDep) -> ModelInfo:
-        """The served version: name, version, run, aliases, test metrics, engine, UI link."""
+    async def model_info(request: Request, holder: HolderDep) -> ModelInfo | JSONResponse:
+        """The served version: name, version, run, aliases, test metrics, engine, UI link;
+        and every slot's state (503 with them before the image model loads)."""
+        model = holder.current
+        if model is None:
+            return _not_ready(request, holder.reason)
+        request.state.model_version = model.details.label
         details = model.details
         return ModelInfo(
             name=details.name,
@@ -682,6 +868,7 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
             last_check_error=holder.last_check_error,
             last_reload_error=holder.last_error,
             index=_index_info(model),
+            slots=_slots(request.app),
         )
 
     @app.get(
@@ -701,10 +888,17 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
         dependencies=[Depends(require_admin)],
         tags=["operations"],
     )
-    async def admin_reload(holder: HolderDep) -> ReloadResult:
-        """Check the registry now and load what MODEL_URI names, even a version that failed."""
-        result = await holder.check(force=True)
-        return ReloadResult(outcome=result.outcome, detail=result.detail, version=result.version)
+    async def admin_reload(request: Request) -> ReloadResult:
+        """Check the registry now for every slot (image, text, image+text) and load what
+        each URI names, even a version that failed; the image slot's outcome on top."""
+        holders = request.app.state.holders
+        results = await asyncio.gather(*(each.check(force=True) for each in holders.values()))
+        slots = {
+            kind: SlotReload(outcome=r.outcome, detail=r.detail, version=r.version)
+            for kind, r in zip(holders, results, strict=True)
+        }
+        image = slots[request.app.state.holder.kind]
+        return ReloadResult(**image.model_dump(), slots=slots)
 
     # The capstone API template's routes, for people coming from it.
     @app.get("/healthcheck", response_model=CapstoneHealth, tags=["capstone"])

@@ -8,11 +8,19 @@ in, by replacing one reference: requests in flight keep the version they started
 - Until a first version is served (the tracking server is down, no version holds the
   alias, or the version does not load) the holder retries with backoff (1 s, doubling, at
   most the reload interval) and ``/ready`` says why.
-- A version that fails to load or to answer is not swapped in: the old one keeps serving,
-  the failure is logged, counted and shown by ``/model``, and the same version is tried
-  again only when the alias moves again or on ``POST /admin/reload``.
+- A version that fails to load or to answer is not swapped in: the old one keeps serving
+  (or, before a first one, ``/ready`` stays 503), the failure is logged, counted and shown
+  by ``/model`` and ``/ready`` (the error, the attempts, the next retry), and the same
+  version is tried again with capped exponential backoff (``SERVE_LOAD_RETRY_INITIAL``,
+  doubling, at most ``SERVE_LOAD_RETRY_MAX``): a store that was briefly unreachable heals
+  by itself. The alias moving and ``POST /admin/reload`` try at once.
+- A text search that fails to load beside its index is retried the same way.
 - A tracking server that goes down later changes nothing for requests: the loaded
   version keeps serving, and ``/model`` shows the last failed check.
+- Loads run on a daemon thread of the holder's own and download into ``downloads``, a
+  folder the service owns: :meth:`ModelHolder.stop` asks a load in progress to give up,
+  waits a moment (``SERVE_SHUTDOWN_LOAD_WAIT``) and leaves the folder to the service to
+  remove, so a download cut short by a stop is never left behind.
 """
 
 from __future__ import annotations
@@ -21,16 +29,21 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from cli import UserError
 from marketplace_models.kinds import IMAGE, TEXT
 from registry.resolve import ResolvedModel, resolve_model
 from registry.store import connect
 from serve.loader import (
+    LoadCancelled,
     LoadError,
     ServedModel,
     load_search_index,
@@ -44,6 +57,8 @@ from serve.settings import Settings
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_S = 1.0
+SHORTEST_SLEEP_S = 0.05
+T = TypeVar("T")
 
 Outcome = Literal["loaded", "unchanged", "failed", "skipped", "unreachable"]
 
@@ -57,6 +72,79 @@ class CheckResult:
     version: int | None = None
 
 
+@dataclass
+class Backoff:
+    """When to try again something that keeps failing: ``initial`` s, doubling, at most ``cap``."""
+
+    initial: float
+    cap: float
+    attempts: int = 0  # failed attempts in a row
+    due_at: float | None = None  # time.monotonic() of the next try; None: nothing pending
+    next_retry: datetime | None = None  # the same on the wall clock, for /model and /ready
+
+    def failed(self) -> float:
+        """Count a failure; returns the seconds until the next try."""
+        self.attempts += 1
+        wait = min(self.initial * 2 ** min(self.attempts - 1, 30), self.cap)
+        self.due_at = time.monotonic() + wait
+        self.next_retry = datetime.now(UTC) + timedelta(seconds=wait)
+        return wait
+
+    def due(self) -> bool:
+        return self.due_at is None or time.monotonic() >= self.due_at
+
+    def seconds_left(self) -> float | None:
+        return None if self.due_at is None else max(0.0, self.due_at - time.monotonic())
+
+    def reset(self) -> None:
+        self.attempts, self.due_at, self.next_retry = 0, None, None
+
+
+class DaemonWorker:
+    """One daemon thread that runs a holder's blocking steps (resolve, load, index fetch).
+
+    Unlike ``asyncio.to_thread``, a thread stuck in a download does not keep the process
+    alive past shutdown: the holder waits for it a moment, and then the process may exit.
+    One long-lived thread per holder, not one per load, so that what a load allocates is
+    reused by the next instead of each new thread growing a malloc arena of its own.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` on the worker thread, awaited."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+            self._thread.start()
+        self._jobs.put((loop, future, function, args))
+        return await future
+
+    def _serve(self) -> None:
+        while True:
+            loop, future, function, args = self._jobs.get()
+            try:
+                result, error = function(*args), None
+            except BaseException as exc:  # handed to the awaiting task, never lost
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits anymore
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            del loop, future, function, args, result, error  # hold nothing between jobs
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 class ModelHolder:
     """Holds the served :class:`ServedModel` and keeps it in step with the registry."""
 
@@ -68,6 +156,7 @@ class ModelHolder:
         *,
         kind: str = IMAGE,
         model_uri: str | None = None,
+        downloads: Path | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -79,18 +168,43 @@ class ModelHolder:
         self.last_error: str | None = None
         self.last_check: datetime | None = None
         self.last_check_error: str | None = None
+        self.downloads = downloads  # where loads download (the service removes it)
+        self.retry = Backoff(settings.load_retry_initial, settings.load_retry_max)
+        self.text_search_retry = Backoff(settings.load_retry_initial, settings.load_retry_max)
+        self.rejected_indexes: dict[str, str] = {}  # index run id -> why it cannot serve
         self._failed_key: str | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
+        self._stopping = threading.Event()
+        self._loading: asyncio.Future | None = None
+        self._worker = DaemonWorker(f"model-load-{kind}")
+        metrics.slot(kind)
 
     # -- lifecycle
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._follow(), name="model-holder")
 
     async def stop(self) -> None:
+        """Stop following; ask a load in progress to give up and wait for it a moment."""
+        self._stopping.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        loading = self._loading
+        if loading is not None and not loading.done():
+            log.info("waiting for the %s load in progress to stop", self.kind)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(
+                    asyncio.shield(loading), timeout=self.settings.shutdown_load_wait
+                )
+
+    def _cancelled(self) -> bool:
+        return self._stopping.is_set()
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a blocking step (a load, an index fetch) where :meth:`stop` can wait for it."""
+        self._loading = asyncio.ensure_future(self._worker.run(function, *args))
+        return await asyncio.shield(self._loading)
 
     @property
     def follows_alias(self) -> bool:
@@ -112,11 +226,16 @@ class ModelHolder:
             except Exception:  # never let the follower die: log and try again later
                 log.exception("checking %s failed", self.model_uri)
             if self.current is None:
-                await asyncio.sleep(min(delay, interval))
+                pause = min(delay, interval)
                 delay = min(delay * 2, interval)
             else:
                 delay = FIRST_RETRY_S
-                await asyncio.sleep(interval)
+                pause = interval
+            for backoff in (self.retry, self.text_search_retry):
+                left = backoff.seconds_left()
+                if left is not None:  # a retry falls due before the next poll
+                    pause = min(pause, left)
+            await asyncio.sleep(max(pause, SHORTEST_SLEEP_S))
 
     # -- one check
     def _resolve(self) -> ResolvedModel:
@@ -135,6 +254,8 @@ class ModelHolder:
                 max_pixels=self.settings.max_image_pixels,
                 client=client,
                 ui_url=self.settings.ui_url,
+                downloads=self.downloads,
+                cancelled=self._cancelled,
             )
         return load_served_model(
             resolved,
@@ -146,74 +267,154 @@ class ModelHolder:
             client=client,
             ui_url=self.settings.ui_url,
             index_cache=self.index_cache,
+            downloads=self.downloads,
+            cancelled=self._cancelled,
+            rejected_indexes=self.rejected_indexes,
         )
 
     def _find_index(self, current: ServedModel, resolved: ResolvedModel) -> ServedModel | None:
         """``current`` with its search index, if one was built since it loaded."""
         client = connect(self.settings.tracking_uri)
         index, problem = load_search_index(
-            resolved, client, self.index_cache, current.embedding_dim
+            resolved, client, self.index_cache, current.embedding_dim, self.rejected_indexes
         )
         if index is None:
             current.index_problem = problem
             return None
-        text_search = load_text_search(resolved, client, self.index_cache)
+        text_search, text_problem = load_text_search(resolved, client, self.index_cache)
         return dataclasses.replace(
-            current, index=index, index_problem=None, text_search=text_search
+            current,
+            index=index,
+            index_problem=None,
+            text_search=text_search,
+            text_search_problem=text_problem,
         )
+
+    def _retry_text_search(self, current: ServedModel, resolved: ResolvedModel) -> ServedModel:
+        """``current`` with its text search loaded again (it failed to load before)."""
+        client = connect(self.settings.tracking_uri)
+        text_search, problem = load_text_search(resolved, client, self.index_cache)
+        return dataclasses.replace(current, text_search=text_search, text_search_problem=problem)
+
+    async def _complete(self, current: ServedModel, resolved: ResolvedModel) -> CheckResult:
+        """The served version again: fetch its index if one was built since, retry its text
+        search if that failed to load."""
+        version = resolved.version
+        if current.index is None and self.index_cache is not None:
+            with_index = await self._in_thread(self._find_index, current, resolved)
+            if with_index is None:
+                return CheckResult("unchanged", "already serving it", version)
+            self._swap_search(with_index)
+            log.info("search index of %s loaded", current.details.label)
+            return CheckResult("loaded", "search index loaded", version)
+        if current.text_search_problem is not None and self.text_search_retry.due():
+            retried = await self._in_thread(self._retry_text_search, current, resolved)
+            self._swap_search(retried)
+            if retried.text_search is not None:
+                log.info("text search of %s loaded", current.details.label)
+                return CheckResult("loaded", "text search loaded", version)
+        return CheckResult("unchanged", "already serving it", version)
+
+    def _swap_search(self, model: ServedModel) -> None:
+        """Serve ``model`` (the same version with more of its search); count a text search
+        that still failed, for its backoff."""
+        self.current = model
+        if model.text_search_problem is None:
+            self.text_search_retry.reset()
+        else:
+            wait = self.text_search_retry.failed()
+            log.warning("%s; trying again in %.0f s", model.text_search_problem, wait)
 
     async def check(self, force: bool = False) -> CheckResult:
         """Resolve the URI; load and swap in the version it names if that is new.
 
-        With ``force`` a version that failed before is tried again.
+        A version that failed before is tried again once its backoff is over, at once when
+        the alias names another version, and at once with ``force``.
         """
         async with self._lock:
             self.last_check = datetime.now(UTC)
             try:
-                resolved = await asyncio.to_thread(self._resolve)
+                resolved = await self._worker.run(self._resolve)
             except Exception as exc:
-                detail = _one_line(exc)
-                if self.last_check_error != detail:
-                    log.warning("cannot resolve %s: %s", self.model_uri, detail)
-                self.last_check_error = detail
-                if self.current is None:
-                    self.reason = f"no model yet: {detail}"
-                return CheckResult("unreachable", detail)
+                return self._unreachable(exc)
             self.last_check_error = None
             key = resolved.load_uri
             current = self.current
             if current is not None and current.key == key:
-                if current.index is None and self.index_cache is not None:
-                    with_index = await asyncio.to_thread(self._find_index, current, resolved)
-                    if with_index is not None:
-                        self.current = with_index
-                        log.info("search index of %s loaded", current.details.label)
-                        return CheckResult("loaded", "search index loaded", resolved.version)
-                return CheckResult("unchanged", "already serving it", resolved.version)
-            if key == self._failed_key and not force:
+                self._failed_key = None  # the alias came back: nothing left to retry
+                self.retry.reset()
+                return await self._complete(current, resolved)
+            if key != self._failed_key:
+                self.retry.reset()  # another version: its own attempts, starting now
+            elif not force and not self.retry.due():
                 return CheckResult("skipped", self.last_error or "", resolved.version)
-            log.info("loading %s (%s)", key, self.model_uri)
-            try:
-                model = await asyncio.to_thread(self._load, resolved)
-            except LoadError as exc:
-                self._failed_key = key
-                self.last_error = str(exc)
-                self.metrics.reload_failures.inc()
-                if current is None:
-                    self.reason = f"no model yet: {exc}"
-                    log.error("%s", exc)
-                else:
-                    log.error("%s; still serving %s", exc, current.details.label)
-                return CheckResult("failed", str(exc), resolved.version)
-            self.current = model  # the swap: one reference, requests in flight keep theirs
-            self._failed_key = None
-            self.last_error = None
-            self.reason = ""
-            self.metrics.reloads.inc()
-            self.metrics.served(model.details.name, model.details.label, model.details.engine)
-            previous = f" (was {current.details.label})" if current is not None else ""
-            log.info("now serving %s%s", model.details.label, previous)
-            return CheckResult("loaded", f"now serving {model.details.label}", resolved.version)
+            return await self._load_and_swap(resolved, current)
+
+    def _unreachable(self, exc: Exception) -> CheckResult:
+        detail = _one_line(exc)
+        if self.last_check_error != detail:
+            log.warning("cannot resolve %s: %s", self.model_uri, detail)
+        self.last_check_error = detail
+        if self.current is None:
+            self.reason = f"no model yet: {detail}"
+        return CheckResult("unreachable", detail)
+
+    async def _load_and_swap(
+        self, resolved: ResolvedModel, current: ServedModel | None
+    ) -> CheckResult:
+        key = resolved.load_uri
+        log.info("loading %s (%s)", key, self.model_uri)
+        try:
+            model = await self._in_thread(self._load, resolved)
+        except LoadCancelled as exc:
+            return CheckResult("failed", str(exc), resolved.version)
+        except LoadError as exc:
+            return self._failed(exc, key, current, resolved.version)
+        self.current = model  # the swap: one reference, requests in flight keep theirs
+        self._failed_key = None
+        self.retry.reset()
+        self.text_search_retry.reset()
+        if model.text_search_problem is not None:
+            self.text_search_retry.failed()
+        self.last_error = None
+        self.reason = ""
+        details = model.details
+        self.metrics.served(self.kind, details.name, details.label, details.engine)
+        previous = f" (was {current.details.label})" if current is not None else ""
+        log.info("now serving %s%s", model.details.label, previous)
+        return CheckResult("loaded", f"now serving {model.details.label}", resolved.version)
+
+    def _failed(
+        self, exc: LoadError, key: str, current: ServedModel | None, version: int | None
+    ) -> CheckResult:
+        self._failed_key = key
+        self.last_error = str(exc)
+        wait = self.retry.failed()
+        self.metrics.failed(self.kind)
+        again = f"attempt {self.retry.attempts} failed, trying again in {wait:.0f} s"
+        if current is None:
+            self.reason = f"no model yet: {exc}"
+            log.error("%s; %s", exc, again)
+        else:
+            log.error("%s; still serving %s; %s", exc, current.details.label, again)
+        return CheckResult("failed", str(exc), version)
+
+    def status(self) -> dict[str, Any]:
+        """What /model and /ready say about this slot: what it serves, its last error, the
+        failed attempts in a row and when it tries again."""
+        current = self.current
+        return {
+            "kind": self.kind,
+            "uri": self.model_uri,
+            "version": current.details.version if current is not None else None,
+            "loaded": current is not None,
+            "reason": self.reason or None,
+            "last_error": self.last_error,
+            "attempts": self.retry.attempts,
+            "next_retry": self.retry.next_retry,
+            "last_check": self.last_check,
+            "last_check_error": self.last_check_error,
+        }
 
 
 def _one_line(exc: BaseException) -> str:

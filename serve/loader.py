@@ -2,10 +2,11 @@
 
 :func:`load_served_model` turns a resolved model URI into a :class:`ServedModel` that is
 ready to answer: its files are downloaded into a temporary folder (removed again once the
-engine holds what it needs), the engine is built, the version's input example is run
-through it (plus a full batch, to warm the engine's buffers), and the answers are checked
-against the classifier contract. A version that fails any of this raises
-:class:`LoadError` and is never served.
+engine holds what it needs; made inside ``downloads``, a folder the service owns and removes
+at shutdown, so a load cut short by a stop leaves nothing behind), the engine is built, the
+version's input example is run through it (plus a full batch, to warm the engine's
+buffers), and the answers are checked against the classifier contract. A version that fails
+any of this raises :class:`LoadError` and is never served.
 
 The version is read with this service's own ``registry`` code (``read_logged_classifier``),
 never with ``mlflow.pyfunc.load_model``: loading a pyfunc puts the model's copy of
@@ -19,6 +20,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,11 +41,13 @@ from registry.smoke import (
     synthetic_images,
 )
 from search.index import (
+    INDEX_RUN_TAG,
+    MODEL_VERSION_TAG,
     SearchIndex,
     SearchIndexError,
+    build_command,
     download_index,
     index_run_for_version,
-    load_index_for_version,
 )
 from search.text import TEXT_DIR, TextSearch
 from serve.engines import Engine, EngineUnavailable, build_engine
@@ -57,6 +61,15 @@ LOCAL_UI_URL = "http://127.0.0.1:5000"
 
 class LoadError(RuntimeError):
     """A version could not be loaded or did not answer well: it is not served."""
+
+
+class LoadCancelled(LoadError):
+    """The service is stopping: the load gave up before it finished."""
+
+
+def _stop_if_cancelled(cancelled: Callable[[], bool] | None) -> None:
+    if cancelled is not None and cancelled():
+        raise LoadCancelled("was not loaded: the service is stopping")
 
 
 @dataclass(frozen=True)
@@ -85,13 +98,16 @@ class ModelDetails:
         return str(self.version) if self.version is not None else self.uri
 
 
-def read_pixels(data: bytes, image_size: int, max_pixels: int) -> np.ndarray:
+def read_pixels(
+    data: bytes, image_size: int, max_pixels: int, max_decode_bytes: int | None = None
+) -> np.ndarray:
     """One upload to the uint8 ``(S, S, 3)`` array the network takes (the shared normalisation).
 
-    Raises ``OSError`` (``ImageTooLarge`` and ``UnidentifiedImageError`` among them) for
-    what is not a readable image within the pixel limit.
+    Raises ``OSError`` (``ImageTooLarge``, ``ImageTooCostly`` and ``UnidentifiedImageError``
+    among them) for what is not a readable image within the pixel and memory limits.
     """
-    return np.asarray(load_normalized(data, image_size, max_pixels), dtype=np.uint8)
+    image = load_normalized(data, image_size, max_pixels, max_decode_bytes)
+    return np.asarray(image, dtype=np.uint8)
 
 
 @dataclass
@@ -108,6 +124,7 @@ class ServedModel:
     text: TextClassifier | None = None  # a text model's classifier
     fusion: FusionParts | None = None  # a listing model's text half and head
     text_search: TextSearch | None = None  # search by query, logged with the photo index
+    text_search_problem: str | None = None  # why the text search failed to load (retried)
 
     @property
     def categories(self) -> list[str]:
@@ -117,9 +134,9 @@ class ServedModel:
     def embedding_dim(self) -> int:
         return self.details.embedding_dim
 
-    def preprocess(self, data: bytes) -> np.ndarray:
+    def preprocess(self, data: bytes, max_decode_bytes: int | None = None) -> np.ndarray:
         """One upload to the network's input (see :func:`read_pixels`)."""
-        return read_pixels(data, self.details.image_size, self.max_pixels)
+        return read_pixels(data, self.details.image_size, self.max_pixels, max_decode_bytes)
 
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``(B, C)`` and embeddings ``(B, D)`` for a uint8 batch."""
@@ -142,6 +159,25 @@ def check_probabilities(probabilities: np.ndarray, rows: int, classes: int) -> N
     worst = float(np.abs(sums - 1.0).max()) if rows else 0.0
     if worst > SUM_TOLERANCE:
         raise LoadError(f"answered with probabilities that sum to {1 + worst:.4f}, not 1")
+
+
+def check_full_batch(engine: Engine, pixels: np.ndarray, classes: int, dim: int) -> None:
+    """Run a full batch (the engine sizes its buffers for it) and check every row came back.
+
+    Raises :class:`LoadError` unless probabilities are ``(B, classes)`` and sane and the
+    embeddings ``(B, dim)`` and finite: the batcher hands out one row per image.
+    """
+    probabilities, embedding = engine.forward(pixels)
+    rows = len(pixels)
+    check_probabilities(np.asarray(probabilities), rows, classes)
+    embedding = np.asarray(embedding)
+    if embedding.shape != (rows, dim):
+        raise LoadError(
+            f"answered a full batch with embeddings of shape {embedding.shape}, "
+            f"expected ({rows}, {dim})"
+        )
+    if not np.all(np.isfinite(embedding)):
+        raise LoadError("answered a full batch with embeddings that are not finite")
 
 
 def ui_link(base: str | None, tracking_uri: str, experiment_id: str | None, run_id: str | None):
@@ -227,13 +263,18 @@ def load_served_text_model(
     max_pixels: int,
     client=None,
     ui_url: str | None = None,
+    downloads: Path | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> ServedModel:
-    """Download and check a text model (input ``text``); :class:`LoadError` when it fails."""
+    """Download and check a text model (input ``text``); :class:`LoadError` when it fails.
+
+    ``downloads`` and ``cancelled`` as for :func:`load_served_model`."""
     started = time.perf_counter()
     what = f"version {resolved.version} of {resolved.name}" if resolved.name else resolved.uri
     try:
-        with tempfile.TemporaryDirectory(prefix="serve-text-model-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="serve-text-model-", dir=downloads) as tmp:
             folder = _download(resolved, tracking_uri, Path(tmp), client)
+            _stop_if_cancelled(cancelled)
             _check_kind(folder, TEXT)
             text = read_text_classifier(folder)  # everything in memory, the folder can go
             texts = _example_texts(folder, 2)
@@ -285,6 +326,9 @@ def load_served_model(
     ui_url: str | None = None,
     index_cache: Path | None = None,
     kind: str = IMAGE,
+    downloads: Path | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    rejected_indexes: dict[str, str] | None = None,
 ) -> ServedModel:
     """Download, build, warm and check the version ``resolved`` names (see the module doc).
 
@@ -292,14 +336,18 @@ def load_served_model(
     image network runs on the engine, its text half and head beside it); a version that
     takes another input is a :class:`LoadError`. With ``index_cache`` the version's search
     index is fetched too (into that folder); a version without one still serves
-    ``/predict``, and ``index_problem`` says why.
+    ``/predict``, and ``index_problem`` says why (``rejected_indexes``: see
+    :func:`load_search_index`). The download goes into a temporary folder inside
+    ``downloads`` (default: the system's); ``cancelled`` is asked between the steps, and a
+    load it answers True for stops with :class:`LoadCancelled`.
     """
     started = time.perf_counter()
     what = f"version {resolved.version} of {resolved.name}" if resolved.name else resolved.uri
     fusion = None
     try:
-        with tempfile.TemporaryDirectory(prefix="serve-model-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="serve-model-", dir=downloads) as tmp:
             folder = _download(resolved, tracking_uri, Path(tmp), client)
+            _stop_if_cancelled(cancelled)
             _check_kind(folder, kind)
             logged = read_logged_classifier(folder)
             built = build_engine(logged, engine)
@@ -317,7 +365,8 @@ def load_served_model(
                 fusion.predict_proba(embedding, texts), len(example), fusion.config.num_classes
             )
         warm = np.repeat(example[:1], max(1, batch_size), axis=0)
-        built.forward(warm)  # the engine sizes its buffers for a full batch
+        check_full_batch(built, warm, config.num_classes, int(embedding.shape[1]))
+        _stop_if_cancelled(cancelled)
         aliases, metrics, experiment_id = _registry_facts(client, resolved)
     except LoadError as exc:
         raise LoadError(f"{what} {exc}") from exc
@@ -353,46 +402,125 @@ def load_served_model(
     )
     if index_cache is not None and kind == IMAGE:
         model.index, model.index_problem = load_search_index(
-            resolved, client, index_cache, details.embedding_dim
+            resolved, client, index_cache, details.embedding_dim, rejected_indexes
         )
         if model.index is not None:
-            model.text_search = load_text_search(resolved, client, index_cache)
+            model.text_search, model.text_search_problem = load_text_search(
+                resolved, client, index_cache
+            )
     log.info("loaded %s with %s in %.1f s", what, built.name, model.details.load_seconds)
     return model
 
 
-def load_text_search(resolved: ResolvedModel, client, cache: Path) -> TextSearch | None:
-    """The text search logged with the version's index (None for an index built before the
-    index step logged one: /search?q= then says to rebuild it)."""
+def load_text_search(
+    resolved: ResolvedModel, client, cache: Path
+) -> tuple[TextSearch | None, str | None]:
+    """The text search logged with the version's index, or None and why it failed.
+
+    (None, None) for an index built before the index step logged one (/search?q= then says
+    to rebuild it); a failure to read it is (None, the reason), and is worth trying again.
+    """
     try:
         run_id = index_run_for_version(client, resolved.name, resolved.version)
         folder = download_index(run_id, cache, client) / TEXT_DIR  # cached: no second fetch
-        return TextSearch.load(folder) if folder.is_dir() else None
+        return (TextSearch.load(folder), None) if folder.is_dir() else (None, None)
     except Exception as exc:  # the photo search still serves
-        log.warning("no text search for %s: %s: %s", resolved.load_uri, type(exc).__name__, exc)
-        return None
+        problem = f"cannot load the text search: {type(exc).__name__}: {_first_line(exc)}"
+        log.warning("%s of %s", problem, resolved.load_uri)
+        return None, problem
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def index_run_problem(client, run_id: str, name: str, version: int, dim: int) -> str | None:
+    """Why the index run ``run_id`` cannot serve version ``version`` (``dim``-dim vectors),
+    read from the run's tags and metrics before anything is downloaded; None if it can.
+
+    An index run logged by the index step names its model version (tag
+    ``model_version``) and its vectors' size (metric ``dim``); an older run without them is
+    checked after the download instead.
+    """
+    run = client.get_run(run_id)
+    built_for = run.data.tags.get(MODEL_VERSION_TAG)
+    if built_for is not None and str(built_for) != str(version):
+        return (
+            f"the {INDEX_RUN_TAG} tag of version {version} of {name} names run {run_id}, an "
+            f"index of version {built_for}: rebuild with `{build_command(name, version)}`"
+        )
+    built_dim = run.data.metrics.get("dim")
+    if built_dim is not None and int(built_dim) != dim:
+        return _dim_problem(int(built_dim), dim, name, version)
+    return None
+
+
+def _dim_problem(index_dim: int, dim: int, name: str, version: int) -> str:
+    return (
+        f"the search index has {index_dim}-dim vectors, the model {dim}: rebuild it with "
+        f"`{build_command(name, version)}`"
+    )
 
 
 def load_search_index(
-    resolved: ResolvedModel, client, cache: Path, dim: int
+    resolved: ResolvedModel,
+    client,
+    cache: Path,
+    dim: int,
+    rejected: dict[str, str] | None = None,
 ) -> tuple[SearchIndex | None, str | None]:
-    """The version's search index, or None and why (a missing index never fails a load)."""
+    """The version's search index, or None and why (a missing index never fails a load).
+
+    An index run that cannot serve this version (built for another version, vectors of
+    another size, a format this code does not read) is recognised from its run's tags
+    before it is downloaded where it can be, and remembered in ``rejected`` (run id ->
+    why), so that it is neither downloaded nor loaded again; a registry or storage hiccup
+    is not remembered, and the next check tries again.
+    """
     if resolved.name is None or resolved.version is None or client is None:
         return None, (
             f"the service serves {resolved.uri}, not a registered version: search needs a "
             "version's index (serve models:/<name>@<alias> or models:/<name>/<version>)"
         )
+    rejected = {} if rejected is None else rejected
+    name, version = resolved.name, resolved.version
     try:
-        index = load_index_for_version(client, resolved.name, resolved.version, cache)
-    except SearchIndexError as exc:
-        return None, str(exc)
+        run_id = index_run_for_version(client, name, version)
+        if run_id is None:
+            return None, (
+                f"version {version} of {name} has no search index: build it with "
+                f"`{build_command(name, version)}`"
+            )
+        if run_id in rejected:
+            return None, rejected[run_id]
+        index, problem = None, index_run_problem(client, run_id, name, version, dim)
+        if problem is None:
+            folder = download_index(run_id, cache, client)
+            index, problem = _load_downloaded_index(folder, name, version, dim)
     except Exception as exc:  # a registry or storage hiccup: /predict still serves
         return None, f"cannot load the search index: {type(exc).__name__}: {exc}"
-    if index.dim != dim:
-        return None, (
-            f"the search index has {index.dim}-dim vectors, the model {dim}: rebuild it with "
-            f"`mlflow run . -e index -P model_uri=models:/{resolved.name}/{resolved.version} "
-            "--env-manager local`"
-        )
+    if problem is not None:
+        rejected[run_id] = problem
+        log.warning("search index run %s rejected, not tried again: %s", run_id, problem)
+        return None, problem
     log.info("search index of %s: %s", resolved.load_uri, index.info())
+    return index, None
+
+
+def _load_downloaded_index(
+    folder: Path, name: str, version: int, dim: int
+) -> tuple[SearchIndex | None, str | None]:
+    """The downloaded index in ``folder``, or None and why it cannot serve this version."""
+    try:
+        index = SearchIndex.load(folder)
+    except SearchIndexError as exc:
+        return None, str(exc)
+    if index.model_version is not None and str(index.model_version) != str(version):
+        return None, (
+            f"the {INDEX_RUN_TAG} tag of version {version} of {name} names an index of "
+            f"version {index.model_version}: rebuild with `{build_command(name, version)}`"
+        )
+    if index.dim != dim:
+        return None, _dim_problem(index.dim, dim, name, version)
     return index, None

@@ -7,9 +7,14 @@
 - ``marketplace_batch_size`` (histogram of images per forward pass)
 - ``marketplace_inference_seconds`` (histogram of forward passes)
 - ``marketplace_predictions_total{category}``
-- ``marketplace_model_info{name, version, engine}`` (1 for the version served)
-- ``marketplace_model_loaded`` (1 once a model is served)
-- ``marketplace_reloads_total`` and ``marketplace_reload_failures_total``
+- ``marketplace_model_info{kind, name, version, engine}`` (1 for the version each slot serves)
+- ``marketplace_model_loaded{kind}`` (1 while the slot serves a version, else 0)
+- ``marketplace_reloads_total{kind}`` and ``marketplace_reload_failures_total{kind}``
+- ``marketplace_batcher_restarts_total`` (the batcher crashed and was restarted)
+- ``marketplace_dropped_images_total`` (images not run: their request timed out or left)
+
+``kind`` is the slot: ``image``, ``text`` or ``image+text`` (``registry.kinds``), so one
+alert rule per slot works (``marketplace_model_loaded{kind="image"} == 0``).
 """
 
 from __future__ import annotations
@@ -62,23 +67,52 @@ class ServiceMetrics:
         )
         self.model_info = Gauge(
             "marketplace_model_info",
-            "The version served (1) with its engine",
-            ["name", "version", "engine"],
+            "The version each slot serves (1) with its engine",
+            ["kind", "name", "version", "engine"],
             registry=r,
         )
         self.model_loaded = Gauge(
-            "marketplace_model_loaded", "1 once a model is served", registry=r
+            "marketplace_model_loaded", "1 while the slot serves a version", ["kind"], registry=r
         )
-        self.reloads = Counter("marketplace_reloads", "Versions loaded and swapped in", registry=r)
+        self.reloads = Counter(
+            "marketplace_reloads", "Versions loaded and swapped in", ["kind"], registry=r
+        )
         self.reload_failures = Counter(
-            "marketplace_reload_failures", "Versions that failed to load or answer", registry=r
+            "marketplace_reload_failures",
+            "Versions that failed to load or answer",
+            ["kind"],
+            registry=r,
         )
+        self.batcher_restarts = Counter(
+            "marketplace_batcher_restarts", "Batcher crashes (each restarted)", registry=r
+        )
+        self.dropped_images = Counter(
+            "marketplace_dropped_images",
+            "Images dropped before their forward pass (request timed out or client left)",
+            registry=r,
+        )
+        self._info: dict[str, tuple[str, ...]] = {}  # kind -> its model_info labels
 
-    def served(self, name: str | None, version: str, engine: str) -> None:
-        """Record that ``version`` is now the one served."""
-        self.model_info.clear()
-        self.model_info.labels(name or "", version, engine).set(1)
-        self.model_loaded.set(1)
+    def slot(self, kind: str) -> None:
+        """Show the slot ``kind`` from the start: not loaded, nothing reloaded or failed."""
+        self.model_loaded.labels(kind).set(0)
+        self.reloads.labels(kind)
+        self.reload_failures.labels(kind)
+
+    def served(self, kind: str, name: str | None, version: str, engine: str) -> None:
+        """Record that the slot ``kind`` now serves ``version`` (the other slots keep theirs)."""
+        previous = self._info.pop(kind, None)
+        if previous is not None:
+            self.model_info.remove(*previous)
+        labels = (kind, name or "", version, engine)
+        self.model_info.labels(*labels).set(1)
+        self._info[kind] = labels
+        self.model_loaded.labels(kind).set(1)
+        self.reloads.labels(kind).inc()
+
+    def failed(self, kind: str) -> None:
+        """Count a version of the slot ``kind`` that failed to load or to answer."""
+        self.reload_failures.labels(kind).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

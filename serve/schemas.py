@@ -114,10 +114,44 @@ class Health(BaseModel):
     status: str
 
 
+class SlotStatus(BaseModel):
+    """One model slot (image, text, image+text): what it serves, and its failed loads."""
+
+    kind: str = Field(description="image, text or image+text.")
+    uri: str = Field(description="The URI the slot follows (MODEL_URI, TEXT_MODEL_URI, ...).")
+    version: int | None = Field(description="The version it serves, None before one loads.")
+    loaded: bool
+    reason: str | None = Field(None, description="Why it serves nothing yet.")
+    last_error: str | None = Field(None, description="Why the last version tried did not load.")
+    attempts: int = Field(0, description="Failed loads in a row of that version.")
+    next_retry: datetime | None = Field(None, description="When that version is tried again.")
+    last_check: datetime | None = None
+    last_check_error: str | None = None
+
+
+EXAMPLE_SLOT = {
+    "kind": "image",
+    "uri": "models:/marketplace-classifier@production",
+    "version": 3,
+    "loaded": True,
+    "reason": None,
+    "last_error": None,
+    "attempts": 0,
+    "next_retry": None,
+    "last_check": "2026-11-25T18:05:00Z",
+    "last_check_error": None,
+}
+
+
 class Readiness(BaseModel):
-    model_config = _examples({"status": "ready", "model": EXAMPLE_MODEL})
+    model_config = _examples(
+        {"status": "ready", "model": EXAMPLE_MODEL, "slots": {"image": EXAMPLE_SLOT}}
+    )
     status: str
     model: ModelRef
+    slots: dict[str, SlotStatus] = Field(
+        default_factory=dict, description="Every model slot, by kind."
+    )
 
 
 class ModelInfo(BaseModel):
@@ -149,6 +183,7 @@ class ModelInfo(BaseModel):
                 "listings": 2000,
                 "problem": None,
             },
+            "slots": {"image": EXAMPLE_SLOT},
         }
     )
     name: str | None
@@ -175,6 +210,9 @@ class ModelInfo(BaseModel):
         description="Why the last version tried was not swapped in (None after a success)."
     )
     index: IndexInfo
+    slots: dict[str, SlotStatus] = Field(
+        default_factory=dict, description="Every model slot, by kind: image, text, image+text."
+    )
 
 
 EXAMPLE_LISTING = {
@@ -283,11 +321,24 @@ class IndexInfo(BaseModel):
     problem: str | None = Field(None, description="Why /search answers 503, and the fix.")
 
 
-class ReloadResult(BaseModel):
-    model_config = _examples({"outcome": "loaded", "detail": "now serving 4", "version": 4})
+class SlotReload(BaseModel):
     outcome: str = Field(description="loaded, unchanged, failed or unreachable.")
     detail: str
     version: int | None
+
+
+class ReloadResult(SlotReload):
+    """The image slot's outcome (at the top, as before), and every slot's."""
+
+    model_config = _examples(
+        {
+            "outcome": "loaded",
+            "detail": "now serving 4",
+            "version": 4,
+            "slots": {"image": {"outcome": "loaded", "detail": "now serving 4", "version": 4}},
+        }
+    )
+    slots: dict[str, SlotReload] = Field(default_factory=dict)
 
 
 class Problem(BaseModel):

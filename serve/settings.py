@@ -64,6 +64,24 @@ class Settings(BaseSettings):
     reload_interval: float = Field(
         10.0, gt=0, description="Seconds between checks of the alias the service follows."
     )
+    load_retry_initial: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds before a version that failed to load (or its text search that "
+        "failed to) is tried again; the wait doubles after each failure.",
+    )
+    load_retry_max: float = Field(
+        300.0,
+        gt=0,
+        description="Longest wait between two tries of a version that keeps failing to load. "
+        "The alias moving, and POST /admin/reload, try at once.",
+    )
+    shutdown_load_wait: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds shutdown waits for a load in progress to stop before its "
+        "downloads are removed anyway.",
+    )
     max_upload_bytes: int = Field(
         10 * MIB, ge=1024, description="Largest request body; bigger ones get 413."
     )
@@ -71,6 +89,52 @@ class Settings(BaseSettings):
         40_000_000,
         ge=1,
         description="Largest image (width x height) decoded; bigger ones get 422 unread.",
+    )
+    max_decode_bytes: int = Field(
+        64 * MIB,
+        ge=MIB,
+        description="Most memory one image may take to decode (width x height x bytes per "
+        "pixel of its mode, read from its header; JPEGs at the reduced scale they decode at); "
+        "bigger ones get 422 unread.",
+    )
+    decodes_per_request: int = Field(
+        1,
+        ge=1,
+        description="Images of one request decoded at the same time, so that a big "
+        "/predict/batch cannot take every decode thread from the requests beside it.",
+    )
+    max_concurrent_requests: int = Field(
+        32,
+        ge=1,
+        description="Requests handled at the same time (health, readiness and metrics not "
+        "counted); past it, 503 with Retry-After.",
+    )
+    max_connections: int = Field(
+        128,
+        ge=1,
+        description="Open connections and requests uvicorn accepts (its limit_concurrency); "
+        "past it, a plain 503.",
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client has to send a whole request body; one that stalls "
+        "mid-upload is cut off with 408.",
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle keep-alive connection stays open (uvicorn)."
+    )
+    inference_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request waits for its forward pass (queue included) before a "
+        "504; /ready turns 503 while a forward pass runs longer than this.",
+    )
+    max_queued_images: int = Field(
+        256,
+        ge=1,
+        description="Images waiting for a forward pass; a request that would go past it gets "
+        "503 with Retry-After.",
     )
     batch_size: int = Field(32, ge=1, le=1024, description="Most images per forward pass.")
     batch_wait_ms: float = Field(

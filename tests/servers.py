@@ -261,3 +261,66 @@ def start_mlflow_server(
         server.stop()
         raise
     return server
+
+
+# --------------------------------------------------------------------------- a store that stalls
+
+
+class StallingProxy:
+    """A TCP proxy to ``upstream`` (an ``mlflow server``) that stalls artifact downloads.
+
+    Every request passes through until one starts with ``stall_prefix`` (by default a
+    download from the proxied artifact store, ``GET /api/2.0/mlflow-artifacts/artifacts/``):
+    that connection is then held open and never answered, as by an artifact store that
+    stopped answering mid-download. :attr:`stalled` is set once that happens.
+    """
+
+    DOWNLOAD = b"GET /api/2.0/mlflow-artifacts/artifacts/"
+
+    def __init__(self, upstream: str, stall_prefix: bytes = DOWNLOAD) -> None:
+        import threading
+
+        host, port = upstream.removeprefix("http://").rstrip("/").split(":")
+        self.upstream = (host, int(port))
+        self.stall_prefix = stall_prefix
+        self.stalled = threading.Event()
+        self._closing = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server((LOOPBACK, 0))
+        self.url = f"http://{LOOPBACK}:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump_requests, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+
+    def _pump_requests(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                if chunk.startswith(self.stall_prefix):
+                    self.stalled.set()
+                    self._closing.wait()  # never forwarded, never answered
+                    return
+                sink.sendall(chunk)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()

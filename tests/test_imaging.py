@@ -13,6 +13,8 @@ from PIL import Image
 from marketplace_models.imaging import (
     ALPHA_BACKGROUND,
     PAD_COLOUR,
+    ImageTooCostly,
+    decode_bytes,
     load_normalized,
     normalize_image,
     open_image,
@@ -234,3 +236,26 @@ def test_load_normalized_is_open_then_normalize(tmp_path) -> None:
     photo.save(path, quality=90)
     expected = normalize_image(open_image(path, 48), 48)
     assert np.array_equal(np.asarray(load_normalized(path, 48)), np.asarray(expected))
+
+
+def test_a_decode_over_the_memory_budget_is_refused_from_the_header() -> None:
+    ramp = np.tile(np.linspace(0, 65535, 1200, dtype=np.uint16), (1000, 1))
+    sixteen = encode(Image.fromarray(ramp), "PNG")  # 1200 x 1000 x 2 bytes to decode
+    with pytest.raises(ImageTooCostly, match=r"1200 x 1000 pixels, mode I;16"):
+        open_image(sixteen, size=64, max_decode_bytes=2_000_000)
+    assert open_image(sixteen, size=64, max_decode_bytes=2_400_000).size == (1200, 1000)
+    # A JPEG is budgeted at the scale it decodes at: 2048 x 1536 drafts to 256 x 192.
+    photo = encode(Image.new("RGB", (2048, 1536), (0, 0, 200)))
+    assert decode_bytes(Image.open(io.BytesIO(photo))) == 2048 * 1536 * 4
+    assert open_image(photo, size=64, max_decode_bytes=256 * 192 * 4).size == (256, 192)
+    with pytest.raises(ImageTooCostly):
+        open_image(photo, max_decode_bytes=256 * 192 * 4)
+
+
+def test_a_big_sixteen_bit_image_is_shrunk_before_it_becomes_eight_bit() -> None:
+    ramp = np.tile(np.linspace(0, 65535, 3000, dtype=np.uint16), (2000, 1))
+    out = np.asarray(normalize_image(Image.fromarray(ramp), 48))
+    assert out.shape == (48, 48, 3)
+    content = out[8:40, :, 0]  # 48 x 32 of content, padded top and bottom
+    assert content.min() == 0 and content.max() == 255
+    assert np.all(np.diff(content[0].astype(int)) >= 0)  # the ramp stays a ramp

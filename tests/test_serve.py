@@ -210,9 +210,12 @@ def test_metrics_count_requests_predictions_and_the_version(client):
     assert 'marketplace_requests_total{method="POST",route="/predict",status="200"} 1.0' in text
     assert 'marketplace_requests_total{method="POST",route="/predict",status="415"} 1.0' in text
     assert 'marketplace_request_seconds_count{route="/predict"} 2.0' in text
-    assert f'marketplace_model_info{{engine="onnx",name="{NAME}",version="{GOOD}"}} 1.0' in text
+    assert (
+        f'marketplace_model_info{{engine="onnx",kind="image",name="{NAME}",version="{GOOD}"}} 1.0'
+        in text
+    )
     assert "marketplace_batch_size_count 1.0" in text
-    assert "marketplace_reloads_total 1.0" in text
+    assert 'marketplace_reloads_total{kind="image"} 1.0' in text
     assert (
         sum(f'marketplace_predictions_total{{category="{c}"}} 1.0' in text for c in CATEGORIES) == 1
     )
@@ -373,7 +376,8 @@ def test_starts_without_a_tracking_store_and_says_so(tmp_path):
 
 def test_a_version_that_fails_to_load_is_not_swapped_in(store):
     set_alias(store, GOOD)
-    with TestClient(create_app(settings_for(store, admin_token="t"))) as client:
+    settings = settings_for(store, admin_token="t", load_retry_initial=3600)
+    with TestClient(create_app(settings)) as client:
         wait_ready(client, GOOD)
         set_alias(store, BROKEN)
         info = wait_until(
@@ -385,15 +389,16 @@ def test_a_version_that_fails_to_load_is_not_swapped_in(store):
         assert info["version"] == GOOD
         assert f"version {BROKEN}" in info["last_reload_error"]
         assert client.post("/predict", files=upload(PHOTOS[0])).headers[MODEL_HEADER] == str(GOOD)
-        # Not retried on every poll: several checks later it has still failed only once.
+        # Not retried on every poll (only after its backoff): several checks later it has
+        # still failed only once.
         first_check = client.get("/model").json()["last_check"]
         wait_until(lambda: client.get("/model").json()["last_check"] > first_check)
         wait_until(lambda: client.get("/model").json()["last_check"] > first_check)
-        assert "marketplace_reload_failures_total 1.0" in client.get("/metrics").text
-        # ... until an admin asks, or the alias moves again.
+        assert 'marketplace_reload_failures_total{kind="image"} 1.0' in client.get("/metrics").text
+        # ... until its backoff is over, an admin asks, or the alias moves again.
         reload = client.post("/admin/reload", headers={"Authorization": "Bearer t"}).json()
         assert reload["outcome"] == "failed" and reload["version"] == BROKEN
-        assert "marketplace_reload_failures_total 2.0" in client.get("/metrics").text
+        assert 'marketplace_reload_failures_total{kind="image"} 2.0' in client.get("/metrics").text
         set_alias(store, SECOND)
         wait_ready(client, SECOND)
         assert client.get("/model").json()["last_reload_error"] is None
@@ -406,7 +411,8 @@ def test_admin_reload_picks_up_a_promotion_at_once(store):
         wait_ready(client, GOOD)
         set_alias(store, SECOND)
         reply = client.post("/admin/reload", headers={"Authorization": "Bearer t"})
-        assert reply.json() == {"outcome": "loaded", "detail": "now serving 2", "version": SECOND}
+        image = {"outcome": "loaded", "detail": "now serving 2", "version": SECOND}
+        assert reply.json() == {**image, "slots": {**reply.json()["slots"], "image": image}}
         assert client.get("/ready").json()["model"]["version"] == SECOND
 
 

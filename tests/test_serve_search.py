@@ -83,8 +83,10 @@ def search_store(demo_clean: Path, tmp_path_factory) -> tuple[str, Path]:
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
-        first = _register(uri, demo_clean, seed=0)
-        _register(uri, demo_clean, seed=1)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(folder)  # the experiment's artifacts (./mlruns) beside the store
+            first = _register(uri, demo_clean, seed=0)
+            _register(uri, demo_clean, seed=1)
     finally:
         mlflow.set_tracking_uri(previous)
     build_index(uri, demo_clean, first)
@@ -314,6 +316,116 @@ def test_a_version_without_index_still_predicts_and_search_says_how_to_build_it(
         build_index(store, demo_clean, 2)
         wait_searchable(client, version=2)
         assert client.post("/search", files=upload(photos.iloc[0]["data"])).status_code == 200
+
+
+def _index_run(uri: str, version: int) -> str:
+    import mlflow
+
+    from search.index import index_run_for_version
+
+    return index_run_for_version(mlflow.MlflowClient(uri), NAME, version)
+
+
+def _tag_index(uri: str, version: int, run_id: str) -> None:
+    import mlflow
+
+    from search.index import INDEX_RUN_TAG
+
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.set_model_version_tag(NAME, str(version), INDEX_RUN_TAG, run_id)
+
+
+def _checks_later(client: TestClient, count: int = 3) -> None:
+    """Wait until the service has checked the registry ``count`` more times."""
+    for _ in range(count):
+        before = client.get("/model").json()["last_check"]
+        wait_until(lambda b=before: client.get("/model").json()["last_check"] > b)
+
+
+def test_an_index_of_another_version_is_refused_from_its_tags_without_a_download(store, tmp_path):
+    set_alias(store, 2)
+    first_index = _index_run(store, 1)
+    _tag_index(store, 2, first_index)  # version 2's tag names version 1's index
+    cache = tmp_path / "cache"
+    with TestClient(create_app(settings_for(store, cache_dir=cache))) as client:
+        info = wait_until(
+            lambda: (
+                (m := client.get("/model").json()).get("version") == 2
+                and m["index"]["problem"]
+                and m
+            ),
+            what="version 2 served without its index",
+        )
+        assert "an index of version 1" in info["index"]["problem"]
+        _checks_later(client)
+        reply = client.get("/search", params={"q": "sofa"})
+        assert reply.status_code == 503 and "an index of version 1" in reply.json()["detail"]
+    downloaded = sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+    assert not any(name.startswith(first_index) for name in downloaded), downloaded
+
+
+def test_an_index_rejected_after_its_download_is_not_downloaded_again(store, demo_clean, tmp_path):
+    """An index in a format this code does not read (its run does not say so) is rejected
+    once, and remembered: the next checks neither download nor load it again."""
+    import mlflow
+
+    from search.index import ARTIFACT_PATH, MANIFEST_FILE, download_index
+
+    client = mlflow.MlflowClient(store)
+    folder = download_index(_index_run(store, 1), tmp_path / "copy", client)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    (folder / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 99}))
+    experiment = client.get_experiment_by_name("search").experiment_id
+    run = client.create_run(experiment)  # an index run from older code: no model tags
+    client.log_artifacts(run.info.run_id, str(folder), ARTIFACT_PATH)
+    client.set_terminated(run.info.run_id)
+    _tag_index(store, 2, run.info.run_id)
+    set_alias(store, 2)
+    cache = tmp_path / "cache"
+    with TestClient(create_app(settings_for(store, cache_dir=cache))) as client_:
+        info = wait_until(
+            lambda: (
+                (m := client_.get("/model").json()).get("version") == 2
+                and m["index"]["problem"]
+                and m
+            ),
+            what="version 2 served without its index",
+        )
+        assert "format 99" in info["index"]["problem"]
+        shutil.rmtree(cache / run.info.run_id)
+        _checks_later(client_)
+        assert not (cache / run.info.run_id).exists(), "the rejected index was fetched again"
+        assert "format 99" in client_.get("/model").json()["index"]["problem"]
+
+
+def test_a_text_search_that_failed_to_load_is_retried(store, tmp_path):
+    """The text search of the index fails to load (its files are damaged in the cache);
+    once they are whole again the service loads it by itself, and until then its 503
+    says what failed, not that the index is too old."""
+    import mlflow
+
+    from search.index import download_index
+    from search.text import TEXT_DIR
+
+    cache = tmp_path / "cache"
+    folder = download_index(_index_run(store, 1), cache, mlflow.MlflowClient(store))
+    whole = tmp_path / "whole-text"
+    shutil.copytree(folder / TEXT_DIR, whole)
+    for path in (folder / TEXT_DIR).iterdir():
+        path.write_bytes(b"damaged")
+    settings = settings_for(store, cache_dir=cache, load_retry_initial=0.2, load_retry_max=1)
+    with TestClient(create_app(settings)) as client:
+        wait_searchable(client)
+        reply = client.get("/search", params={"q": "sofa"})
+        assert reply.status_code == 503
+        assert "cannot load the text search" in reply.json()["detail"]
+        assert "built before" not in reply.json()["detail"]
+        shutil.rmtree(folder / TEXT_DIR)
+        shutil.copytree(whole, folder / TEXT_DIR)
+        wait_until(
+            lambda: client.get("/search", params={"q": "sofa"}).status_code == 200,
+            what="the text search loaded once its files are whole",
+        )
 
 
 def test_the_page_and_its_files_are_served(client):
