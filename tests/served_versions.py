@@ -57,6 +57,16 @@ def _network(seed: int):
     return build_network("resnet18", len(CATEGORIES)).eval()
 
 
+def serve_tests_experiment(client, uri: str) -> str:
+    """The id of the store's ``serve-tests`` experiment, made with its artifacts beside the
+    database (not in the working folder's ``mlruns/``)."""
+    found = client.get_experiment_by_name("serve-tests")
+    if found is not None:
+        return found.experiment_id
+    artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
+    return client.create_experiment("serve-tests", artifact_location=artifacts.as_uri())
+
+
 def make_store(folder: Path) -> str:
     """Create ``folder/mlflow.db`` with the four versions above; return its tracking URI."""
     import mlflow
@@ -70,7 +80,7 @@ def make_store(folder: Path) -> str:
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
-        experiment_id = mlflow.MlflowClient(tracking_uri=uri).create_experiment("serve-tests")
+        experiment_id = serve_tests_experiment(mlflow.MlflowClient(tracking_uri=uri), uri)
         config = ClassifierConfig(arch="resnet18", categories=CATEGORIES, image_size=IMAGE_SIZE)
         specs = [(0, True, 0.6), (1, True, 0.7), (2, False, 0.5)]
         for seed, onnx, accuracy in specs:
@@ -143,10 +153,7 @@ def add_listing_models(uri: str) -> None:
     try:
         text = _text_classifier()
         client = mlflow.MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name("serve-tests") or client.get_experiment(
-            client.create_experiment("serve-tests")
-        )
-        with mlflow.start_run(experiment_id=experiment.experiment_id):
+        with mlflow.start_run(experiment_id=serve_tests_experiment(client, uri)):
             info = log_text_classifier(text, example_texts=["iphone", "sofa"])
         register_classifier(
             info.model_uri, model_name=TEXT_MODEL_NAME, tags={INPUT_TAG: TEXT, "test/accuracy": 0.7}
@@ -155,7 +162,7 @@ def add_listing_models(uri: str) -> None:
         fusion = FusionConfig(categories=list(CATEGORIES), image_dim=512, text_dim=3, hidden=16)
         torch.manual_seed(0)
         head = FusionHead(fusion).eval()
-        with mlflow.start_run(experiment_id=experiment.experiment_id):
+        with mlflow.start_run(experiment_id=serve_tests_experiment(client, uri)):
             info = log_listing_classifier(
                 _network(0),
                 config,
