@@ -26,6 +26,8 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 def assert_same_files(source: Path, out: Path) -> None:
     copied = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert (out / ingest_module.MARKER).is_file(), "the folder is marked as ingested"
+    copied.remove(ingest_module.MARKER)
     assert copied == sorted(LAYOUT)
     for name in LAYOUT:
         assert (out / name).read_bytes() == (source / name).read_bytes(), name
