@@ -34,8 +34,9 @@ Everything is deterministic for a seed.
 
 Reads: nothing. Writes: ``<out>/Products.csv``, ``<out>/Images.csv``, ``<out>/images/`` and
 ``<out>/.demo_data.json`` (the marker: the export is synthetic, how it was made, and each
-image's key). An image already there is kept only when it was drawn under the same key (its
-spec and this module's code); other files in ``images/`` are removed. ``<out>`` must be empty
+image's key and SHA-256). An image already there is kept only when it was drawn under the
+same key (its spec and this module's code) and still has the bytes drawn then; other files in
+``images/`` are removed. ``<out>`` must be empty
 or a demo export: over an ingested export (``.ingest.json``) or any other export the step
 refuses, naming the folder, unless ``--force true``.
 """
@@ -67,6 +68,7 @@ from steps.ingest import MARKER as INGEST_MARKER
 from steps.runtime import (
     StepError,
     cli,
+    file_sha256,
     log_params,
     non_negative_int,
     positive_int,
@@ -644,8 +646,22 @@ def refuse_foreign_export(out: Path, force: bool) -> None:
     (out / INGEST_MARKER).unlink(missing_ok=True)
 
 
-def recorded_keys(out: Path) -> dict[str, str]:
-    """image id -> key, as the marker of the last export into ``out`` recorded them."""
+def is_current(
+    images_dir: Path, spec: ImageSpec, keys: dict[str, str], known: dict[str, dict]
+) -> bool:
+    """Whether ``spec``'s file is there as it was drawn under the same key (same bytes)."""
+    path = images_dir / f"{spec.image_id}.jpg"
+    recorded = known.get(spec.image_id)
+    return (
+        isinstance(recorded, dict)
+        and recorded.get("key") == keys[spec.image_id]
+        and path.is_file()
+        and recorded.get("sha256") == file_sha256(path)
+    )
+
+
+def recorded_keys(out: Path) -> dict[str, dict]:
+    """image id -> {key, sha256}, as the marker of the last export into ``out`` has them."""
     try:
         keys = json.loads((out / MARKER).read_text()).get("images", {})
     except (OSError, ValueError, AttributeError):
@@ -680,12 +696,7 @@ def make_export(
     remove_stale_images(images_dir, {f"{spec.image_id}.jpg" for spec in specs})
     write_products_csv(products_table, out / "Products.csv")
     images_table.to_csv(out / "Images.csv", index=True, lineterminator="\n")
-    kept = [
-        spec
-        for spec in specs
-        if known.get(spec.image_id) == keys[spec.image_id]
-        and (images_dir / f"{spec.image_id}.jpg").is_file()
-    ]
+    kept = [spec for spec in specs if is_current(images_dir, spec, keys, known)]
     keep = set(kept)
     to_draw = [spec for spec in specs if spec not in keep]
     workers = workers or os.cpu_count() or 1
@@ -698,7 +709,11 @@ def make_export(
             for future, part in zip(futures, chunks, strict=True):
                 written += future.result()
                 bar.update(len(part))
-    marker = {"products": products, "seed": seed, "images": keys}
+    drawn = {
+        image_id: {"key": key, "sha256": file_sha256(images_dir / f"{image_id}.jpg")}
+        for image_id, key in keys.items()
+    }
+    marker = {"products": products, "seed": seed, "images": drawn}
     (out / MARKER).write_text(json.dumps(marker) + "\n")
     counts = {
         "products": len(products_table),
