@@ -88,6 +88,7 @@ def write_clean(folder: Path, products: int, images_per_class: dict[str, str]) -
     table.to_parquet(folder / "products.parquet")
     rows = []
     (folder / "images" / "32").mkdir(parents=True)
+    (folder / "images" / "complete_32.json").write_text("{}")  # a finished size, as clean_images
     for k, (image_id, split) in enumerate(images_per_class.items()):
         (folder / "images" / "32" / f"{image_id}.jpg").write_bytes(jpeg_bytes((k * 20 % 255, 0, 0)))
         rows.append(

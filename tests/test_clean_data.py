@@ -14,6 +14,7 @@ from registry.clean_data import (
     IMAGES_FILE,
     choose_size,
     cleaned_sizes,
+    complete_marker,
     load_clean,
 )
 from registry.cli import UserError
@@ -33,6 +34,7 @@ def write_clean(folder: Path, sizes: tuple[int, ...] = (32, 64, 128)) -> Path:
         (folder / "images" / str(size)).mkdir(parents=True)
         for row in rows:
             (folder / "images" / str(size) / f"{row['image_id']}.jpg").write_bytes(b"jpeg")
+        complete_marker(folder, size).write_text("{}")  # as clean_images leaves a finished size
     (folder / "images" / "report_32.json").write_text("{}")  # not a size folder
     return folder
 

@@ -604,6 +604,7 @@ def test_smoke_images_come_from_the_clean_test_split(demo_clean: Path) -> None:
 def test_smoke_check_uses_clean_images_when_given(client, tmp_path: Path) -> None:
     clean = tmp_path / "clean"
     (clean / "images" / "32").mkdir(parents=True)
+    (clean / "images" / "complete_32.json").write_text("{}")  # a finished size, as clean_images
     ids = ["a", "b", "c"]
     for image_id, colour in zip(ids, [(250, 0, 0), (0, 250, 0), (0, 0, 250)], strict=True):
         (clean / "images" / "32" / f"{image_id}.jpg").write_bytes(_jpeg(colour))
