@@ -6,7 +6,10 @@ one) -> ``clean_tabular`` -> ``clean_images`` -> ``baselines`` -> ``train`` ->
 ``index`` (the search index of the version this pipeline trained) -> ``train_text`` ->
 ``train_combined`` (over the image version this pipeline trained) -> ``promote``, once per
 kind (the image version, so a promoted version always has its index; then the text and
-the combined versions), each through the same rules.
+the combined versions), each through the same rules. Only a version trained by this
+pipeline run is proposed: a skipped training proposes nothing (production stays where a
+person or an earlier rule put it), and the promote step is told it is a proposal, so a
+version once rolled back, refused or replaced by a person is never put back by ``main``.
 
 A step is skipped when a finished run of it exists with the same key and outputs that are
 still as that run left them. The key covers the step's effective parameters (MLproject's
@@ -469,6 +472,12 @@ def registered_version(client, model_name: str, run_id: str) -> str | None:
     return max(versions, key=lambda v: int(v.version)).version
 
 
+def ran_here(client, run_id: str, parent_run_id: str) -> bool:
+    """True when step run ``run_id`` ran under pipeline run ``parent_run_id`` (a skipped
+    step's cached run belongs to an earlier pipeline run)."""
+    return client.get_run(run_id).data.tags.get(PARENT_RUN_TAG) == parent_run_id
+
+
 def _holds_production(client, model_name: str, version: str) -> bool:
     from mlflow.exceptions import MlflowException
 
@@ -552,9 +561,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                 client, LISTING_MODEL_NAME, run_ids["train_combined"]
             )
         mlflow.log_dict(run_ids, "pipeline_runs.json")
+        trained_by = {
+            args.model_name: run_ids["train"],
+            TEXT_MODEL_NAME: run_ids["train_text"],
+            LISTING_MODEL_NAME: run_ids.get("train_combined"),
+        }
         for model_name, trained_version in trained.items():
             if trained_version is None:
                 log.warning("training registered no version of %s: nothing to promote", model_name)
+            elif not ran_here(client, trained_by[model_name], parent):
+                log.info(
+                    "%s version %s comes from a skipped training: not proposed for promotion "
+                    "(only a version this run trained is)",
+                    model_name,
+                    trained_version,
+                )
             elif not args.promote:
                 log.info(
                     "trained %s version %s (not promoted: --promote false)",
@@ -577,8 +598,9 @@ def promote_trained(
     code: str,
     env_manager: str,
 ) -> None:
-    """Run the promote step for ``version`` of ``model_name`` unless it holds production;
-    a refusal is logged, never raised (production stays as it was)."""
+    """Run the promote step for ``version`` of ``model_name`` (a proposal: see the module
+    docstring) unless it holds production; a refusal is logged, never raised (production
+    stays as it was)."""
     if _holds_production(client, model_name, version):
         log.info("%s version %s already holds the production alias", model_name, version)
         return
@@ -589,6 +611,7 @@ def promote_trained(
             "version": version,
             "clean": str(args.clean),
             "reason": f"trained by pipeline run {parent}",
+            "proposal": "true",
         },
         cacheable=False,
     )
