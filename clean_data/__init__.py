@@ -5,6 +5,9 @@
     <clean>/categories.json           the root categories; label i <-> categories[i]
     <clean>/report.json               what cleaning kept and dropped, and its params
     <clean>/images/<size>/<id>.jpg    every image normalised to size x size (clean_images)
+    <clean>/images/complete_<size>.json  written last by clean_images, removed when it
+                                      starts on that size: without it, images/<size>/ is
+                                      half-written and nothing reads it
 
 The writers (``steps.clean_tabular``, ``steps.clean_images``) and the readers (baselines,
 training, the promotion smoke check) take the names from here, and the readers go through
@@ -87,24 +90,56 @@ def image_folder(clean: Path, size: int) -> Path:
     return Path(clean) / IMAGES_DIR / str(size)
 
 
-def cleaned_sizes(clean: Path) -> list[int]:
-    """The sizes clean_images has written under ``<clean>/images/``, smallest first."""
+def size_folders(clean: Path) -> list[int]:
+    """Every ``<clean>/images/<size>/`` folder's size, complete or not, smallest first."""
     root = Path(clean) / IMAGES_DIR
     if not root.is_dir():
         return []
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def complete_marker(clean: Path, size: int) -> Path:
+    """``<clean>/images/complete_<size>.json``: clean_images finished ``images/<size>/``."""
+    return Path(clean) / IMAGES_DIR / f"complete_{size}.json"
+
+
+def is_complete(clean: Path, size: int) -> bool:
+    """Whether clean_images finished ``images/<size>/`` (its completion marker is there)."""
+    return complete_marker(clean, size).is_file()
+
+
+def cleaned_sizes(clean: Path) -> list[int]:
+    """The sizes clean_images has finished under ``<clean>/images/``, smallest first.
+
+    A folder without its completion marker (a run interrupted, or still running) is left
+    out: nothing reads half a folder.
+    """
+    return [size for size in size_folders(clean) if is_complete(clean, size)]
+
+
 def choose_size(clean: Path, needed: int, requested: int | None = None, *, flag: str) -> int:
     """The ``images/<size>/`` folder to read: ``requested``, or for None (``auto``) the smallest
-    cleaned size at least ``needed``, else the largest there; one log line says which.
+    complete size at least ``needed``, else the largest there; one log line says which.
+    Incomplete folders (see :func:`cleaned_sizes`) are never chosen.
 
     Raises :class:`UserError` naming clean_images (and ``flag``, the option to change) when
     the folder is not there.
     """
     sizes = cleaned_sizes(clean)
     found = ", ".join(map(str, sizes)) or "none"
+    incomplete = [size for size in size_folders(clean) if size not in sizes]
+    if incomplete:
+        log.warning(
+            "ignoring incomplete %s: clean_images did not finish there; run it again",
+            ", ".join(f"images/{size}/" for size in incomplete),
+        )
     if requested is not None:
+        if requested in incomplete:
+            raise UserError(
+                f"{image_folder(clean, requested)} is incomplete (clean_images did not finish "
+                f"there): run clean_images with --size {requested} again, or pass {flag} with "
+                f"a complete size (found: {found})"
+            )
         if requested not in sizes:
             raise UserError(
                 f"no cleaned images in {image_folder(clean, requested)}: run clean_images with "

@@ -4,7 +4,11 @@
 number, or ``best`` by a metric) when
 
 1. the version loads and predicts well-formed answers on a few images (the smoke check);
-2. unless forced, its metric is at least as good as the current production version's.
+2. unless forced, its metric is at least as good as the current production version's;
+3. for a ``proposal`` (a pipeline's rule, not a person's choice), it was never rolled back,
+   refused, or replaced in production by a person: those versions carry
+   ``promotion.blocked`` (why) and only an explicit promotion can put them back (and clears
+   the tag).
 
 The version that held production keeps ``previous-production``; ``rollback`` swaps the two
 back. Each decision is written as ``promotion.*`` tags on the version (when, by whom, why,
@@ -12,9 +16,23 @@ the metric values compared), as a line in the version's description (and in the
 description of the version that left production), and, with ``legacy_stage``, mirrored in
 the deprecated ``Production`` stage. A refused candidate (the metric rule or the smoke
 check) is tagged ``promotion.refused`` with the reason, and its description says so.
+
+Alias moves survive a crash at any point. Before writing anything, a move records itself
+in the registered model's ``promotion.journal`` tag (the decision as JSON); then it sets
+``production`` (the truth: whatever crashes, production is either the old or the new
+version), then ``previous-production``, then the tags and descriptions, and deletes the
+journal last. The next promotion or rollback finds a journal left behind, and completes
+it (the previous alias and the tags) when ``production`` moved, or drops it when it did
+not; so ``rollback`` always gives production back to the version that held it before.
+
 Promotions of one model take a lock (a registered model named ``<name>.promotion-lock``,
 whose creation is atomic in any store), so two at once run one after the other and exactly
-one version ends up holding ``production``.
+one version ends up holding ``production``. The lock carries its holder's token, and only
+that holder deletes it. The holder keeps it alive (a heartbeat that updates its
+description, so the store stamps it with its own clock); a waiter breaks the lock only
+when the store's stamps stood still for ``stale_after`` seconds of the waiter's watching
+(no two clocks compared), or at once when the holder was a process on this host that is
+gone.
 
 Reads and writes the Model Registry only.
 """
@@ -22,15 +40,18 @@ Reads and writes the Model Registry only.
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import random
 import socket
+import threading
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,7 +89,7 @@ log = logging.getLogger(__name__)
 DEFAULT_METRIC = "test/accuracy"
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_TIMEOUT_S = 600.0  # the holder may be smoke-checking a large model on a busy CPU
-LOCK_STALE_S = 600.0
+LOCK_STALE_S = 60.0  # a live holder refreshes the lock four times as often
 TAG_PREFIX = "promotion."
 SUPERSEDED_AT = TAG_PREFIX + "superseded_at"
 SUPERSEDED_BY = TAG_PREFIX + "superseded_by"
@@ -77,6 +98,9 @@ REFUSED = TAG_PREFIX + "refused"
 REFUSED_AT = TAG_PREFIX + "refused_at"
 REFUSED_BY = TAG_PREFIX + "refused_by"
 REFUSED_TAGS = frozenset({REFUSED, REFUSED_AT, REFUSED_BY})
+# A version rolled back, or replaced in production by a person: a proposal never restores it.
+BLOCKED = TAG_PREFIX + "blocked"
+JOURNAL = TAG_PREFIX + "journal"  # a registered-model tag: the alias move in progress
 NONE = "none"  # a tag value for "no such thing" (no previous version, no metric value)
 READY = "READY"
 
@@ -110,6 +134,7 @@ class Decision:
     smoke_check: str
     legacy_stage: bool = False
     run_id: str | None = None
+    proposal: bool = False  # a pipeline's rule proposed it, not a person
 
     @property
     def why(self) -> str:
@@ -144,8 +169,22 @@ class Decision:
             "smoke_check": self.smoke_check or NONE,
             "legacy_stage": str(self.legacy_stage).lower(),
             "run_id": self.run_id or NONE,
+            "proposal": str(self.proposal).lower(),
         }
         return {TAG_PREFIX + key: value for key, value in tags.items()}
+
+    def blocks_previous(self) -> str | None:
+        """Why the version leaving production may not come back by a proposal (it was rolled
+        back, or a person chose another over it), or None when a rule replaced it."""
+        if self.previous is None or self.previous == self.version:
+            return None
+        when = _when(self.at)
+        if self.action == "rollback":
+            return f"rolled back to version {self.version} by {self.by} ({when})"
+        if self.proposal:
+            return None
+        how = "forced in" if self.forced else "promoted"
+        return f"replaced in {PRODUCTION} by version {self.version}, {how} by {self.by} ({when})"
 
     def notes(self) -> dict[int, tuple[str, str]]:
         """What the descriptions say of this decision: for the version that got production
@@ -310,6 +349,7 @@ def promote(
     clean: Path | None = None,
     legacy_stage: bool | None = None,
     run_id: str | None = None,
+    proposal: bool = False,
     client: MlflowClient | None = None,
     lock_timeout: float = LOCK_TIMEOUT_S,
 ) -> Decision:
@@ -319,10 +359,13 @@ def promote(
     versions that have it). ``force`` skips the metric rule, never the smoke check.
     ``legacy_stage`` True also moves the ``Production`` stage; None (the default) moves it
     only when some version is in that stage already, so the two never disagree.
-    ``run_id`` (the promote step's run) is recorded in the tags. Raises
-    :class:`UserError` (:class:`PromotionRefused`, ``SmokeCheckError``) and moves nothing
-    when a check fails; a candidate refused by the rule or the smoke check is tagged
-    ``promotion.refused`` and its description says why.
+    ``run_id`` (the promote step's run) is recorded in the tags. ``proposal`` True (the
+    pipeline's rule, not a person) refuses a version tagged ``promotion.blocked`` or
+    ``promotion.refused``; an explicit promotion (False) of such a version clears the tags,
+    and blocks the version it replaces. Raises :class:`UserError`
+    (:class:`PromotionRefused`, ``SmokeCheckError``) and moves nothing when a check fails; a
+    candidate refused by the rule or the smoke check is tagged ``promotion.refused`` and its
+    description says why.
     """
     client = client or connect()
     by = by or current_user()
@@ -330,16 +373,24 @@ def promote(
     candidate = choose_candidate(client, name, version, metric)
     current = _holder_info(client, name, PRODUCTION)
     if current is not None and current.version == candidate.version:
+        if read_journal(client, name) is not None:  # the crashed move that put it there
+            with promotion_lock(client, name, timeout=lock_timeout):
+                complete_interrupted_move(client, name)
         if legacy_stage and candidate.stage != LEGACY_STAGE:
             _set_legacy_stage(client, name, candidate.version)
         return _unchanged(candidate, metric, by, reason, run_id)
+    if proposal:
+        check_proposable(client, name, candidate.version)
     with _refusal_recorded(client, candidate, by, reason):
         check_rule(candidate, current, metric, force)  # fail before the slow smoke check
         smoke = check_version(client, name, candidate.version, clean)
     with promotion_lock(client, name, timeout=lock_timeout):
+        complete_interrupted_move(client, name)
         current = _holder_info(client, name, PRODUCTION)  # another promotion may have run
         if current is not None and current.version == candidate.version:
             return _unchanged(candidate, metric, by, reason, run_id)
+        if proposal:
+            check_proposable(client, name, candidate.version)  # a rollback may have run
         with _refusal_recorded(client, candidate, by, reason):
             value, current_value = check_rule(candidate, current, metric, force)
         stage = _use_legacy_stage(client, name, legacy_stage)
@@ -358,6 +409,7 @@ def promote(
             smoke_check=smoke.summary(),
             legacy_stage=stage,
             run_id=run_id,
+            proposal=proposal,
         )
         _move_production(client, decision)
     log.debug("%s", decision.summary())
@@ -379,7 +431,10 @@ def rollback(
     """Give ``production`` back to the version holding ``previous-production``.
 
     The two aliases swap, so a second rollback undoes the first. The target is
-    smoke-checked first; the metric rule does not apply (``metric`` is only recorded).
+    smoke-checked first; the metric rule does not apply (``metric`` is only recorded). A
+    move that crashed half-way is completed first (see the module docstring), so the target
+    is the version that held production before it. The version rolled back from is tagged
+    ``promotion.blocked``: no pipeline proposal puts it back.
     """
     client = client or connect()
     by = by or current_user()
@@ -387,6 +442,7 @@ def rollback(
     current, target = _rollback_pair(client, name)
     smoke = check_version(client, name, target.version, clean)
     with promotion_lock(client, name, timeout=lock_timeout):
+        complete_interrupted_move(client, name)
         now_current, now_target = _rollback_pair(client, name)
         if (now_current.version, now_target.version) != (current.version, target.version):
             raise UserError(
@@ -439,6 +495,8 @@ def _refusal_recorded(
 
 
 def _rollback_pair(client: MlflowClient, name: str) -> tuple[VersionInfo, VersionInfo]:
+    """(production, the rollback target): ``previous-production``, or the version an
+    interrupted move left production from (its journal says which)."""
     require_model(client, name)
     current = _holder_info(client, name, PRODUCTION)
     target = _holder_info(client, name, PREVIOUS_PRODUCTION)
@@ -447,12 +505,27 @@ def _rollback_pair(client: MlflowClient, name: str) -> tuple[VersionInfo, Versio
             f"no version of {name} holds {PRODUCTION}, so there is nothing to roll back: "
             "promote one with `python -m registry promote`"
         )
+    pending = read_journal(client, name)
+    if pending is not None and pending.version == current.version and pending.previous:
+        target = describe(client, get_version(client, name, pending.previous))
     if target is None or target.version == current.version:
         raise UserError(
             f"no version of {name} holds {PREVIOUS_PRODUCTION}, so there is nothing to roll "
             "back to: promote the version you want with `python -m registry promote --version N`"
         )
     return current, target
+
+
+def check_proposable(client: MlflowClient, name: str, version: int) -> None:
+    """Refuse a proposal of a version that was rolled back, refused or replaced by a person."""
+    tags = client.get_model_version(name, str(version)).tags
+    why = tags.get(BLOCKED) or (f"refused: {tags[REFUSED]}" if REFUSED in tags else None)
+    if why:
+        raise PromotionRefused(
+            f"refused: version {version} was {why}; a pipeline never proposes it again, only "
+            f"an explicit `python -m registry promote --model-name {name} --version {version}`",
+            f"version {version} was {why}",
+        )
 
 
 def _holder_info(client: MlflowClient, name: str, alias: str) -> VersionInfo | None:
@@ -490,11 +563,13 @@ def _use_legacy_stage(client: MlflowClient, name: str, requested: bool | None) -
 
 
 def _move_production(client: MlflowClient, decision: Decision) -> None:
-    """Set the aliases (previous first, so a crash in between changes nothing), then tags."""
+    """Journal the move, set ``production`` then ``previous-production``, record it, and
+    delete the journal: a crash at any point leaves a state the next move completes."""
     name, version = decision.name, str(decision.version)
+    write_journal(client, decision)
+    client.set_registered_model_alias(name, PRODUCTION, version)
     if decision.previous is not None:
         client.set_registered_model_alias(name, PREVIOUS_PRODUCTION, str(decision.previous))
-    client.set_registered_model_alias(name, PRODUCTION, version)
     holder = alias_holder(client, name, PRODUCTION)
     if holder is None or int(holder.version) != decision.version:
         now = "nothing" if holder is None else f"version {holder.version}"
@@ -502,19 +577,85 @@ def _move_production(client: MlflowClient, decision: Decision) -> None:
             f"{PRODUCTION} of {name} points at {now} right after this promotion set it to "
             f"version {version}: another client moved it; check `python -m registry list`"
         )
+    _record_tags(client, decision)
+    for number, (note, status) in decision.notes().items():
+        append_to_version(client, name, number, note, status)
+    client.delete_registered_model_tag(name, JOURNAL)
+
+
+def _record_tags(client: MlflowClient, decision: Decision) -> None:
+    """The decision's tags on both versions, and the legacy stage: all safe to repeat."""
+    name, version = decision.name, str(decision.version)
     for key, value in decision.tags().items():
         client.set_model_version_tag(name, version, key, value)
-    stale = (SUPERSEDED_TAGS | REFUSED_TAGS) & set(client.get_model_version(name, version).tags)
+    stale = (SUPERSEDED_TAGS | REFUSED_TAGS | {BLOCKED}) & set(
+        client.get_model_version(name, version).tags
+    )
     for key in sorted(stale):  # it holds production now: neither superseded nor refused
         client.delete_model_version_tag(name, version, key)
-    if decision.previous is not None:
+    if decision.previous is not None and decision.previous != decision.version:
         previous = str(decision.previous)
         client.set_model_version_tag(name, previous, SUPERSEDED_AT, decision.at)
         client.set_model_version_tag(name, previous, SUPERSEDED_BY, version)
-    for number, (note, status) in decision.notes().items():
-        append_to_version(client, name, number, note, status)
+        blocked = decision.blocks_previous()
+        if blocked:
+            client.set_model_version_tag(name, previous, BLOCKED, blocked[:1000])
     if decision.legacy_stage:
         _set_legacy_stage(client, name, decision.version)
+
+
+def write_journal(client: MlflowClient, decision: Decision) -> None:
+    """Record ``decision`` on the registered model before any alias moves."""
+    fields = asdict(decision)
+    fields["reason"] = fields["reason"][:1000]
+    fields["smoke_check"] = fields["smoke_check"][:1000]
+    client.set_registered_model_tag(decision.name, JOURNAL, json.dumps(fields))
+
+
+def read_journal(client: MlflowClient, name: str) -> Decision | None:
+    """The move a crash interrupted (None when the last one finished)."""
+    text = client.get_registered_model(name).tags.get(JOURNAL)
+    if not text:
+        return None
+    try:
+        return Decision(**json.loads(text))
+    except (TypeError, ValueError) as exc:
+        log.warning("ignoring an unreadable %s tag on %s: %s", JOURNAL, name, exc)
+        return None
+
+
+def complete_interrupted_move(client: MlflowClient, name: str) -> Decision | None:
+    """Finish the alias move a crash interrupted (call it holding the lock); returns it.
+
+    ``production`` is written first: when it holds the journal's version, the move happened
+    and its ``previous-production`` and tags are written again; otherwise it never did, and
+    the journal is dropped. The descriptions' lines of that move may be missing.
+    """
+    pending = read_journal(client, name)
+    if pending is None:
+        return None
+    holder = alias_holder(client, name, PRODUCTION)
+    if holder is not None and int(holder.version) == pending.version:
+        log.warning(
+            "completing an interrupted %s of %s version %s (was version %s)",
+            pending.action,
+            name,
+            pending.version,
+            pending.previous,
+        )
+        if pending.previous is not None:
+            client.set_registered_model_alias(name, PREVIOUS_PRODUCTION, str(pending.previous))
+        _record_tags(client, pending)
+    else:
+        log.warning(
+            "an interrupted %s of %s version %s never moved %s; nothing to complete",
+            pending.action,
+            name,
+            pending.version,
+            PRODUCTION,
+        )
+    client.delete_registered_model_tag(name, JOURNAL)
+    return pending
 
 
 def _set_legacy_stage(client: MlflowClient, name: str, version: int) -> None:
@@ -536,25 +677,31 @@ def promotion_lock(
     """Hold the promotion lock of ``name`` for the duration of the block.
 
     The lock is a registered model ``<name>.promotion-lock``: creating a registered model
-    fails atomically when one of that name exists, in sqlite and behind a server alike.
-    A lock older than ``stale_after`` seconds (a crashed promotion) is broken. Waits up to
-    ``timeout`` seconds, then raises :class:`UserError`.
+    fails atomically when one of that name exists, in sqlite and behind a server alike. Its
+    tags name the holder (a random ``token``, the host and pid); while the block runs, a
+    heartbeat updates its description every ``stale_after / 4`` seconds. A waiter breaks it
+    when its holder process on this host is gone, or when the store's stamps on it stood
+    still for ``stale_after`` seconds. Only the holder whose token it carries deletes it.
+    Waits up to ``timeout`` seconds, then raises :class:`UserError`.
     """
     lock = name + LOCK_SUFFIX
-    holder = f"{current_user()}@{socket.gethostname()} pid {os.getpid()}"
+    token = uuid.uuid4().hex
+    tags = {
+        "holder": f"{current_user()}@{socket.gethostname()} pid {os.getpid()}",
+        "token": token,
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+    }
     deadline = time.monotonic() + timeout
+    watch = _StaleWatch(stale_after)
     while True:
         try:
-            client.create_registered_model(
-                lock,
-                tags={"holder": holder},
-                description=f"Held while a promotion of {name} runs; deleted when it ends.",
-            )
+            client.create_registered_model(lock, tags=tags, description=_lock_text(name, 0))
             break
         except Exception as exc:
             if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
                 raise
-        if _break_if_stale(client, lock, stale_after):
+        if _break_if_stale(client, lock, watch):
             continue
         if time.monotonic() > deadline:
             raise UserError(
@@ -562,29 +709,121 @@ def promotion_lock(
                 f"{lock}); wait for it and retry, or delete {lock} if no promotion is running"
             )
         time.sleep(0.1 + random.random() * 0.2)
+    heartbeat = _Heartbeat(client, name, token, stale_after / 4)
     try:
         yield
     finally:
-        try:
-            client.delete_registered_model(lock)
-        except Exception as exc:  # the block's own error matters more
+        heartbeat.stop()
+        _release(client, lock, token)
+
+
+def _lock_text(name: str, beat: int) -> str:
+    return f"Held while a promotion of {name} runs; deleted when it ends (heartbeat {beat})."
+
+
+class _Heartbeat:
+    """Update the lock's description every ``interval`` seconds while its token is ours, so
+    that the store stamps it (``last_updated_timestamp``, the store's own clock)."""
+
+    def __init__(self, client: MlflowClient, name: str, token: str, interval: float) -> None:
+        self.client, self.name, self.token = client, name, token
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.thread = None
+        if interval > 0:
+            self.thread = threading.Thread(target=self._beat, name="promotion-lock", daemon=True)
+            self.thread.start()
+
+    def _beat(self) -> None:
+        lock, beat = self.name + LOCK_SUFFIX, 0
+        while not self.stopped.wait(self.interval):
+            beat += 1
+            try:
+                if self.client.get_registered_model(lock).tags.get("token") != self.token:
+                    log.warning("the promotion lock %s was broken while this promotion ran", lock)
+                    return
+                self.client.update_registered_model(lock, _lock_text(self.name, beat))
+            except Exception as exc:  # the next beat tries again; the promotion goes on
+                log.warning("could not refresh the promotion lock %s: %s", lock, exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _release(client: MlflowClient, lock: str, token: str) -> None:
+    """Delete the lock if it is still this holder's (a lock broken meanwhile is not)."""
+    try:
+        held = client.get_registered_model(lock)
+        if held.tags.get("token") != token:
+            log.warning(
+                "the promotion lock %s was broken while this promotion ran; it is held by %s "
+                "now, and left to it",
+                lock,
+                held.tags.get("holder", "another promotion"),
+            )
+            return
+        client.delete_registered_model(lock)
+    except Exception as exc:  # the block's own error matters more
+        if error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+            log.warning("the promotion lock %s was broken while this promotion ran", lock)
+        else:
             log.warning("could not release the promotion lock %s: %s", lock, exc)
 
 
-def _break_if_stale(client: MlflowClient, lock: str, stale_after: float) -> bool:
+class _StaleWatch:
+    """A waiter's view of the lock: how long the store's stamps on it have stood still,
+    counted on this process's monotonic clock (the store's and ours are never compared)."""
+
+    def __init__(self, stale_after: float) -> None:
+        self.stale_after = stale_after
+        self.seen: tuple | None = None
+        self.since = 0.0
+
+    def is_stale(self, model) -> bool:
+        mark = (
+            model.creation_timestamp,
+            model.last_updated_timestamp,
+            model.description,
+            model.tags.get("token"),
+        )
+        now = time.monotonic()
+        if mark != self.seen:
+            self.seen, self.since = mark, now
+        return _holder_gone(model.tags) or now - self.since > self.stale_after
+
+
+def _holder_gone(tags: dict[str, str]) -> bool:
+    """True when the lock's holder was a process on this host that no longer exists."""
+    if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
+        return False
+    try:
+        os.kill(int(tags["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, another user's
+        return False
+    return False
+
+
+def _break_if_stale(client: MlflowClient, lock: str, watch: _StaleWatch) -> bool:
     try:
         model = client.get_registered_model(lock)
     except Exception as exc:
         if error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
             return True  # released meanwhile: try again at once
         raise
-    age = time.time() - model.creation_timestamp / 1000
-    if age <= stale_after:
+    if not watch.is_stale(model):
         return False
-    log.warning("breaking the promotion lock %s, held %.0f s by %s", lock, age, model.tags)
+    log.warning("breaking the stale promotion lock %s of %s", lock, model.tags)
     try:
         # Delete only the lock seen stale, not one a faster waiter has just taken.
-        if client.get_registered_model(lock).creation_timestamp == model.creation_timestamp:
+        now = client.get_registered_model(lock)
+        if (now.creation_timestamp, now.tags.get("token")) == (
+            model.creation_timestamp,
+            model.tags.get("token"),
+        ):
             client.delete_registered_model(lock)
     except Exception as exc:
         if error_code(exc) != "RESOURCE_DOES_NOT_EXIST":

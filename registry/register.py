@@ -41,11 +41,29 @@ def register_described(
     """Register ``model_uri`` as a version of ``model_name`` (with ``tags``), describe it
     (the registered model once, with ``model_text``; the version with ``version_text``, see
     :mod:`registry.descriptions`), and tag the active run with the version. Every kind of
-    classifier registers through here. Returns the ``ModelVersion``."""
-    version = register_classifier(model_uri, model_name=model_name, tags=tags)
+    classifier registers through here. Returns the ``ModelVersion``.
+
+    Idempotent per run: when the active run already registered a version of
+    ``model_name`` (a kill stopped it half-way and the run was resumed), that version is
+    completed (its tags and description written) instead of registering a second one."""
     client = mlflow.MlflowClient()
+    run = mlflow.active_run()
+    version = version_of_run(model_name, run.info.run_id) if run is not None else None
+    if version is None:
+        version = register_classifier(model_uri, model_name=model_name, tags=tags)
+    else:
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version.version, key, str(value))
     set_model_description_if_empty(client, model_name, model_text)
     client.update_model_version(model_name, version.version, description=version_text)
     if mlflow.active_run() is not None:
         mlflow.set_tags({"registered_model": model_name, "registered_version": version.version})
     return version
+
+
+def version_of_run(model_name: str, run_id: str):
+    """The first version of ``model_name`` that run ``run_id`` registered, or None."""
+    found = mlflow.MlflowClient().search_model_versions(
+        f"name = '{model_name}' and run_id = '{run_id}'"
+    )
+    return min(found, key=lambda v: int(v.version)) if found else None

@@ -9,8 +9,16 @@ Writes:
                                          JPEG quality 90, written to a temporary name and
                                          renamed, so an interruption never leaves half a file
     <out>/images/report_<size>.json      the run's counts and the list of failures
-Images already done (output present, non-empty and not older than its input) are skipped, so
-an interrupted run resumes. A broken file is counted and listed, never fatal.
+    <out>/images/manifest_<size>.json    each output's key: its source's content (SHA-256),
+                                         the size and the normalisation's code digest
+    <out>/images/complete_<size>.json    written last; removed when a run starts on that
+                                         size, so ``auto`` sizes never read a half-written
+                                         folder (clean_data.cleaned_sizes)
+An image is skipped only when its output is there, non-empty, not older than its source and
+made under the same key, so an interrupted run resumes, while a source replaced by other
+bytes (even with an older mtime: ``cp -p``, ``rsync -a``, ``tar``) or a change to the
+normalisation code redoes it. Outputs of images no longer in the raw export, and of images
+that no longer normalise, are removed. A broken file is counted and listed, never fatal.
 Logs one MLflow run ``clean_images``: params size, workers (as asked, 0 = every core) and
 processes (as used), raw, out; metrics done, failed, skipped, total, seconds,
 images_per_second; the failures list as ``failures.json``.
@@ -19,6 +27,7 @@ images_per_second; the failures list as ``failures.json``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -32,11 +41,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from clean_data import IMAGES_DIR, image_folder
+from clean_data import IMAGES_DIR, complete_marker, image_folder
 from cli import UserError
+from marketplace_models import imaging
 from marketplace_models.imaging import load_normalized
 from steps import runtime
-from steps.runtime import cli, log_params, start_run
+from steps.runtime import cli, file_sha256, log_params, start_run
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +86,62 @@ def is_done(source: Path, target: Path) -> bool:
     except FileNotFoundError:
         return False
     return made.st_size > 0 and made.st_mtime >= source.stat().st_mtime
+
+
+def normalisation_digest() -> str:
+    """What decides an output's bytes besides its source and size: the normalisation's
+    module (:mod:`marketplace_models.imaging`), the JPEG quality and Pillow's version."""
+    import PIL
+
+    digest = hashlib.sha256(Path(imaging.__file__).read_bytes())
+    digest.update(f"quality={JPEG_QUALITY} pillow={PIL.__version__}".encode())
+    return digest.hexdigest()
+
+
+def output_key(source: Path, size: int, code: str) -> str:
+    """The key an output is made under: its source's content, the size and ``code``."""
+    return hashlib.sha256(f"{file_sha256(source)}:{size}:{code}".encode()).hexdigest()
+
+
+def manifest_path(out: Path, size: int) -> Path:
+    return Path(out) / IMAGES_DIR / f"manifest_{size}.json"
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    """image id -> the key its output was made under; empty when absent or unreadable."""
+    try:
+        keys = json.loads(path.read_text()).get("keys", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return keys if isinstance(keys, dict) else {}
+
+
+def write_manifest(path: Path, keys: dict[str, str]) -> None:
+    """Write the manifest atomically (temporary name, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"keys": dict(sorted(keys.items()))}, indent=1))
+    os.replace(tmp, path)
+
+
+def remove_stale_outputs(target_dir: Path, image_ids: set[str]) -> int:
+    """Delete the outputs of images no longer in the raw export; returns how many."""
+    stale = [path for path in target_dir.glob("*.jpg") if path.stem not in image_ids]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def plan_jobs(
+    sources: Sequence[Path], target_dir: Path, known: dict[str, str], keys: dict[str, str]
+) -> list[Job]:
+    """The images to (re)do: any whose output is missing, empty, older than its source or
+    made under another key than ``keys`` gives it now."""
+    jobs: list[Job] = []
+    for source in sources:
+        target = target_dir / f"{source.stem}.jpg"
+        if known.get(source.stem) != keys[source.stem] or not is_done(source, target):
+            jobs.append((source.stem, str(source), str(target)))
+    return jobs
 
 
 def normalize_file(source: str, target: str, size: int) -> None:
@@ -140,9 +206,9 @@ def run_jobs(
     Chunks are submitted a few per worker (``workers``) at a time, so memory stays flat for
     any number of images and an interrupt stops promptly.
     """
-    if pool is None:
-        for chunk in chunked(jobs, CHUNK):
-            yield from normalize_chunk(chunk, size)
+    if pool is None:  # one at a time: an interrupt loses no outcome of a file written
+        for job in jobs:
+            yield from normalize_chunk([job], size)
         return
     pending: set[Future[list[Outcome]]] = set()
     in_flight = 4 * max(workers, 1)
@@ -211,48 +277,52 @@ def clean_images(
 def normalize_all(
     raw: Path, out: Path, images_dir: Path, size: int, workers: int
 ) -> tuple[dict[str, Any], int]:
-    """The work of :func:`clean_images`, without MLflow: its stats and the processes used."""
-    from tqdm import tqdm
+    """The work of :func:`clean_images`, without MLflow: its stats and the processes used.
 
+    The size folder is marked incomplete (its completion marker removed) before anything is
+    written, and complete again only once every image is done or listed as failed.
+    """
     cores = workers or os.cpu_count() or 1
     sources = list_images(images_dir)
     target_dir = image_folder(out, size)
+    marker = complete_marker(out, size)
+    marker.unlink(missing_ok=True)
     target_dir.mkdir(parents=True, exist_ok=True)
 
-    jobs: list[Job] = []
-    for source in sources:
-        target = target_dir / f"{source.stem}.jpg"
-        if not is_done(source, target):
-            jobs.append((source.stem, str(source), str(target)))
+    code = normalisation_digest()
+    keys = {source.stem: output_key(source, size, code) for source in sources}
+    manifest = manifest_path(out, size)
+    known = read_manifest(manifest)
+    removed = remove_stale_outputs(target_dir, set(keys))
+    jobs = plan_jobs(sources, target_dir, known, keys)
     skipped = len(sources) - len(jobs)
     log.info(
-        "%d images in %s: %d to do, %d already done", len(sources), images_dir, len(jobs), skipped
+        "%d images in %s: %d to do, %d already done, %d stale outputs removed",
+        len(sources),
+        images_dir,
+        len(jobs),
+        skipped,
+        removed,
     )
-
+    to_do = {image_id for image_id, _, _ in jobs}
+    made = {stem: key for stem, key in keys.items() if stem not in to_do}  # the skipped ones
     started = time.perf_counter()
-    failures: list[dict[str, str]] = []
-    done = 0
     processes = cores if len(jobs) > CHUNK else 1  # a pool is not worth one chunk
-    with (
-        worker_pool(processes) as pool,
-        tqdm(total=len(jobs), unit="img", desc=f"clean_images {size}px", disable=None) as bar,
-    ):
-        for image_id, error in run_jobs(jobs, size, pool, processes):
-            if error is None:
-                done += 1
-            else:
-                failures.append({"image_id": image_id, "error": error})
-            bar.update()
+    try:
+        failures = normalize_jobs(jobs, size, processes, made, keys)
+    finally:
+        write_manifest(manifest, made)
     seconds = time.perf_counter() - started
     files = {stem: path for stem, path, _ in jobs}
     for failure in failures:
         failure["file"] = os.path.relpath(files[failure["image_id"]], raw)
         log.warning("cannot normalise %s: %s", failure["file"], failure["error"])
-
+    done = len(jobs) - len(failures)
     stats: dict[str, Any] = {
         "done": done,
         "failed": len(failures),
         "skipped": skipped,
+        "removed": removed,
         "total": len(sources),
         "seconds": round(seconds, 3),
         "images_per_second": round(done / seconds, 2) if seconds > 0 and done else 0.0,
@@ -266,7 +336,32 @@ def normalize_all(
         "out": str(target_dir),
     }
     (out / IMAGES_DIR / f"report_{size}.json").write_text(json.dumps(report, indent=2))
+    marker.write_text(json.dumps({"size": size, "code": code, "images": len(made)}) + "\n")
     return stats, processes
+
+
+def normalize_jobs(
+    jobs: Sequence[Job], size: int, processes: int, made: dict[str, str], keys: dict[str, str]
+) -> list[dict[str, str]]:
+    """Run ``jobs`` on ``processes``, recording each image done into ``made`` (its key) as
+    it finishes; a failed image's old output is removed. Returns the failures."""
+    from tqdm import tqdm
+
+    failures: list[dict[str, str]] = []
+    targets = {stem: target for stem, _, target in jobs}
+    with (
+        worker_pool(processes) as pool,
+        tqdm(total=len(jobs), unit="img", desc=f"clean_images {size}px", disable=None) as bar,
+    ):
+        for image_id, error in run_jobs(jobs, size, pool, processes):
+            if error is None:
+                made[image_id] = keys[image_id]
+            else:
+                made.pop(image_id, None)
+                Path(targets[image_id]).unlink(missing_ok=True)
+                failures.append({"image_id": image_id, "error": error})
+            bar.update()
+    return failures
 
 
 def log_stats(stats: dict[str, Any]) -> None:
@@ -276,7 +371,15 @@ def log_stats(stats: dict[str, Any]) -> None:
     mlflow.log_metrics(
         {
             key: stats[key]
-            for key in ("done", "failed", "skipped", "total", "seconds", "images_per_second")
+            for key in (
+                "done",
+                "failed",
+                "skipped",
+                "removed",
+                "total",
+                "seconds",
+                "images_per_second",
+            )
         }
     )
     mlflow.log_dict({"failures": stats["failures"]}, "failures.json")

@@ -32,12 +32,19 @@ would be without it):
 
 Everything is deterministic for a seed.
 
-Reads: nothing. Writes: ``<out>/Products.csv``, ``<out>/Images.csv``, ``<out>/images/``.
+Reads: nothing. Writes: ``<out>/Products.csv``, ``<out>/Images.csv``, ``<out>/images/`` and
+``<out>/.demo_data.json`` (the marker: the export is synthetic, how it was made, and each
+image's key and SHA-256). An image already there is kept only when it was drawn under the
+same key (its spec and this module's code) and still has the bytes drawn then; other files in
+``images/`` are removed. ``<out>`` must be empty
+or a demo export: over an ingested export (``.ingest.json``) or any other export the step
+refuses, naming the folder, unless ``--force true``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import logging
@@ -58,13 +65,22 @@ from tqdm import tqdm
 from cli import UserError
 from steps import runtime
 from steps.clean_tabular import IMAGE_COLUMNS, PRODUCT_COLUMNS
-from steps.runtime import cli, log_params, non_negative_int, positive_int, start_run
+from steps.raw_export import DEMO_MARKER, INGEST_MARKER
+from steps.runtime import (
+    cli,
+    file_sha256,
+    log_params,
+    non_negative_int,
+    positive_int,
+    start_run,
+    str_to_bool,
+)
 
 log = logging.getLogger(__name__)
 
 IMAGE_SIZES = [(768, 1024), (1024, 768), (600, 800), (1024, 1024), (800, 600), (640, 480)]
 JPEG_QUALITY = 85
-MARKER = ".demo_data.json"  # written beside the export: says it is synthetic, and how it was made
+MARKER = DEMO_MARKER  # written beside the export: says it is synthetic, and how it was made
 
 
 @dataclass(frozen=True)
@@ -444,8 +460,6 @@ def _write_images(folder: Path, specs: Sequence[ImageSpec]) -> int:
     written = 0
     for spec in specs:
         path = folder / f"{spec.image_id}.jpg"
-        if path.exists():
-            continue
         data = _encode(spec)
         partial = path.with_suffix(".jpg.part")
         partial.write_bytes(data)
@@ -605,28 +619,102 @@ def write_products_csv(table: pd.DataFrame, path: Path) -> None:
     path.write_text(header + body, encoding="utf-8")
 
 
-def make_export(out: Path, products: int = 2000, seed: int = 0, workers: int = 0) -> dict:
-    """Write a synthetic export to ``out``; returns counts. Existing images are kept."""
+def code_digest() -> str:
+    """A digest of this module: a change to how images are drawn redraws them."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def image_key(spec: ImageSpec, code: str) -> str:
+    """What an image file is drawn from: its spec and this module's code."""
+    return hashlib.sha256(f"{spec}:{code}".encode()).hexdigest()
+
+
+def refuse_foreign_export(out: Path, force: bool) -> None:
+    """A :class:`UserError` when ``out`` holds an export that demo_data did not write (an
+    ingested one, or any other), unless ``force``; with ``force`` it stops being ingested."""
+    ingested = (out / INGEST_MARKER).exists()
+    foreign = ingested or ((out / "Products.csv").exists() and not (out / MARKER).exists())
+    if not foreign:
+        return
+    what = "an ingested export" if ingested else "an export demo_data did not write"
+    if not force:
+        raise UserError(
+            f"{out} holds {what}: demo_data never writes a synthetic export over it; pass "
+            "another --out (or main's --raw), or --force true to replace it"
+        )
+    log.warning("--force: replacing %s in %s with a synthetic export", what, out)
+    (out / INGEST_MARKER).unlink(missing_ok=True)
+
+
+def is_current(
+    images_dir: Path, spec: ImageSpec, keys: dict[str, str], known: dict[str, dict]
+) -> bool:
+    """Whether ``spec``'s file is there as it was drawn under the same key (same bytes)."""
+    path = images_dir / f"{spec.image_id}.jpg"
+    recorded = known.get(spec.image_id)
+    return (
+        isinstance(recorded, dict)
+        and recorded.get("key") == keys[spec.image_id]
+        and path.is_file()
+        and recorded.get("sha256") == file_sha256(path)
+    )
+
+
+def recorded_keys(out: Path) -> dict[str, dict]:
+    """image id -> {key, sha256}, as the marker of the last export into ``out`` has them."""
+    try:
+        keys = json.loads((out / MARKER).read_text()).get("images", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return keys if isinstance(keys, dict) else {}
+
+
+def remove_stale_images(images_dir: Path, wanted: set[str]) -> int:
+    """Delete the files in ``images_dir`` that this export does not hold; returns how many."""
+    stale = [path for path in images_dir.iterdir() if path.is_file() and path.name not in wanted]
+    for path in stale:
+        path.unlink()
+    return len(stale)
+
+
+def make_export(
+    out: Path, products: int = 2000, seed: int = 0, workers: int = 0, *, force: bool = False
+) -> dict:
+    """Write a synthetic export to ``out``; returns counts. Images already drawn under the
+    same key are kept, any other file in ``images/`` is removed."""
     if products < 1:
         raise UserError(f"--products must be at least 1, got {products}")
     out = Path(out)
+    refuse_foreign_export(out, force)
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     products_table, images_table, specs = build_tables(products, seed)
+    code = code_digest()
+    keys = {spec.image_id: image_key(spec, code) for spec in specs}
+    known = recorded_keys(out)
+    (out / MARKER).unlink(missing_ok=True)  # until the end, the images may not match it
+    remove_stale_images(images_dir, {f"{spec.image_id}.jpg" for spec in specs})
     write_products_csv(products_table, out / "Products.csv")
     images_table.to_csv(out / "Images.csv", index=True, lineterminator="\n")
-
+    kept = [spec for spec in specs if is_current(images_dir, spec, keys, known)]
+    keep = set(kept)
+    to_draw = [spec for spec in specs if spec not in keep]
     workers = workers or os.cpu_count() or 1
-    chunk = max(1, min(64, len(specs) // (workers * 4) or 1))
-    chunks = [specs[i : i + chunk] for i in range(0, len(specs), chunk)]
+    chunk = max(1, min(64, len(to_draw) // (workers * 4) or 1))
+    chunks = [to_draw[i : i + chunk] for i in range(0, len(to_draw), chunk)]
     written = 0
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(_write_images, images_dir, part) for part in chunks]
-        with tqdm(total=len(specs), desc="demo images", unit="img", disable=None) as bar:
+        with tqdm(total=len(to_draw), desc="demo images", unit="img", disable=None) as bar:
             for future, part in zip(futures, chunks, strict=True):
                 written += future.result()
                 bar.update(len(part))
-    (out / MARKER).write_text(json.dumps({"products": products, "seed": seed}) + "\n")
+    drawn = {
+        image_id: {"key": key, "sha256": file_sha256(images_dir / f"{image_id}.jpg")}
+        for image_id, key in keys.items()
+    }
+    marker = {"products": products, "seed": seed, "images": drawn}
+    (out / MARKER).write_text(json.dumps(marker) + "\n")
     counts = {
         "products": len(products_table),
         "images_rows": len(images_table),
@@ -655,6 +743,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=non_negative_int, default=0, help="processes (0 = all cores)"
     )
+    parser.add_argument(
+        "--force",
+        type=str_to_bool,
+        default=False,
+        help="replace an ingested (or any other) export in --out with a synthetic one",
+    )
     return parser
 
 
@@ -664,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     with start_run("demo_data"):
         log_params({"out": str(args.out), "products": args.products, "seed": args.seed})
-        counts = make_export(args.out, args.products, args.seed, args.workers)
+        counts = make_export(args.out, args.products, args.seed, args.workers, force=args.force)
         mlflow.log_metrics({k: float(v) for k, v in counts.items()})
 
 

@@ -4,13 +4,22 @@ Reads: ``--source``, a local folder or ``s3://bucket/prefix`` holding the raw la
 (``Products.csv``, ``Images.csv``, ``images/``). Nothing else under the source is copied,
 and the source is never modified.
 
-Writes: ``<out>/Products.csv``, ``<out>/Images.csv``, ``<out>/images/...`` and one MLflow
-run ("ingest") with the file and byte counts (downloaded, skipped, total) as metrics and
-``manifest.json`` (every file with its size) as an artifact.
+Writes: ``<out>/Products.csv``, ``<out>/Images.csv``, ``<out>/images/...``, the manifest
+``<out>/.ingest.json`` (the source, every file with its size, source version and SHA-256, and
+the files removed) and one MLflow run ("ingest") with the file and byte counts (downloaded,
+skipped, removed, total) as metrics and the same manifest as ``manifest.json``.
 
-Downloads run in parallel (``--workers`` threads). A file already in ``<out>`` with the
-source's size is skipped, and every file is written to ``<name>.part`` first and renamed
-when complete, so running ingest again after an interruption fetches only what is missing.
+``<out>`` mirrors the source. A file is skipped only when its content is the source's: for a
+local source the SHA-256 of both (sizes and mtimes lie: an edit may keep the size, ``cp -p``
+keeps the mtime); for S3 the object's ETag recorded in ``.ingest.json`` when it was fetched,
+and the file still hashing as it did then. Files of the layout that the source no longer
+holds (a photo re-exported as ``X.png`` leaves ``X.jpg``) are removed and listed in the
+manifest. The manifest also marks ``<out>`` as an ingested export: ingest removes
+demo_data's marker, and ``demo_data`` and ``main`` never write a synthetic export over it.
+
+Downloads run in parallel (``--workers`` threads). Every file is written to ``<name>.part``
+first and renamed when complete, and the manifest is written even when some files failed,
+so running ingest again after an interruption fetches only what is missing.
 
 S3 endpoint: boto3 reads ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` itself (MinIO,
 moto, any S3-compatible store); when neither is set, ``MLFLOW_S3_ENDPOINT_URL`` is used, so
@@ -21,6 +30,8 @@ the usual AWS chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROF
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -32,13 +43,15 @@ from pathlib import Path, PurePosixPath
 
 from cli import UserError
 from steps import runtime
-from steps.runtime import cli, log_params, positive_int, start_run
+from steps.raw_export import DEMO_MARKER, INGEST_MARKER
+from steps.runtime import cli, file_sha256, log_params, positive_int, start_run
 
 log = logging.getLogger(__name__)
 
 TABLES = ("Products.csv", "Images.csv")
 IMAGES_DIR = "images"
 PART_SUFFIX = ".part"
+MARKER = INGEST_MARKER  # the manifest beside the export: says it was ingested, and from where
 CONNECT_TIMEOUT_S = 3
 READ_TIMEOUT_S = 30
 MAX_ATTEMPTS = 2
@@ -46,10 +59,12 @@ MAX_ATTEMPTS = 2
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file of the export: its path relative to the export root, and its size."""
+    """One file of the export: its path relative to the export root, its size, and what
+    names its content (``sha256:<hex>`` for a local file, ``etag:<ETag>`` for an S3 object)."""
 
     path: str
     size: int
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,15 +122,20 @@ def list_local(root: Path) -> list[SourceFile]:
     files = []
     for name in TABLES:
         if (root / name).is_file():
-            files.append(SourceFile(name, (root / name).stat().st_size))
+            files.append(local_file(root, name))
     images = root / IMAGES_DIR
     if images.is_dir():
         for path in sorted(images.rglob("*")):
             relative = path.relative_to(root).as_posix()
             if path.is_file() and in_layout(relative):
-                files.append(SourceFile(relative, path.stat().st_size))
+                files.append(local_file(root, relative))
     check_layout(files, str(root))
     return files
+
+
+def local_file(root: Path, relative: str) -> SourceFile:
+    path = root / relative
+    return SourceFile(relative, path.stat().st_size, f"sha256:{file_sha256(path)}")
 
 
 def s3_endpoint() -> str | None:
@@ -185,11 +205,13 @@ def list_s3(client, location: S3Location) -> list[SourceFile]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     prefix = location.prefix + "/" if location.prefix else ""
-    keys: list[tuple[str, int]] = []
+    keys: list[tuple[str, int, str]] = []
     try:
         paginator = client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=location.bucket, Prefix=prefix):
-            keys.extend((obj["Key"], obj["Size"]) for obj in page.get("Contents", []))
+            keys.extend(
+                (obj["Key"], obj["Size"], obj.get("ETag", "")) for obj in page.get("Contents", [])
+            )
     except (BotoCoreError, ClientError) as exc:
         raise explain_s3_error(exc, location) from None
     if not keys:
@@ -198,8 +220,8 @@ def list_s3(client, location: S3Location) -> list[SourceFile]:
             "(the prefix is the folder holding Products.csv)"
         )
     files = [
-        SourceFile(key[len(prefix) :], size)
-        for key, size in keys
+        SourceFile(key[len(prefix) :], size, f"etag:{etag}")
+        for key, size, etag in keys
         if not key.endswith("/") and in_layout(key[len(prefix) :])
     ]
     check_layout(files, location.uri)
@@ -221,14 +243,87 @@ def check_out(source_root: Path | None, out: Path) -> None:
         )
 
 
-def plan(files: Iterable[SourceFile], out: Path) -> tuple[list[SourceFile], list[SourceFile]]:
-    """Split ``files`` into (to fetch, to skip): skip what ``out`` has at the same size."""
-    fetch, skip = [], []
+def read_marker(out: Path) -> dict:
+    """``<out>/.ingest.json`` as a dict; empty when absent or unreadable."""
+    try:
+        marker = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def write_marker(out: Path, manifest: dict) -> None:
+    """Write ``<out>/.ingest.json`` atomically (not at all when it says that already)."""
+    text = json.dumps(manifest, indent=1) + "\n"
+    with contextlib.suppress(OSError):
+        if (out / MARKER).read_text() == text:
+            return
+    part = out / (MARKER + PART_SUFFIX)
+    part.write_text(text)
+    os.replace(part, out / MARKER)
+
+
+def recorded_files(out: Path) -> dict[str, dict]:
+    """What the last ingest into ``out`` recorded: path -> {version, sha256}."""
+    entries = read_marker(out).get("files", [])
+    return {
+        e["path"]: {"version": e.get("version"), "sha256": e.get("sha256")}
+        for e in entries
+        if isinstance(e, dict) and "path" in e
+    }
+
+
+def is_current(item: SourceFile, target: Path, recorded: dict) -> str | None:
+    """The SHA-256 of ``target`` when it holds ``item``'s content, else None.
+
+    A local source's version is its SHA-256, compared directly; an S3 object's ETag is
+    compared with the one recorded when the file was fetched, the file still hashing as then.
+    """
+    if not target.is_file() or target.stat().st_size != item.size:
+        return None
+    digest = file_sha256(target)
+    if item.version == f"sha256:{digest}":
+        return digest
+    entry = recorded.get(item.path, {})
+    if item.version.startswith("etag:") and entry == {"version": item.version, "sha256": digest}:
+        return digest
+    return None
+
+
+def plan(
+    files: Iterable[SourceFile], out: Path, recorded: dict | None = None
+) -> tuple[list[SourceFile], dict[str, str]]:
+    """Split ``files`` into the ones to fetch and the ones ``out`` holds already (path ->
+    SHA-256); ``recorded`` is the last manifest's path -> {version, sha256}."""
+    fetch, current = [], {}
     for item in files:
-        target = out / item.path
-        done = target.is_file() and target.stat().st_size == item.size
-        (skip if done else fetch).append(item)
-    return fetch, skip
+        digest = is_current(item, out / item.path, recorded or {})
+        if digest is None:
+            fetch.append(item)
+        else:
+            current[item.path] = digest
+    return fetch, current
+
+
+def layout_files(out: Path) -> list[str]:
+    """The layout's files in ``out`` (relative paths), ``.part`` files and dotfiles aside."""
+    found = [name for name in TABLES if (out / name).is_file()]
+    images = out / IMAGES_DIR
+    if images.is_dir():
+        for path in images.rglob("*"):
+            relative = path.relative_to(out).as_posix()
+            if path.is_file() and in_layout(relative):
+                found.append(relative)
+    return sorted(found)
+
+
+def remove_gone(out: Path, files: Sequence[SourceFile]) -> list[str]:
+    """Delete the layout's files in ``out`` that the source no longer holds; return them."""
+    wanted = {item.path for item in files}
+    gone = [relative for relative in layout_files(out) if relative not in wanted]
+    for relative in gone:
+        (out / relative).unlink(missing_ok=True)
+    return gone
 
 
 def fetch_atomically(fetch_one: Callable[[Path], None], target: Path) -> None:
@@ -292,10 +387,10 @@ def s3_fetcher(client, location: S3Location) -> Callable[[SourceFile, Path], Non
 
 
 def ingest(source: str, out: Path, *, workers: int = 16) -> dict:
-    """Copy the raw export at ``source`` (folder or ``s3://bucket/prefix``) into ``out``.
+    """Mirror the raw export at ``source`` (folder or ``s3://bucket/prefix``) into ``out``.
 
     Returns the counts logged to MLflow: files and bytes downloaded, skipped and in total,
-    and ``seconds``.
+    files removed, and ``seconds``.
     """
     source = str(source).strip()
     out = Path(out)
@@ -312,14 +407,14 @@ def ingest(source: str, out: Path, *, workers: int = 16) -> dict:
         files = list_local(root)
         check_out(root, out)
         fetch_one = local_fetcher(root)
-    fetch, skip = plan(files, out)
+    fetch, current = plan(files, out, recorded_files(out))
     log.info(
         "%s: %d files (%s); %d to fetch, %d already in %s",
         source,
         len(files),
         human_bytes(sum(f.size for f in files)),
         len(fetch),
-        len(skip),
+        len(current),
         out,
     )
 
@@ -328,28 +423,28 @@ def ingest(source: str, out: Path, *, workers: int = 16) -> dict:
 
         log_params({"source": source, "out": str(out), "workers": workers})
         out.mkdir(parents=True, exist_ok=True)
+        mark_ingested(out, source, files, current)
+        skipped = [f for f in files if f.path in current]
+        removed = remove_gone(out, files)
         failures = run_parallel(fetch, fetch_one, out, workers)
         failed = {path for path, _ in failures}
         fetched = [f for f in fetch if f.path not in failed]
+        current.update({f.path: file_sha256(out / f.path) for f in fetched})
+        manifest = build_manifest(source, files, current, removed, failures)
+        write_marker(out, manifest)
         summary = {
             "files_total": len(files),
             "files_downloaded": len(fetched),
-            "files_skipped": len(skip),
+            "files_skipped": len(skipped),
             "files_failed": len(failures),
+            "files_removed": len(removed),
             "bytes_total": sum(f.size for f in files),
             "bytes_downloaded": sum(f.size for f in fetched),
-            "bytes_skipped": sum(f.size for f in skip),
+            "bytes_skipped": sum(f.size for f in skipped),
             "seconds": round(time.perf_counter() - started, 3),
         }
         mlflow.log_metrics(summary)
-        mlflow.log_dict(
-            {
-                "source": source,
-                "files": [{"path": f.path, "size": f.size} for f in files],
-                "failed": [{"path": p, "error": e} for p, e in failures],
-            },
-            "manifest.json",
-        )
+        mlflow.log_dict(manifest, "manifest.json")
         summary["run_id"] = active.info.run_id
         if failures:
             path, error = failures[0]
@@ -359,14 +454,45 @@ def ingest(source: str, out: Path, *, workers: int = 16) -> dict:
             )
     remove_leftover_parts(out)
     log.info(
-        "ingest done: %d fetched (%s), %d skipped, in %.1f s -> %s",
+        "ingest done: %d fetched (%s), %d skipped, %d removed, in %.1f s -> %s",
         summary["files_downloaded"],
         human_bytes(summary["bytes_downloaded"]),
         summary["files_skipped"],
+        summary["files_removed"],
         summary["seconds"],
         out,
     )
     return summary
+
+
+def build_manifest(
+    source: str,
+    files: Sequence[SourceFile],
+    current: dict[str, str],
+    removed: Sequence[str],
+    failures: Sequence[tuple[str, str]],
+) -> dict:
+    """The manifest: every source file (with its SHA-256 in ``out`` once there), the files
+    removed because the source no longer holds them, and the failures."""
+    return {
+        "source": source,
+        "files": [
+            {"path": f.path, "size": f.size, "version": f.version, "sha256": current.get(f.path)}
+            for f in files
+        ],
+        "removed": list(removed),
+        "failed": [{"path": p, "error": e} for p, e in failures],
+    }
+
+
+def mark_ingested(
+    out: Path, source: str, files: Sequence[SourceFile], current: dict[str, str]
+) -> None:
+    """Before anything is written: mark ``out`` as ingested from ``source`` (what it holds
+    now, so a resumed S3 ingest still knows its files) and remove demo_data's marker, so
+    that no step takes the export for a synthetic one from here on."""
+    write_marker(out, build_manifest(source, files, current, [], []))
+    (out / DEMO_MARKER).unlink(missing_ok=True)
 
 
 def remove_leftover_parts(out: Path) -> None:
@@ -392,7 +518,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m steps.ingest",
         description=(
             "Copy a raw export (Products.csv, Images.csv, images/) from a folder or "
-            "s3://bucket/prefix into --out, in parallel, skipping files already there."
+            "s3://bucket/prefix into --out, in parallel: files whose content is already there "
+            "are skipped, files the source no longer holds are removed."
         ),
     )
     parser.add_argument(

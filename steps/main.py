@@ -1,15 +1,26 @@
 """main: the whole pipeline, each step its own MLflow run under this one.
 
 Order: ``ingest`` (when ``--source`` is given) or ``demo_data`` (when the raw folder has no
-export yet) -> ``clean_tabular`` -> ``clean_images`` -> ``baselines`` -> ``train`` ->
+export yet, or holds one demo_data wrote; never over an ingested export or any other real
+one) -> ``clean_tabular`` -> ``clean_images`` -> ``baselines`` -> ``train`` ->
 ``index`` (the search index of the version this pipeline trained) -> ``train_text`` ->
 ``train_combined`` (over the image version this pipeline trained) -> ``promote``, once per
 kind (the image version, so a promoted version always has its index; then the text and
-the combined versions), each through the same rules.
+the combined versions), each through the same rules. Only a version trained by this
+pipeline run is proposed: a skipped training proposes nothing (production stays where a
+person or an earlier rule put it), and the promote step is told it is a proposal, so a
+version once rolled back, refused or replaced by a person is never put back by ``main``.
 
-A step is skipped when a finished run of it exists with the same parameters, the same
-inputs (file names, sizes and modification times), the same code, and outputs that are
-still as that run left them. Each step's run is tagged with that key
+A step is skipped when a finished run of it exists with the same key and outputs that are
+still as that run left them. The key covers the step's effective parameters (MLproject's
+defaults for those this pipeline does not pass), its inputs (every file's name, size, mtime
+and SHA-256: content decides, mtimes can lie), the code (every file of the project's
+packages, :data:`CODE_FOLDERS`, and MLproject, conda.yaml, pyproject.toml) and the
+installed versions of the project's dependencies. What a skipped step made is checked too:
+its output files, the version a training step registered, and an index step's index (still
+the one its version names, with its files); anything gone runs the step again. Relative
+paths are resolved against the project folder, where MLflow runs every step, whatever
+folder ``main`` was started from. Each step's run is tagged with its key
 (``pipeline.cache_key``) and nested under this run in the MLflow UI.
 
 Each step runs with the environment manager this pipeline was given itself
@@ -26,6 +37,8 @@ import hashlib
 import json
 import logging
 import os
+import platform
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +49,7 @@ from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
 from steps import runtime
 from steps.runtime import (
     cli,
+    file_sha256,
     log_params,
     non_negative_int,
     positive_int,
@@ -48,6 +62,8 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CODE_FOLDERS = ("steps", "registry", "marketplace_models", "search", "clean_data", "cli")
+# Beside the code, what decides a step's output: its command and defaults, its environment.
+PROJECT_FILES = ("MLproject", "conda.yaml", "pyproject.toml")
 CACHE_KEY_TAG = "pipeline.cache_key"
 OUTPUT_DIGEST_TAG = "pipeline.output_digest"
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -58,27 +74,52 @@ ENV_MANAGERS = ("local", "conda", "virtualenv", "uv")
 
 @dataclass
 class Step:
-    """One entry point to run: its parameters, the paths it reads and the paths it writes."""
+    """One entry point to run: its parameters, the paths it reads and the paths it writes,
+    and the registered model it makes (``registers``), checked when the step is skipped."""
 
     entry_point: str
     parameters: dict[str, str]
     inputs: list[Path] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     cacheable: bool = True
+    registers: str | None = None
+
+
+def project_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as the steps see it: MLflow runs each step in the project folder, so a
+    relative path is relative to :data:`PROJECT_ROOT`, whatever folder main started in."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def content_digest(path: Path, stat: os.stat_result) -> str:
+    """The SHA-256 of ``path``, computed once per state of the file in this process (the
+    ctime and inode change on every write, whatever the mtime says)."""
+    state = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    if state not in _DIGESTS:
+        _DIGESTS[state] = file_sha256(path)
+    return _DIGESTS[state]
 
 
 def fingerprint(paths: Iterable[Path]) -> str:
-    """A digest of every file under ``paths``: relative name, size and mtime (not contents).
+    """A digest of every file under ``paths``: relative name, size, mtime and content.
 
-    Missing paths count as absent, so a deleted output changes the fingerprint.
+    The content's SHA-256 decides (a file rewritten with its old size and mtime counts as
+    changed); a touched file counts as changed too. Missing paths count as absent, so a
+    deleted output changes the fingerprint. Relative paths are the project folder's.
     """
     digest = hashlib.sha256()
     for root in paths:
-        root = Path(root)
+        root = project_path(root)
         digest.update(f"<{root}>".encode())
         if root.is_file():
             stat = root.stat()
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(
+                f"{stat.st_size}:{stat.st_mtime_ns}:{content_digest(root, stat)}".encode()
+            )
             continue
         if not root.is_dir():
             digest.update(b"missing")
@@ -88,26 +129,91 @@ def fingerprint(paths: Iterable[Path]) -> str:
             for name in files:
                 path = Path(folder) / name
                 stat = path.stat()
-                entries.append(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}")
+                entries.append(
+                    f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}:"
+                    f"{content_digest(path, stat)}"
+                )
         for entry in sorted(entries):
             digest.update(entry.encode())
     return digest.hexdigest()
 
 
-def code_digest() -> str:
-    """A digest of the project's Python sources: a code change reruns the steps."""
-    digest = hashlib.sha256()
+def code_files() -> list[Path]:
+    """The files whose content decides what the steps do: everything in
+    :data:`CODE_FOLDERS` (compiled caches aside) and :data:`PROJECT_FILES`."""
+    files = [PROJECT_ROOT / name for name in PROJECT_FILES if (PROJECT_ROOT / name).is_file()]
     for folder in CODE_FOLDERS:
-        for path in sorted((PROJECT_ROOT / folder).rglob("*.py")):
-            digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
-            digest.update(path.read_bytes())
+        files += [
+            path
+            for path in (PROJECT_ROOT / folder).rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        ]
+    return sorted(files)
+
+
+def dependency_names() -> list[str]:
+    """The distributions pyproject.toml's ``[project] dependencies`` name."""
+    import tomllib
+
+    try:
+        project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    except (OSError, KeyError, ValueError):
+        return []
+    return sorted(
+        re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0] for spec in project["dependencies"]
+    )
+
+
+def installed_versions() -> dict[str, str]:
+    """Python's version and each dependency's installed version (``absent`` if none)."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in dependency_names():
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def code_digest() -> str:
+    """A digest of the code the steps run and the environment they run in: a change to any
+    file of :func:`code_files` or to an installed dependency's version reruns the steps."""
+    digest = hashlib.sha256()
+    for path in code_files():
+        digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
+        digest.update(path.read_bytes())
+    digest.update(json.dumps(installed_versions(), sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def mlproject_defaults(entry_point: str) -> dict[str, str]:
+    """The defaults MLproject gives ``entry_point``'s parameters, as ``mlflow run`` passes
+    them (text); empty when the entry point is not there."""
+    import yaml
+
+    project = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
+    parameters = (project.get("entry_points", {}).get(entry_point) or {}).get("parameters", {})
+    return {
+        name: str(spec["default"])
+        for name, spec in parameters.items()
+        if isinstance(spec, dict) and spec.get("default") is not None
+    }
+
+
+def effective_parameters(step: Step) -> dict[str, str]:
+    """What the step runs with: MLproject's defaults, overridden by the step's parameters."""
+    return {
+        **mlproject_defaults(step.entry_point),
+        **{k: str(v) for k, v in step.parameters.items()},
+    }
 
 
 def cache_key(step: Step, code: str) -> str:
     payload = {
         "entry_point": step.entry_point,
-        "parameters": step.parameters,
+        "parameters": effective_parameters(step),
         "inputs": fingerprint(step.inputs),
         "code": code,
     }
@@ -115,7 +221,8 @@ def cache_key(step: Step, code: str) -> str:
 
 
 def find_cached_run(client, experiment_id: str, step: Step, key: str):
-    """The latest finished run of ``step`` with ``key`` whose outputs are unchanged, or None."""
+    """The latest finished run of ``step`` with ``key`` whose outputs are unchanged and
+    still there (:func:`made_still_there`), or None."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{CACHE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
@@ -124,9 +231,46 @@ def find_cached_run(client, experiment_id: str, step: Step, key: str):
     )
     outputs = fingerprint(step.outputs)
     for run in runs:
-        if run.data.tags.get(OUTPUT_DIGEST_TAG) == outputs:
-            return run
+        if run.data.tags.get(OUTPUT_DIGEST_TAG) != outputs:
+            continue
+        missing = made_still_there(client, step, run)
+        if missing:
+            log.info("not skipping %s: %s", step.entry_point, missing)
+            continue
+        return run
     return None
+
+
+def made_still_there(client, step: Step, run) -> str:
+    """What of the registry entries ``run`` made is gone ('' when nothing): the version a
+    training step registered, or the index an index step built or reused."""
+    run_id = run.info.run_id
+    if step.registers and registered_version(client, step.registers, run_id) is None:
+        return f"the version of {step.registers} that run {run_id} registered is gone"
+    if step.entry_point == "index":
+        return index_gone(client, step, run)
+    return ""
+
+
+def index_gone(client, step: Step, run) -> str:
+    """'' when the version ``step`` indexes still exists and names the index ``run`` built
+    or reused, whose files are still there; else what is wrong."""
+    from mlflow.exceptions import MlflowException
+
+    from search.index import ARTIFACT_PATH, INDEX_RUN_TAG
+
+    index_run = run.data.tags.get("search_index.reused_run") or run.info.run_id
+    name, _, version = step.parameters["model_uri"].removeprefix("models:/").rpartition("/")
+    try:
+        tags = client.get_model_version(name, version).tags or {}
+        files = client.list_artifacts(index_run, ARTIFACT_PATH)
+    except MlflowException as exc:
+        return f"cannot check the index of {name} version {version} ({exc})"
+    if tags.get(INDEX_RUN_TAG) != index_run:
+        return f"{name} version {version} no longer names index run {index_run}"
+    if not files:
+        return f"the files of index run {index_run} are gone"
+    return ""
 
 
 def env_manager_of(client, run_id: str) -> str:
@@ -177,33 +321,37 @@ def run_step(
 
 
 def plan(args: argparse.Namespace) -> list[Step]:
-    """The steps to run, in order, with their parameters, inputs and outputs."""
-    raw, clean = Path(args.raw), Path(args.clean)
+    """The steps to run, in order, with their parameters, inputs and outputs (the paths as
+    the steps see them: :func:`project_path`)."""
+    raw, clean = project_path(args.raw), project_path(args.clean)
     images = image_folder(clean, args.size)
     tables = [clean / name for name in TABLE_FILES]
+    raw_param, clean_param = str(Path(args.raw)), str(Path(args.clean))
     steps: list[Step] = []
     if args.source:
         steps.append(
-            Step("ingest", {"source": args.source, "out": str(raw)}, outputs=[raw], cacheable=False)
+            Step(
+                "ingest", {"source": args.source, "out": raw_param}, outputs=[raw], cacheable=False
+            )
         )
-    elif not (raw / "Products.csv").exists() or _made_by_demo(raw):
+    elif wants_demo_data(raw):
         steps.append(
             Step(
                 "demo_data",
-                {"out": str(raw), "products": str(args.products), "seed": str(args.seed)},
+                {"out": raw_param, "products": str(args.products), "seed": str(args.seed)},
                 outputs=[raw],
             )
         )
     steps += [
         Step(
             "clean_tabular",
-            {"raw": str(raw), "out": str(clean), "seed": str(args.seed)},
+            {"raw": raw_param, "out": clean_param, "seed": str(args.seed)},
             inputs=[raw / "Products.csv", raw / "Images.csv", raw / "images"],
             outputs=tables,
         ),
         Step(
             "clean_images",
-            {"raw": str(raw), "out": str(clean), "size": str(args.size)},
+            {"raw": raw_param, "out": clean_param, "size": str(args.size)},
             inputs=[raw / "images"],
             outputs=[images],
         ),
@@ -212,7 +360,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         steps.append(
             Step(
                 "baselines",
-                {"clean": str(clean), "image_size": str(args.size), "seed": str(args.seed)},
+                {"clean": clean_param, "image_size": str(args.size), "seed": str(args.seed)},
                 inputs=[*tables, images],
             )
         )
@@ -220,7 +368,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         Step(
             "train",
             {
-                "clean": str(clean),
+                "clean": clean_param,
                 "epochs": str(args.epochs),
                 "arch": args.arch,
                 "weights": args.weights,
@@ -233,6 +381,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
                 "model_name": args.model_name,
             },
             inputs=[*tables, images],
+            registers=args.model_name,
         )
     )
     return steps
@@ -240,13 +389,13 @@ def plan(args: argparse.Namespace) -> list[Step]:
 
 def index_step(args: argparse.Namespace, version: str) -> Step:
     """The search index of ``version``, over the clean data training read."""
-    clean = Path(args.clean)
+    clean = project_path(args.clean)
     return Step(
         "index",
         {
             "model_uri": f"models:/{args.model_name}/{version}",
             "model_name": args.model_name,
-            "clean": str(clean),
+            "clean": str(Path(args.clean)),
             "clean_size": str(args.size),
             "kind": args.index_kind,
         },
@@ -261,26 +410,27 @@ def index_step(args: argparse.Namespace, version: str) -> Step:
 
 def text_step(args: argparse.Namespace) -> Step:
     """The text classifier, over the clean tables."""
-    clean = Path(args.clean)
+    clean = project_path(args.clean)
     return Step(
         "train_text",
         {
-            "clean": str(clean),
+            "clean": str(Path(args.clean)),
             "text_encoder": args.text_encoder,
             "seed": str(args.seed),
             "model_name": TEXT_MODEL_NAME,
         },
         inputs=[clean / name for name in TABLE_FILES],
+        registers=TEXT_MODEL_NAME,
     )
 
 
 def combined_step(args: argparse.Namespace, image_version: str) -> Step:
     """The photo + text classifier over ``image_version`` (the one this pipeline trained)."""
-    clean = Path(args.clean)
+    clean = project_path(args.clean)
     return Step(
         "train_combined",
         {
-            "clean": str(clean),
+            "clean": str(Path(args.clean)),
             "image_model_uri": f"models:/{args.model_name}/{image_version}",
             "image_model_name": args.model_name,
             "clean_size": str(args.size),
@@ -289,14 +439,28 @@ def combined_step(args: argparse.Namespace, image_version: str) -> Step:
             "model_name": LISTING_MODEL_NAME,
         },
         inputs=[*(clean / name for name in TABLE_FILES), image_folder(clean, args.size)],
+        registers=LISTING_MODEL_NAME,
     )
 
 
-def _made_by_demo(raw: Path) -> bool:
-    """True when ``raw`` holds an export that demo_data wrote (so demo_data may refresh it)."""
-    from steps.demo_data import MARKER
+def wants_demo_data(raw: Path) -> bool:
+    """True when ``raw`` has no export yet, or holds one demo_data wrote (so demo_data may
+    refresh it). An ingested export, or any export demo_data did not write, is never
+    replaced: main reads it as it is (a message says so) or, when the ingest is unfinished,
+    stops."""
+    from steps.raw_export import DEMO_MARKER, INGEST_MARKER
 
-    return (raw / MARKER).exists()
+    if (raw / INGEST_MARKER).exists():
+        if not (raw / "Products.csv").exists():
+            raise UserError(
+                f"{raw} holds an unfinished ingest (no Products.csv): run ingest again, with "
+                "--source; main never writes a synthetic export over an ingested folder"
+            )
+        log.info("%s holds an ingested export: using it (no demo_data over it)", raw)
+        return False
+    if not (raw / "Products.csv").exists():
+        return True
+    return (raw / DEMO_MARKER).exists()
 
 
 def registered_version(client, model_name: str, run_id: str) -> str | None:
@@ -305,6 +469,12 @@ def registered_version(client, model_name: str, run_id: str) -> str | None:
     if not versions:
         return None
     return max(versions, key=lambda v: int(v.version)).version
+
+
+def ran_here(client, run_id: str, parent_run_id: str) -> bool:
+    """True when step run ``run_id`` ran under pipeline run ``parent_run_id`` (a skipped
+    step's cached run belongs to an earlier pipeline run)."""
+    return client.get_run(run_id).data.tags.get(PARENT_RUN_TAG) == parent_run_id
 
 
 def _holds_production(client, model_name: str, version: str) -> bool:
@@ -390,9 +560,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                 client, LISTING_MODEL_NAME, run_ids["train_combined"]
             )
         mlflow.log_dict(run_ids, "pipeline_runs.json")
+        trained_by = {
+            args.model_name: run_ids["train"],
+            TEXT_MODEL_NAME: run_ids["train_text"],
+            LISTING_MODEL_NAME: run_ids.get("train_combined"),
+        }
         for model_name, trained_version in trained.items():
             if trained_version is None:
                 log.warning("training registered no version of %s: nothing to promote", model_name)
+            elif not ran_here(client, trained_by[model_name], parent):
+                log.info(
+                    "%s version %s comes from a skipped training: not proposed for promotion "
+                    "(only a version this run trained is)",
+                    model_name,
+                    trained_version,
+                )
             elif not args.promote:
                 log.info(
                     "trained %s version %s (not promoted: --promote false)",
@@ -415,8 +597,9 @@ def promote_trained(
     code: str,
     env_manager: str,
 ) -> None:
-    """Run the promote step for ``version`` of ``model_name`` unless it holds production;
-    a refusal is logged, never raised (production stays as it was)."""
+    """Run the promote step for ``version`` of ``model_name`` (a proposal: see the module
+    docstring) unless it holds production; a refusal is logged, never raised (production
+    stays as it was)."""
     if _holds_production(client, model_name, version):
         log.info("%s version %s already holds the production alias", model_name, version)
         return
@@ -427,6 +610,7 @@ def promote_trained(
             "version": version,
             "clean": str(args.clean),
             "reason": f"trained by pipeline run {parent}",
+            "proposal": "true",
         },
         cacheable=False,
     )

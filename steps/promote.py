@@ -9,6 +9,10 @@ legacy ``Production`` stage. This step's MLflow run is named after what it did
 (``promote v3 -> production``, ``promote v3 refused``) and records the decision: its params,
 ``promotion.version`` (the version it acted on), ``promotion.outcome`` (promote, unchanged
 or refused) and the decision's ``promotion.*`` tags that its params do not already say.
+With ``--proposal true`` (what ``main`` passes) the version is a pipeline's proposal, not a
+person's choice: a version that was rolled back, refused or replaced by a person
+(``promotion.blocked``, ``promotion.refused``) is refused, and only an explicit promotion
+(the default) can put it back.
 
     mlflow run . -e promote -P version=best --env-manager local
     python -m steps.promote --version 3 --force true --reason "hotfix for #12"
@@ -43,7 +47,7 @@ ERROR = TAG_PREFIX + "error"
 # Decision tags the run's params already hold (metric, force, legacy_stage) or that point at
 # the run itself: not logged twice. `reason` and `by` are tagged only when the params left
 # them unset (the tag then says what the decision used: its own reason, the OS user).
-SAID_BY_PARAMS = ("metric", "forced", "legacy_stage", "run_id")
+SAID_BY_PARAMS = ("metric", "forced", "legacy_stage", "run_id", "proposal")
 
 
 def legacy_stage_choice(value: str) -> bool | None:
@@ -91,6 +95,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also move the deprecated Production stage: true, false or auto (default auto: "
         "only when a version is in that stage already)",
     )
+    parser.add_argument(
+        "--proposal",
+        type=str_to_bool,
+        default=False,
+        help="true: a pipeline's proposal, refused for a version that was rolled back, refused "
+        "or replaced by a person (false: a person's explicit choice)",
+    )
     return parser
 
 
@@ -107,6 +118,7 @@ def step_params(args: argparse.Namespace) -> dict[str, str]:
         "by": args.by,
         "clean": str(args.clean),
         "legacy_stage": legacy,
+        "proposal": str(args.proposal).lower(),
     }
 
 
@@ -168,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> Decision:
                 args.version if candidate is None else candidate,
                 force=args.force,
                 run_id=run.info.run_id,
+                proposal=args.proposal,
                 **decision_options(args),
             )
         except UserError as exc:

@@ -41,6 +41,7 @@ __all__ = [
     "cli",
     "configure_logging",
     "existing_dir",
+    "file_sha256",
     "fraction",
     "log_params",
     "non_negative_int",
@@ -137,3 +138,11 @@ def log_params(params: Mapping[str, object]) -> None:
     }
     if fresh:
         mlflow.log_params(fresh)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes: what changed content is told by (mtimes can lie)."""
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -19,14 +19,22 @@ and ``evaluation/`` artifacts, the pyfunc model (named ``--model-name``), and wi
     python -m steps.train --resume <run id>                    # continue an interrupted run
 
 ``--resume`` continues the interrupted run itself (same run id, metric history continued
-at the next epoch) with the parameters stored in its checkpoint. Under ``mlflow run`` the
-project's new run is tagged ``resumed_from`` and stays empty; the training goes on in the
-original run.
+at the next epoch) with the parameters stored in its checkpoint: the model's and the
+data's (the run's own clean folder, clean size, image size, seed; the command line's
+``--clean`` is not used). When the cleaned data's digest differs from the run's, the
+resume stops with an error naming the files that changed, unless ``--allow-data-change
+true``: then the run is tagged ``resumed_data_digest`` (its ``data_digest`` stays the one
+it started on). A resume also completes what a kill left half-done: ``best.pt`` is
+uploaded again when the kill fell between the two checkpoint uploads, and a version this
+run already registered is completed (tags, description), never registered twice. Under
+``mlflow run`` the project's new run is tagged ``resumed_from`` and stays empty; the
+training goes on in the original run.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import signal
@@ -40,13 +48,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clean_data import DATA_DIGEST_TAG, data_digest
+from clean_data import CATEGORIES_FILE, DATA_DIGEST_TAG, IMAGES_FILE, data_digest
 from cli import UserError
 from marketplace_models.image import log_classifier
 from marketplace_models.network import ARCHS, ClassifierConfig
 from registry.descriptions import model_description, registration_note
 from registry.promotion import DEFAULT_METRIC
-from registry.register import register_described
+from registry.register import register_described, version_of_run
 from steps import runtime
 from steps.evaluation import log_classification_report
 from steps.training import checkpoint as ckpt
@@ -84,6 +92,9 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 CLEAN_SIZE_USED = "clean_size_used"
 EVALUATION_DIR = "evaluation"
+CLEAN_PATH = "clean_path"  # the checkpoint's absolute clean folder, for a resume anywhere
+DATA_FILES = "data_files"  # the checkpoint's digest of each file data_digest covers
+RESUMED_DATA_DIGEST = "resumed_data_digest"
 
 
 # --------------------------------------------------------------------------- arguments
@@ -140,7 +151,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--resume",
         type=runtime.optional_text,
         default="",
-        help="run id of an interrupted train run (none: start a new run)",
+        help="run id of an interrupted train run (none: start a new run); it continues on "
+        "the run's own data and settings",
+    )
+    p.add_argument(
+        "--allow-data-change",
+        type=runtime.str_to_bool,
+        default=d.allow_data_change,
+        help="with --resume: continue even though the cleaned data changed since the run "
+        "began (recorded on the run as resumed_data_digest)",
     )
     return p
 
@@ -167,6 +186,7 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
         register=args.register,
         model_name=args.model_name,
         resume=args.resume.strip(),
+        allow_data_change=args.allow_data_change,
     )
 
 
@@ -291,6 +311,7 @@ def _prepare(cfg: TrainConfig, ctx: Context):
             mlflow.set_tracking_uri(runtime.tracking_uri())
             try:
                 fetched = ckpt.fetch_checkpoint(cfg.resume)
+                ckpt.repair_best(cfg.resume, fetched)
             except UserError as exc:
                 fetched = str(exc)  # every rank stops with it, none waits for a checkpoint
         # Every rank resumes from rank 0's copy of the checkpoint: the same epoch and weights.
@@ -298,8 +319,7 @@ def _prepare(cfg: TrainConfig, ctx: Context):
         if isinstance(fetched, str):
             raise UserError(fetched)
         checkpoint = fetched
-        cfg = cfg.resumed_with(checkpoint["args"])
-        log.info("resuming run %s after epoch %d", cfg.resume, checkpoint["epoch"])
+        cfg = _resumed_config(cfg, checkpoint)
     data = load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size)
     cfg = replace(cfg, clean_size=data.size)
     torch.manual_seed(cfg.seed)
@@ -313,6 +333,53 @@ def _prepare(cfg: TrainConfig, ctx: Context):
     net.to(ctx.device)
     broadcast_module(ctx, net)
     return cfg, data, net, weights_used, checkpoint
+
+
+def _resumed_config(cfg: TrainConfig, checkpoint: dict) -> TrainConfig:
+    """``cfg`` with the interrupted run's own settings and clean folder."""
+    given = cfg.clean
+    cfg = cfg.resumed_with(checkpoint["args"], checkpoint.get(CLEAN_PATH))
+    if Path(given).resolve() != Path(cfg.clean).resolve():
+        log.info("resuming on the run's own clean data %s (not --clean %s)", cfg.clean, given)
+    if not Path(cfg.clean).is_dir():
+        raise UserError(
+            f"run {cfg.resume} trained on {cfg.clean}, which is not there any more: restore "
+            "that folder to resume, or start a new run"
+        )
+    log.info("resuming run %s after epoch %d", cfg.resume, checkpoint["epoch"])
+    return cfg
+
+
+def data_files(clean: Path) -> dict[str, str]:
+    """A short digest of each file that :func:`clean_data.data_digest` covers."""
+    return {
+        name: hashlib.sha256((Path(clean) / name).read_bytes()).hexdigest()[:16]
+        for name in (IMAGES_FILE, CATEGORIES_FILE)
+    }
+
+
+def check_resumed_data(cfg: TrainConfig, checkpoint: dict, digest: str) -> dict[str, str]:
+    """The run tags a resume adds for its data; raises :class:`UserError` when the cleaned
+    data differs from the run's and ``--allow-data-change`` is not given."""
+    started = checkpoint.get(DATA_DIGEST_TAG)
+    if started is None:
+        log.warning("run %s recorded no data digest: the data cannot be checked", cfg.resume)
+        return {}
+    if started == digest:
+        return {}
+    before = checkpoint.get(DATA_FILES) or {}
+    now = data_files(cfg.clean)
+    changed = [name for name in now if before.get(name) != now[name]] if before else list(now)
+    what = (
+        f"{', '.join(changed)} changed" if before else f"one of {', '.join(now)} changed"
+    ) + f" (data digest {started} when the run began, {digest} now)"
+    if not cfg.allow_data_change:
+        raise UserError(
+            f"the cleaned data in {cfg.clean} is not what run {cfg.resume} trained on: {what}; "
+            "restore it, start a new run, or pass --allow-data-change true to continue on it"
+        )
+    log.warning("resuming run %s on changed data: %s", cfg.resume, what)
+    return {RESUMED_DATA_DIGEST: digest}
 
 
 class EpochLogger:
@@ -350,13 +417,17 @@ class EpochLogger:
             ckpt.log_checkpoint(self.best_path)
 
 
-def _load_best(net: nn.Module, epoch_logger: EpochLogger, run_id: str) -> None:
-    """Put the best epoch's weights into ``net`` (downloaded when an earlier session saved them)."""
+def _load_best(net: nn.Module, epoch_logger: EpochLogger, run_id: str, best_epoch: int) -> int:
+    """Put the best epoch's weights into ``net`` (downloaded when an earlier session saved
+    them); returns their epoch, which is what the run and the version record."""
     if epoch_logger.best_path is not None:
         state = ckpt.load_checkpoint(epoch_logger.best_path)
     else:
         state = ckpt.fetch_checkpoint(run_id, ckpt.BEST)
     net.load_state_dict(state["model"])
+    if int(state["epoch"]) != best_epoch:
+        log.warning("best.pt holds epoch %s, not %d: recording its own", state["epoch"], best_epoch)
+    return int(state["epoch"])
 
 
 def _predict_test(net: nn.Module, data: CleanData, cfg: TrainConfig, ctx: Context):
@@ -409,6 +480,17 @@ def _log_model(net, data, cfg, outcome: TrainOutcome):
     )
     outcome.model_uri = info.model_uri
     return info
+
+
+def _logged_model(net, data, cfg: TrainConfig, outcome: TrainOutcome) -> str | None:
+    """The logged model's id: the one a version of this run already registered (a resume
+    after a kill during registration), else a newly logged one."""
+    registered = version_of_run(cfg.model_name, outcome.run_id) if cfg.register else None
+    if registered is not None:
+        log.info("run %s registered version %s: completing it", outcome.run_id, registered.version)
+        outcome.model_uri = registered.source  # models:/<model id> of the logged model
+        return registered.model_id or registered.source.removeprefix("models:/")
+    return _log_model(net, data, cfg, outcome).model_id
 
 
 def _register(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: str) -> None:
@@ -469,8 +551,9 @@ def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome
     asked = AUTO if cfg.clean_size is None else cfg.clean_size
     cfg, data, net, weights_used, checkpoint = _prepare(cfg, ctx)
     digest = data_digest(cfg.clean)
-    if checkpoint is not None and checkpoint.get(DATA_DIGEST_TAG) not in (None, digest):
-        log.warning("the cleaned data changed since run %s started (digest differs)", cfg.resume)
+    resume_tags = {} if checkpoint is None else check_resumed_data(cfg, checkpoint, digest)
+    if checkpoint is not None and checkpoint.get(DATA_DIGEST_TAG):
+        digest = checkpoint[DATA_DIGEST_TAG]  # the run's data_digest stays what it began on
     log.info("training %s on %s, weights %s", cfg.arch, ctx.describe(), weights_used)
     with (
         _open_run(cfg, ctx) as run,
@@ -482,7 +565,7 @@ def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome
 
             params = {**cfg.as_params(), "clean_size": asked, CLEAN_SIZE_USED: cfg.clean_size}
             runtime.log_params({**params, "weights_used": weights_used})
-            mlflow.set_tags({DATA_DIGEST_TAG: digest, "device": str(ctx.device)})
+            mlflow.set_tags({DATA_DIGEST_TAG: digest, "device": str(ctx.device), **resume_tags})
             mlflow.set_tags({"world_size": ctx.world_size})
             if checkpoint is None:
                 _log_inputs(split_datasets(data))
@@ -496,7 +579,12 @@ def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome
             ckpt.restore(checkpoint, net, optimizer, scheduler, scaler)
             stopper.load_state_dict(checkpoint["early_stopping"])
             first_epoch = int(checkpoint["epoch"]) + 1
-        extra = {"weights_used": weights_used, DATA_DIGEST_TAG: digest}
+        extra = {
+            "weights_used": weights_used,
+            DATA_DIGEST_TAG: digest,
+            CLEAN_PATH: str(Path(cfg.clean).resolve()),
+            DATA_FILES: (checkpoint or {}).get(DATA_FILES) or data_files(cfg.clean),
+        }
         epoch_logger = EpochLogger(
             cfg, net, optimizer, scheduler, scaler, stopper, extra, Path(tmp), signals
         )
@@ -518,12 +606,12 @@ def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome
         if not ctx.is_main:
             return None
         run_id = run.info.run_id
-        outcome = TrainOutcome(run_id, records, stopper.best_epoch, weights_used)
-        mlflow.log_metric("best_epoch", stopper.best_epoch)
-        _load_best(net, epoch_logger, run_id)
+        best_epoch = _load_best(net, epoch_logger, run_id, stopper.best_epoch)
+        outcome = TrainOutcome(run_id, records, best_epoch, weights_used)
+        mlflow.log_metric("best_epoch", best_epoch)
         scored = _predict_test(net, data, cfg, ctx)
-        info = _log_model(net, data, cfg, outcome)
-        outcome.test_metrics = _log_test_report(scored, data, info.model_id)
+        model_id = _logged_model(net, data, cfg, outcome)
+        outcome.test_metrics = _log_test_report(scored, data, model_id)
         if cfg.register:
             _register(cfg, data, outcome, digest)
         return outcome

@@ -88,6 +88,7 @@ def write_clean(folder: Path, products: int, images_per_class: dict[str, str]) -
     table.to_parquet(folder / "products.parquet")
     rows = []
     (folder / "images" / "32").mkdir(parents=True)
+    (folder / "images" / "complete_32.json").write_text("{}")  # a finished size, as clean_images
     for k, (image_id, split) in enumerate(images_per_class.items()):
         (folder / "images" / "32" / f"{image_id}.jpg").write_bytes(jpeg_bytes((k * 20 % 255, 0, 0)))
         rows.append(
@@ -513,7 +514,7 @@ def test_the_image_model_brings_its_code_and_loads_outside_the_repo(
     category, module_file, steps_imported = result.stdout.strip().splitlines()[-3:]
     assert category in json.loads((baselines_run["clean"] / "categories.json").read_text())
     assert str(REPO) not in module_file and "code" in Path(module_file).parts
-    assert steps_imported == "False"  # a logged baseline carries registry/ code only
+    assert steps_imported == "False"  # a logged baseline carries marketplace_models only
 
 
 @pytest.mark.slow

@@ -9,7 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clean_data import CATEGORIES_FILE, IMAGES_FILE, choose_size, cleaned_sizes, load_clean
+from clean_data import (
+    CATEGORIES_FILE,
+    IMAGES_FILE,
+    choose_size,
+    cleaned_sizes,
+    complete_marker,
+    load_clean,
+)
 from cli import UserError
 from steps.training.data import load_clean_data
 
@@ -27,6 +34,7 @@ def write_clean(folder: Path, sizes: tuple[int, ...] = (32, 64, 128)) -> Path:
         (folder / "images" / str(size)).mkdir(parents=True)
         for row in rows:
             (folder / "images" / str(size) / f"{row['image_id']}.jpg").write_bytes(b"jpeg")
+        complete_marker(folder, size).write_text("{}")  # as clean_images leaves a finished size
     (folder / "images" / "report_32.json").write_text("{}")  # not a size folder
     return folder
 

@@ -342,3 +342,113 @@ def test_demo_export_every_usable_image_is_normalised(demo_raw: Path, tmp_path: 
     usable = set(build_clean_tables(demo_raw).images["image_id"])
     assert usable <= set(outputs(tmp_path / "clean"))
     assert not usable & {failure["image_id"] for failure in stats["failures"]}
+
+
+def mlflow_run(tmp_path: Path, entry_point: str, **params: object):
+    """``mlflow run <repo> -e <entry_point> --env-manager local`` with its own tracking store."""
+    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point]
+    argv += ["--env-manager", "local"]
+    for key, value in params.items():
+        argv += ["-P", f"{key}={value}"]
+    env = step_env(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def expected_output(source: Path, size: int = SIZE) -> bytes:
+    buffer = io.BytesIO()
+    load_normalized(source, size).save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+@pytest.mark.slow  # two `mlflow run`s
+def test_a_replaced_photo_is_redone_whatever_its_mtime_and_a_removed_one_goes(
+    tmp_path: Path,
+) -> None:
+    """`cp -p` / `rsync -a` / `tar` give a replaced photo an older mtime: its content decides."""
+    raw = make_raw(tmp_path / "raw", count=2)
+    out = tmp_path / "clean"
+    mlflow_run(tmp_path, "clean_images", raw=raw, out=out, size=SIZE, workers=1)
+    source = raw / "images" / "rgb000.jpg"
+    old = outputs(out)["rgb000"].read_bytes()
+    Image.new("RGB", (90, 60), (250, 250, 0)).save(source, quality=90)  # another photo
+    os.utime(source, (1_000_000, 1_000_000))  # ... restored with a 1970 mtime
+    (raw / "images" / "rgb001.jpg").unlink()  # gone from the export
+
+    mlflow_run(tmp_path, "clean_images", raw=raw, out=out, size=SIZE, workers=1)
+
+    made = outputs(out)
+    assert made["rgb000"].read_bytes() == expected_output(source) != old
+    assert "rgb001" not in made, "the output of a photo no longer in the export is removed"
+
+
+def test_a_change_to_the_normalisation_redoes_every_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = make_raw(tmp_path / "raw", count=2)
+    out = tmp_path / "clean"
+    first = clean_images(raw, out, size=SIZE, workers=1, log_run=False)
+    assert clean_images(raw, out, size=SIZE, workers=1, log_run=False)["skipped"] == first["done"]
+    real = step.normalisation_digest()
+    assert real == step.normalisation_digest(), "the digest is stable"
+    monkeypatch.setattr(step, "normalisation_digest", lambda: real + "-changed")
+
+    again = clean_images(raw, out, size=SIZE, workers=1, log_run=False)
+
+    assert again["skipped"] == 0 and again["done"] == first["done"]
+
+
+def test_an_interrupted_size_is_never_chosen_by_auto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clean_data import choose_size, cleaned_sizes
+    from cli import UserError
+
+    raw = make_raw(tmp_path / "raw", count=4)
+    out = tmp_path / "clean"
+    clean_images(raw, out, size=64, workers=1, log_run=False)
+    real = step.normalize_file
+    calls = []
+
+    def crash_on_third(source: str, target: str, size: int) -> None:
+        calls.append(source)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(source, target, size)
+
+    monkeypatch.setattr(step, "normalize_file", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        clean_images(raw, out, size=40, workers=1, log_run=False)
+    assert outputs(out, 40), "half a folder was written"
+
+    assert cleaned_sizes(out) == [64]
+    assert choose_size(out, 33, None, flag="--clean-size") == 64, "not the half-written 40"
+    with pytest.raises(UserError, match=r"images/40 is incomplete .*run clean_images"):
+        choose_size(out, 33, 40, flag="--clean-size")
+
+    monkeypatch.setattr(step, "normalize_file", real)
+    clean_images(raw, out, size=40, workers=1, log_run=False)
+    assert cleaned_sizes(out) == [40, 64]
+    assert choose_size(out, 33, None, flag="--clean-size") == 40
+
+
+def test_a_rerun_marks_the_folder_incomplete_until_it_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clean_data import cleaned_sizes
+
+    raw = make_raw(tmp_path / "raw", count=2)
+    out = tmp_path / "clean"
+    clean_images(raw, out, size=SIZE, workers=1, log_run=False)
+    assert cleaned_sizes(out) == [SIZE]
+    Image.new("RGB", (90, 60), (0, 250, 250)).save(raw / "images" / "rgb000.jpg")
+
+    def crash(source: str, target: str, size: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(step, "normalize_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        clean_images(raw, out, size=SIZE, workers=1, log_run=False)
+    assert cleaned_sizes(out) == [], "a folder being redone is not complete"

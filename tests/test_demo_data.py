@@ -118,3 +118,55 @@ def test_the_text_stream_leaves_everything_else_as_it_was(monkeypatch) -> None:
     pd.testing.assert_frame_equal(images, plain_images)
     assert specs == plain_specs
     assert (_titles(products) != _titles(plain_products)).mean() > 0.2
+
+
+def test_demo_data_refuses_to_write_over_an_ingested_export(tracking: str, tmp_path: Path) -> None:
+    from cli import UserError
+    from steps.ingest import MARKER as INGEST_MARKER
+    from steps.ingest import ingest
+    from tests.servers import make_tiny_export
+
+    out = tmp_path / "raw"
+    ingest(str(make_tiny_export(tmp_path / "export")), out, workers=1)
+    real = (out / "Products.csv").read_bytes()
+
+    with pytest.raises(UserError, match=rf"{out} holds an ingested export.*--force true"):
+        make_export(out, products=3, seed=0, workers=1)
+    assert (out / "Products.csv").read_bytes() == real
+
+    make_export(out, products=3, seed=0, workers=1, force=True)
+    assert (out / "Products.csv").read_bytes() != real
+    assert not (out / INGEST_MARKER).exists(), "a demo export now"
+
+
+def test_demo_data_redraws_stale_images_and_removes_foreign_ones(tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    make_export(out, products=6, seed=0, workers=1)
+    first = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    stale = next(iter(first))
+    (out / "images" / stale).write_bytes(b"drawn by an older demo_data")
+    (out / "images" / "left-from-another-seed.jpg").write_bytes(b"x")
+
+    make_export(out, products=6, seed=0, workers=1)
+
+    assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == first
+
+
+def test_demo_data_redraws_every_image_when_its_drawing_code_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from steps import demo_data
+
+    out = tmp_path / "raw"
+    make_export(out, products=4, seed=0, workers=1)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
+    make_export(out, products=4, seed=0, workers=1)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == stamps, "kept"
+    real = demo_data.code_digest()
+    monkeypatch.setattr(demo_data, "code_digest", lambda: real + "-changed")
+
+    make_export(out, products=4, seed=0, workers=1)
+
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
+    assert after.keys() == stamps.keys()
+    assert all(after[name] != stamps[name] for name in stamps), "every image redrawn"

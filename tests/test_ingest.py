@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +29,8 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 def assert_same_files(source: Path, out: Path) -> None:
     copied = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert (out / ingest_module.MARKER).is_file(), "the folder is marked as ingested"
+    copied.remove(ingest_module.MARKER)
     assert copied == sorted(LAYOUT)
     for name in LAYOUT:
         assert (out / name).read_bytes() == (source / name).read_bytes(), name
@@ -295,3 +300,90 @@ def test_cli_s3_error_is_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: bucket 'no-such-bucket-here' does not exist")
     assert "\n" not in err
+
+
+# --------------------------------------------------------------------------- mirroring
+
+
+def mlflow_run(tmp_path: Path, entry_point: str, check: bool = True, **params: object):
+    """``mlflow run <repo> -e <entry_point> --env-manager local`` against the test's store."""
+    repo = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "mlflow", "run", str(repo), "-e", entry_point]
+    argv += ["--env-manager", "local"]
+    for key, value in params.items():
+        argv += ["-P", f"{key}={value}"]
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow  # two `mlflow run`s
+def test_ingest_mirrors_changed_content_and_files_gone_from_the_source(
+    tracking: str, export: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "raw"
+    mlflow_run(tmp_path, "ingest", source=export, out=out, workers=2)
+    # Same size, same mtime, other bytes; a photo re-exported as PNG.
+    products = export / "Products.csv"
+    stat = products.stat()
+    products.write_bytes(products.read_bytes().replace(b"Leeds", b"Deeds"))
+    os.utime(products, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert products.stat().st_size == stat.st_size
+    jpeg = export / "images/0a1b.jpg"
+    (export / "images/0a1b.png").write_bytes(jpeg.read_bytes())
+    jpeg.unlink()
+
+    result = mlflow_run(tmp_path, "ingest", source=export, out=out, workers=2)
+
+    assert (out / "Products.csv").read_bytes() == products.read_bytes(), result.stderr[-2000:]
+    assert not (out / "images/0a1b.jpg").exists(), "the old photo is gone with the source's"
+    assert (out / "images/0a1b.png").read_bytes() == (export / "images/0a1b.png").read_bytes()
+    marker = json.loads((out / ingest_module.MARKER).read_text())
+    assert marker["source"] == str(export)
+    assert marker["removed"] == ["images/0a1b.jpg"]
+    assert "images/0a1b.png" in {entry["path"] for entry in marker["files"]}
+
+
+def test_s3_object_changed_in_place_is_fetched_again(
+    tracking: str,
+    export: Path,
+    moto_s3: MotoS3,
+    s3_bucket: str,
+    s3_env: dict[str, str],
+) -> None:
+    moto_s3.upload_folder(export, s3_bucket, "raw")
+    source, out = f"s3://{s3_bucket}/raw", Path("data/raw")
+    ingest(source, out, workers=2)
+    body = (export / "Images.csv").read_bytes().replace(b"p1", b"p9")  # same size
+    client = moto_s3.client()
+    client.put_object(Bucket=s3_bucket, Key="raw/Images.csv", Body=body)
+    client.delete_object(Bucket=s3_bucket, Key="raw/images/2c3d.jpg")
+
+    summary = ingest(source, out, workers=2)
+
+    assert (out / "Images.csv").read_bytes() == body
+    assert summary["files_downloaded"] == 1 and summary["files_removed"] == 1
+    assert not (out / "images/2c3d.jpg").exists()
+    assert _manifest(summary)["removed"] == ["images/2c3d.jpg"]
+
+
+def test_ingest_over_a_demo_export_marks_it_ingested(tracking: str, export: Path) -> None:
+    from steps.demo_data import MARKER as DEMO_MARKER
+    from steps.demo_data import make_export
+
+    out = Path("raw")
+    make_export(out, products=3, seed=0, workers=1)
+    synthetic = {p.name for p in (out / "images").iterdir()}
+    assert (out / DEMO_MARKER).exists()
+
+    ingest(str(export), out, workers=2)
+
+    assert not (out / DEMO_MARKER).exists(), "no longer a demo export"
+    assert (out / ingest_module.MARKER).exists()
+    assert_same_files(export, out)  # the synthetic photos are gone too
+    assert not synthetic & {p.name for p in (out / "images").iterdir()}

@@ -603,6 +603,7 @@ def test_smoke_images_come_from_the_clean_test_split(demo_clean: Path) -> None:
 def test_smoke_check_uses_clean_images_when_given(client, tmp_path: Path) -> None:
     clean = tmp_path / "clean"
     (clean / "images" / "32").mkdir(parents=True)
+    (clean / "images" / "complete_32.json").write_text("{}")  # a finished size, as clean_images
     ids = ["a", "b", "c"]
     for image_id, colour in zip(ids, [(250, 0, 0), (0, 250, 0), (0, 0, 250)], strict=True):
         (clean / "images" / "32" / f"{image_id}.jpg").write_bytes(_jpeg(colour))
@@ -991,3 +992,202 @@ def test_a_real_classifier_is_smoke_checked_on_clean_test_images(
     assert resolve_model_uri(f"models:/{NAME}@production") == f"models:/{NAME}/{version.version}"
     aliases = MlflowClient().get_registered_model(NAME).aliases
     assert {k: int(v) for k, v in aliases.items()} == {"production": int(version.version)}
+
+
+# --------------------------------------------------------------------------- crash safety
+
+KILL_AFTER_ALIAS_WRITES = """
+import os, signal, sys
+
+import mlflow
+
+real = mlflow.MlflowClient.set_registered_model_alias
+writes = []
+
+
+def set_alias(self, *args, **kwargs):
+    real(self, *args, **kwargs)
+    writes.append(args)
+    if len(writes) == int(os.environ["KILL_AFTER_ALIAS_WRITES"]):
+        os.kill(os.getpid(), signal.SIGKILL)  # the process dies here, the lock still held
+
+
+mlflow.MlflowClient.set_registered_model_alias = set_alias
+from registry.__main__ import main
+
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _registry_process(client, tmp_path: Path, *argv: str, code: str | None = None, **env):
+    """``python -m registry ARGV`` (or ``code`` run with ARGV) against the test store."""
+    environ = {**os.environ, "MLFLOW_TRACKING_URI": client.tracking_uri, **env}
+    environ["PYTHONPATH"] = str(ROOT)
+    command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "registry"]
+    return subprocess.run(
+        [*command, *argv, "--clean", str(tmp_path / "none")],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writes", [1, 2], ids=["after-first-alias", "after-second-alias"])
+def test_a_promotion_killed_between_its_alias_writes_can_still_be_rolled_back(
+    client, tmp_path: Path, writes: int
+) -> None:
+    """Production 2, previous 1; a forced promotion of 4 dies after ``writes`` alias writes
+    (holding the lock): ``python -m registry rollback`` gives production back to 2."""
+    promote(NAME, "1", client=client)
+    promote(NAME, "2", client=client)
+    killed = _registry_process(
+        client,
+        tmp_path,
+        "promote",
+        "--version",
+        "4",
+        "--force",
+        code=KILL_AFTER_ALIAS_WRITES,
+        KILL_AFTER_ALIAS_WRITES=str(writes),
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    lock = NAME + promotion.LOCK_SUFFIX
+    assert lock in {m.name for m in client.search_registered_models()}  # left by the dead
+
+    rolled = _registry_process(client, tmp_path, "rollback", "--reason", "after a crash")
+    assert rolled.returncode == 0, rolled.stderr[-3000:]
+    assert _aliases(client) == {"production": 2, "previous-production": 4}
+    assert _tags(client, 2)["promotion.action"] == "rollback"
+    assert "rolled back" in _tags(client, 4)[promotion.BLOCKED]
+    model = client.get_registered_model(NAME)
+    assert promotion.JOURNAL not in model.tags  # the interrupted move was completed
+    assert lock not in {m.name for m in client.search_registered_models()}
+
+
+def test_an_interrupted_move_is_completed_by_the_next_promotion(client) -> None:
+    """A journal left with production already moved: the next move writes the previous
+    alias and the tags the crash skipped; one left before production moved is dropped."""
+    promote(NAME, "1", client=client)
+    moved = promotion.Decision(
+        action="promote", name=NAME, version=2, previous=1, metric="test/accuracy", value=0.7,
+        previous_value=0.6, forced=False, by="crashed", reason="", at="2026-01-01T00:00:00Z",
+        smoke_check="ok",
+    )  # fmt: skip
+    promotion.write_journal(client, moved)
+    client.set_registered_model_alias(NAME, "production", "2")  # the crash came here
+    promote(NAME, "2", client=client)  # already production: but the journal is completed
+    assert _aliases(client) == {"production": 2, "previous-production": 1}
+    assert _tags(client, 2)["promotion.by"] == "crashed"
+    assert promotion.JOURNAL not in client.get_registered_model(NAME).tags
+
+    promotion.write_journal(client, replace_decision(moved, version=4, previous=2))
+    promote(NAME, "2", client=client)  # production never moved to 4: nothing to complete
+    assert _aliases(client) == {"production": 2, "previous-production": 1}
+    assert promotion.JOURNAL not in client.get_registered_model(NAME).tags
+
+
+def replace_decision(decision, **changes):
+    from dataclasses import replace
+
+    return replace(decision, **changes)
+
+
+def test_the_lock_is_released_only_by_its_holder(client) -> None:
+    lock = NAME + promotion.LOCK_SUFFIX
+    with promotion_lock(client, NAME):
+        client.delete_registered_model(lock)  # broken as stale by a waiter, who took it:
+        client.create_registered_model(lock, tags={"holder": "successor", "token": "theirs"})
+    held = client.get_registered_model(lock)  # the first holder's release left it alone
+    assert held.tags["token"] == "theirs"
+
+
+def test_a_live_holder_is_never_broken(client) -> None:
+    """A holder that outlives ``stale_after`` keeps its lock: its heartbeat refreshes it."""
+    from mlflow import MlflowClient
+
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        own = MlflowClient(tracking_uri=client.tracking_uri, registry_uri=client.tracking_uri)
+        with promotion_lock(own, NAME, stale_after=2.0):
+            entered.set()
+            leave.wait(timeout=600)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert entered.wait(timeout=600)
+        waiting = promotion_lock(client, NAME, timeout=8.0, stale_after=4.0)
+        with pytest.raises(UserError, match="in progress"), waiting:
+            pass  # entered: a live holder's lock was broken
+    finally:
+        leave.set()
+        holder.join(timeout=600)
+    assert NAME + promotion.LOCK_SUFFIX not in {m.name for m in client.search_registered_models()}
+
+
+def test_the_lock_age_is_the_stores_not_this_machines(client, tmp_path: Path) -> None:
+    """A fresh lock that the store stamped an hour ago (its clock is behind ours) is not
+    stale: only stamps that stand still for ``stale_after`` seconds are."""
+    import sqlite3
+
+    lock = NAME + promotion.LOCK_SUFFIX
+    client.create_registered_model(lock, tags={"holder": "elsewhere", "token": "theirs"})
+    hour_ago = int((time.time() - 3600) * 1000)
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute(
+            "UPDATE registered_models SET creation_time = ?, last_updated_time = ? WHERE name = ?",
+            (hour_ago, hour_ago, lock),
+        )
+    with pytest.raises(UserError, match="in progress"):
+        promote(NAME, "1", client=client, lock_timeout=3.0)
+    assert _aliases(client) == {}
+
+
+def test_a_lock_whose_holder_process_is_gone_is_broken_at_once(client) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True)  # fmt: skip
+    client.create_registered_model(
+        NAME + promotion.LOCK_SUFFIX,
+        tags={"token": "dead", "host": promotion.socket.gethostname(), "pid": gone.stdout.strip()},
+    )
+    promote(NAME, "1", client=client, lock_timeout=3.0)
+    assert _aliases(client) == {"production": 1}
+
+
+# --------------------------------------------------------------------------- proposals
+
+
+def test_a_proposal_never_brings_back_a_rolled_back_or_replaced_version(client) -> None:
+    from steps.promote import main as promote_step
+
+    promote(NAME, "1", client=client)
+    promote(NAME, "2", client=client)
+    rollback(NAME, by="ops", client=client)  # 2 rolled back: production 1
+    assert "rolled back to version 1 by ops" in _tags(client, 2)[promotion.BLOCKED]
+    with pytest.raises(PromotionRefused, match="rolled back"):
+        promote(NAME, "2", proposal=True, client=client)  # 0.7 beats 0.6, yet never again
+    with pytest.raises(UserError, match="only an explicit"):
+        promote_step(["--version", "2", "--proposal", "true", "--clean", "nothing"])
+    assert _aliases(client)["production"] == 1
+
+    promote(NAME, "4", force=True, reason="hotfix", by="bob", client=client)
+    assert "forced in by bob" in _tags(client, 1)[promotion.BLOCKED]
+    with pytest.raises(PromotionRefused, match="replaced in production"):
+        promote(NAME, "1", proposal=True, force=True, client=client)
+    assert _aliases(client)["production"] == 4
+
+    promote(NAME, "2", force=True, by="alice", client=client)  # a person may: and it clears
+    assert _aliases(client)["production"] == 2
+    assert promotion.BLOCKED not in _tags(client, 2)
+    assert _tags(client, 2)["promotion.proposal"] == "false"
+
+
+def test_a_rule_replacing_a_proposal_does_not_block_it(client) -> None:
+    promote(NAME, "1", proposal=True, client=client)
+    promote(NAME, "2", proposal=True, client=client)
+    assert promotion.BLOCKED not in _tags(client, 1)
+    assert _tags(client, 2)["promotion.proposal"] == "true"

@@ -60,6 +60,7 @@ def make_tiny_clean(out: Path, per_split=(16, 6, 6), seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     folder = out / "images" / str(SIZE)
     folder.mkdir(parents=True)
+    (out / "images" / f"complete_{SIZE}.json").write_text("{}")  # finished, as clean_images
     colours = [(230, 40, 40), (40, 230, 40), (40, 40, 230)]
     rows = []
     for label, name in enumerate(CATEGORIES):

@@ -5,6 +5,11 @@ loss improved) into the run's artifacts: the model, optimiser, scheduler and los
 state dicts, the epoch, the run's parameters, the early-stopping state and the RNG state.
 Only tensors and plain values, so they load with ``torch.load(weights_only=True)``. An
 interrupted run therefore loses at most the epoch in progress.
+
+``last.pt`` is uploaded first: it is the commit point, and it holds the early-stopping
+state, whose ``best_epoch`` says which epoch ``best.pt`` must be. A kill after ``last.pt``
+of an improving epoch and before its ``best.pt`` leaves an older ``best.pt``; the resume
+then uploads ``best.pt`` again from ``last.pt`` (the same state), see :func:`repair_best`.
 """
 
 from __future__ import annotations
@@ -101,6 +106,39 @@ def fetch_checkpoint(run_id: str, name: str = LAST) -> dict[str, Any]:
                 "so start a new run instead of resuming"
             ) from None
         return load_checkpoint(Path(local))
+
+
+def repair_best(run_id: str, last: dict[str, Any]) -> bool:
+    """Make ``checkpoints/best.pt`` of ``run_id`` the epoch that ``last`` (its ``last.pt``)
+    records as the best; returns True when it had to be uploaded again.
+
+    Only ``last.pt``'s own epoch can be missing from ``best.pt`` (the two uploads are in that
+    order), and then ``last`` holds that epoch's state itself.
+    """
+    from mlflow import MlflowClient
+
+    best_epoch = int(last.get("early_stopping", {}).get("best_epoch", 0))
+    if best_epoch != int(last["epoch"]):
+        return False  # best.pt was written, whole, before this last.pt
+    try:
+        best = fetch_checkpoint(run_id, BEST)
+    except UserError:
+        best = None
+    if best is not None and int(best["epoch"]) == best_epoch:
+        return False
+    log.warning(
+        "run %s: %s/%s is not epoch %d, its best (the upload was interrupted): uploading it "
+        "again from %s",
+        run_id,
+        CHECKPOINT_DIR,
+        BEST,
+        best_epoch,
+        LAST,
+    )
+    with tempfile.TemporaryDirectory(prefix="best-") as tmp:
+        path = save_checkpoint(last, Path(tmp) / BEST)
+        MlflowClient().log_artifact(run_id, str(path), CHECKPOINT_DIR)
+    return True
 
 
 def restore(

@@ -13,8 +13,10 @@ HEAD_ONLY = 0
 
 # Parameters a resumed run takes from its checkpoint, not from the command line: they
 # define the model, the data it sees and the schedule, so changing them mid-run would
-# make the continued metric history meaningless.
+# make the continued metric history meaningless (and, for the data, let test images leak
+# into training).
 RESUMED_FROM_CHECKPOINT = (
+    "clean",
     "epochs",
     "arch",
     "weights",
@@ -53,6 +55,7 @@ class TrainConfig:
     register: bool = True
     model_name: str = MODEL_NAME
     resume: str = ""
+    allow_data_change: bool = False  # resume on cleaned data that changed since the run began
 
     @property
     def head_only(self) -> bool:
@@ -64,7 +67,15 @@ class TrainConfig:
         params["clean"] = str(self.clean)
         return params
 
-    def resumed_with(self, checkpoint_args: dict[str, Any]) -> TrainConfig:
-        """This config with the model-defining values of a checkpoint's ``args``."""
+    def resumed_with(
+        self, checkpoint_args: dict[str, Any], clean_path: str | None = None
+    ) -> TrainConfig:
+        """This config with the model- and data-defining values of a checkpoint's ``args``;
+        ``clean_path`` (the checkpoint's absolute clean folder) wins over its ``clean`` as
+        given, so a resume from another folder reads the same data."""
         kept = {k: checkpoint_args[k] for k in RESUMED_FROM_CHECKPOINT if k in checkpoint_args}
+        if clean_path:
+            kept["clean"] = clean_path
+        if "clean" in kept:
+            kept["clean"] = Path(kept["clean"])
         return replace(self, **kept)
