@@ -38,6 +38,7 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -516,6 +517,36 @@ def image_feature_cache(
     return cache
 
 
+@dataclass(frozen=True)
+class ImageSplits:
+    """The image table by split, with what every candidate reuses: the cached features, the
+    category names and their label indices."""
+
+    parts: dict[str, pd.DataFrame]
+    cache: dict[int, dict[str, np.ndarray]]
+    y: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    categories: list[str]
+
+
+def fit_image_candidate(
+    kind: str, params: dict[str, Any], data: ImageSplits, seed: int
+) -> Candidate:
+    """Fit one image model on the train split; its validation metrics."""
+    model = build_image_model(kind, seed=seed, **params)
+    if kind == "dummy":
+        model.fit(data.parts["train"][[IMAGE_COLUMN]], data.y["train"])
+        probabilities = model.predict_proba(data.parts["val"][[IMAGE_COLUMN]])
+    else:  # the features are stateless: fit the rest of the pipeline on cached ones
+        features = data.cache[params["feature_size"]]
+        model[0].fit(None)
+        model[1:].fit(features["train"], data.y["train"])
+        probabilities = model[1:].predict_proba(features["val"])
+    aligned = align_probabilities(probabilities, model.classes_, data.categories)
+    metrics = classification_metrics(aligned, data.labels["val"], "val")
+    return Candidate(dict(params), model, metrics)
+
+
 def run_image_baselines(
     table: pd.DataFrame,
     categories: list[str],
@@ -530,27 +561,14 @@ def run_image_baselines(
 
     parts = {split: _split(table, split) for split in SPLITS}
     sizes = sorted({max(4, feature_size // 2), feature_size}) if do_search else [feature_size]
-    cache = image_feature_cache(parts, sizes)
     y = {split: part["root_category"].to_numpy(dtype=object) for split, part in parts.items()}
-    labels = {split: label_indices(names, categories) for split, names in y.items()}
-
-    def fit(kind: str) -> Callable[[dict[str, Any]], Candidate]:
-        def fit_one(params: dict[str, Any]) -> Candidate:
-            model = build_image_model(kind, seed=seed, **params)
-            if kind == "dummy":
-                model.fit(parts["train"][[IMAGE_COLUMN]], y["train"])
-                probabilities = model.predict_proba(parts["val"][[IMAGE_COLUMN]])
-            else:  # the features are stateless: fit the rest of the pipeline on cached ones
-                features = cache[params["feature_size"]]
-                model[0].fit(None)
-                model[1:].fit(features["train"], y["train"])
-                probabilities = model[1:].predict_proba(features["val"])
-            aligned = align_probabilities(probabilities, model.classes_, categories)
-            metrics = classification_metrics(aligned, labels["val"], "val")
-            return Candidate(dict(params), model, metrics)
-
-        return fit_one
-
+    data = ImageSplits(
+        parts=parts,
+        cache=image_feature_cache(parts, sizes),
+        y=y,
+        labels={split: label_indices(names, categories) for split, names in y.items()},
+        categories=categories,
+    )
     grids: dict[str, list[dict[str, Any]]] = {
         "dummy": [{}],
         "logreg": [
@@ -565,40 +583,53 @@ def run_image_baselines(
         with mlflow.start_run(run_name=run_name, nested=True) as run:
             mlflow.set_tags({"task": "image", "model": kind})
             datasets = log_datasets(table, source, "images", "root_category")
-            best = search(run_name, grid, fit(kind), "val/accuracy", higher_is_better=True)
+            best = search(
+                run_name,
+                grid,
+                partial(fit_image_candidate, kind, data=data, seed=seed),
+                "val/accuracy",
+                higher_is_better=True,
+            )
             params = {"strategy": "most_frequent"} if kind == "dummy" else dict(best.params)
             log_params({**params, "search": len(grid) > 1})
-            if kind == "logreg":
-                probabilities = best.model[1:].predict_proba(cache[params["feature_size"]]["test"])
-            else:
-                probabilities = best.model.predict_proba(parts["test"][[IMAGE_COLUMN]])
-            example = parts["test"][[IMAGE_COLUMN]].head(EXAMPLE_ROWS)
-            info = log_sklearn_model(best.model, example, images=True, name=run_name)
-            model_id = info.model_id  # metrics tied to the model and to their split's dataset
-            log_split_metrics(best.val_metrics, datasets["val"], model_id)
-            rows = split_rows(parts)
-            for split in SPLITS:
-                key = metric_key(split, "rows")
-                log_split_metrics({key: rows[key]}, datasets[split], model_id)
-            metrics = {**best.val_metrics, **rows}
-            metrics |= log_classification_report(
-                align_probabilities(probabilities, best.model.classes_, categories),
-                labels["test"],
-                categories,
-                title=f"{run_name}: test split",
-                dataset=datasets["test"],
-                model_id=model_id,
-            )
-            log.info(
-                "%s: test accuracy %.3f, macro-F1 %.3f, top-%d %.3f",
-                run_name,
-                metrics["test/accuracy"],
-                metrics["test/macro_f1"],
-                TOP_K,
-                metrics[f"test/top{TOP_K}_accuracy"],
-            )
+            metrics = log_image_baseline(run_name, kind, best, params, data, datasets)
         results.append(Result("image", kind, run.info.run_id, params, metrics))
     return results
+
+
+def log_image_baseline(run_name, kind, best: Candidate, params, data: ImageSplits, datasets):
+    """Log the chosen image model in the active run, with its metrics tied to it and to
+    their split's dataset, and its test report; its metrics."""
+    if kind == "logreg":
+        probabilities = best.model[1:].predict_proba(data.cache[params["feature_size"]]["test"])
+    else:
+        probabilities = best.model.predict_proba(data.parts["test"][[IMAGE_COLUMN]])
+    example = data.parts["test"][[IMAGE_COLUMN]].head(EXAMPLE_ROWS)
+    info = log_sklearn_model(best.model, example, images=True, name=run_name)
+    model_id = info.model_id
+    log_split_metrics(best.val_metrics, datasets["val"], model_id)
+    rows = split_rows(data.parts)
+    for split in SPLITS:
+        key = metric_key(split, "rows")
+        log_split_metrics({key: rows[key]}, datasets[split], model_id)
+    metrics = {**best.val_metrics, **rows}
+    metrics |= log_classification_report(
+        align_probabilities(probabilities, best.model.classes_, data.categories),
+        data.labels["test"],
+        data.categories,
+        title=f"{run_name}: test split",
+        dataset=datasets["test"],
+        model_id=model_id,
+    )
+    log.info(
+        "%s: test accuracy %.3f, macro-F1 %.3f, top-%d %.3f",
+        run_name,
+        metrics["test/accuracy"],
+        metrics["test/macro_f1"],
+        TOP_K,
+        metrics[f"test/top{TOP_K}_accuracy"],
+    )
+    return metrics
 
 
 # --- the summary ----------------------------------------------------------------------------

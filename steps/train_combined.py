@@ -327,7 +327,6 @@ def train_combined(args: argparse.Namespace) -> CombinedOutcome:
 
     image = resolve_image_model(args.image_model_uri, args.image_model_name)
     listings = load_listings(args.clean)
-    c_values = parse_c_values(args.c_values)
     with runtime.start_run(RUN_NAME) as run:
         runtime.log_params(
             {
@@ -347,34 +346,14 @@ def train_combined(args: argparse.Namespace) -> CombinedOutcome:
         log.info("embedding %d photos with %s", len(photos.frame), image.load_uri)
         embeddings = embed_photos(embedder, list(photos.frame["path"]), args.batch_size)
         by_split = {s: (photos.frame["split"] == s).to_numpy() for s in SPLITS}
-
-        log.info("text classifier: C chosen on validation, then out-of-fold train probabilities")
-        text = select_and_fit(listings, args.text_encoder, c_values, args.min_df, args.seed)
-        mlflow.log_params({"text_C": text.c, "text_encoder_kind": text.classifier.config.encoder})
-        num_classes = len(listings.categories)
-        train_listings = listings.split("train")
-        oof = out_of_fold_probabilities(
-            train_listings,
-            args.text_encoder,
-            text.c,
-            args.min_df,
-            num_classes,
-            args.folds,
-            args.seed,
-        )
-        text_probabilities = text.classifier.predict_proba(photos.frame["text"].tolist())
-        row_of = {pid: i for i, pid in enumerate(train_listings["product_id"])}
-        train_rows = np.flatnonzero(by_split["train"])
-        text_probabilities[train_rows] = oof[
-            [row_of[pid] for pid in photos.frame["product_id"].iloc[train_rows]]
-        ]
+        text, text_probabilities = fit_text_side(args, listings, photos, by_split["train"])
         features = fusion_features(embeddings, text_probabilities)
         labels = photos.frame["label"].to_numpy()
 
         config = FusionConfig(
             categories=listings.categories,
             image_dim=embeddings.shape[1],
-            text_dim=num_classes,
+            text_dim=len(listings.categories),
             hidden=args.hidden,
             dropout=args.dropout,
             image_model_uri=image.load_uri,
@@ -398,65 +377,113 @@ def train_combined(args: argparse.Namespace) -> CombinedOutcome:
         mlflow.log_metric("best_epoch", outcome.best_epoch)
 
         test = by_split["test"]
-        test_metrics: dict[str, float] = {}
-        reference: dict[str, float] = {}
+        test_metrics, reference = {}, {}
         if test.any():
-            test_metrics = log_classification_report(
-                head_probabilities(outcome.head, features[test]),
+            test_metrics, reference = evaluate_on_test(
+                outcome.head,
+                features[test],
                 labels[test],
+                _image_probabilities(embedder, embeddings[test]),
+                text_probabilities[test],
                 listings.categories,
-                artifact_dir=EVALUATION_DIR,
-                title="photo + text model, test photos",
-            )
-            reference.update(
-                classification_metrics(
-                    _image_probabilities(embedder, embeddings[test]),
-                    labels[test],
-                    "test_image_only",
-                )
-            )
-            reference.update(
-                classification_metrics(text_probabilities[test], labels[test], "test_text_only")
-            )
-            mlflow.log_metrics(reference)
-            log.info(
-                "test photos: combined %.3f, image alone %.3f, text alone %.3f (accuracy)",
-                metric_value(test_metrics, "accuracy"),
-                metric_value({k: v for k, v in reference.items() if "image" in k}, "accuracy"),
-                metric_value({k: v for k, v in reference.items() if "text" in k}, "accuracy"),
             )
         result = CombinedOutcome(run.info.run_id, outcome.best_epoch, test_metrics, reference)
-
-        first = photos.split("test") if test.any() else photos.split("val")
-        info = log_listing_classifier(
-            embedder.net.cpu().eval(),
-            embedder.config,
-            text.classifier,
-            outcome.head,
-            config,
-            example_image=Path(first["path"].iloc[0]).read_bytes(),
-            example_text=str(first["text"].iloc[0]),
-        )
-        result.model_uri = info.model_uri
-        if args.register:
-            tags = {
-                **test_metrics,
-                INPUT_TAG: IMAGE_TEXT,
-                IMAGE_MODEL_TAG: image.load_uri,
-                DATA_DIGEST_TAG: digest,
-                "best_epoch": outcome.best_epoch,
-            }
-            version = register_described(
-                info.model_uri,
-                model_name=args.model_name,
-                tags=tags,
-                model_text=describe_model(listings.categories),
-                version_text=describe_version(result, image.load_uri, digest),
-            )
-            result.model_version = str(version.version)
-            log.info("registered %s version %s", args.model_name, version.version)
+        log_and_register(args, result, embedder, text, outcome, config, photos, image, digest)
     print(json.dumps({"run_id": result.run_id, "version": result.model_version, **test_metrics}))
     return result
+
+
+def fit_text_side(args: argparse.Namespace, listings, photos, train: np.ndarray):
+    """The text classifier (C chosen on validation) and each photo's text probabilities,
+    out-of-fold for the training photos, so the head never learns from the text model's fit
+    to the very listings it was trained on."""
+    import mlflow
+
+    log.info("text classifier: C chosen on validation, then out-of-fold train probabilities")
+    text = select_and_fit(
+        listings, args.text_encoder, parse_c_values(args.c_values), args.min_df, args.seed
+    )
+    mlflow.log_params({"text_C": text.c, "text_encoder_kind": text.classifier.config.encoder})
+    train_listings = listings.split("train")
+    oof = out_of_fold_probabilities(
+        train_listings,
+        args.text_encoder,
+        text.c,
+        args.min_df,
+        len(listings.categories),
+        args.folds,
+        args.seed,
+    )
+    probabilities = text.classifier.predict_proba(photos.frame["text"].tolist())
+    row_of = {pid: i for i, pid in enumerate(train_listings["product_id"])}
+    train_rows = np.flatnonzero(train)
+    probabilities[train_rows] = oof[
+        [row_of[pid] for pid in photos.frame["product_id"].iloc[train_rows]]
+    ]
+    return text, probabilities
+
+
+def evaluate_on_test(
+    head, features, labels, image_probabilities, text_probabilities, categories
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The combined model's test report, and the image and text models alone on the same
+    test photos (``test_image_only/...``, ``test_text_only/...``), all logged."""
+    import mlflow
+
+    test_metrics = log_classification_report(
+        head_probabilities(head, features),
+        labels,
+        categories,
+        artifact_dir=EVALUATION_DIR,
+        title="photo + text model, test photos",
+    )
+    reference = {
+        **classification_metrics(image_probabilities, labels, "test_image_only"),
+        **classification_metrics(text_probabilities, labels, "test_text_only"),
+    }
+    mlflow.log_metrics(reference)
+    log.info(
+        "test photos: combined %.3f, image alone %.3f, text alone %.3f (accuracy)",
+        metric_value(test_metrics, "accuracy"),
+        metric_value({k: v for k, v in reference.items() if "image" in k}, "accuracy"),
+        metric_value({k: v for k, v in reference.items() if "text" in k}, "accuracy"),
+    )
+    return test_metrics, reference
+
+
+def log_and_register(args, result, embedder, text, outcome, config, photos, image, digest):
+    """Log the photo + text model in the active run and, with ``--register``, register it
+    described; ``result`` gets the model URI and the version."""
+    has_test = bool(result.test_metrics)
+    first = photos.split("test") if has_test else photos.split("val")
+    info = log_listing_classifier(
+        embedder.net.cpu().eval(),
+        embedder.config,
+        text.classifier,
+        outcome.head,
+        config,
+        example_image=Path(first["path"].iloc[0]).read_bytes(),
+        example_text=str(first["text"].iloc[0]),
+    )
+    result.model_uri = info.model_uri
+    if not args.register:
+        return
+    tags = {
+        **result.test_metrics,
+        INPUT_TAG: IMAGE_TEXT,
+        IMAGE_MODEL_TAG: image.load_uri,
+        DATA_DIGEST_TAG: digest,
+        "best_epoch": outcome.best_epoch,
+    }
+    version = register_described(
+        info.model_uri,
+        model_name=args.model_name,
+        tags=tags,
+        model_text=describe_model(config.categories),
+        version_text=describe_version(result, image.load_uri, digest),
+    )
+    result.model_version = str(version.version)
+    log.info("registered %s version %s", args.model_name, version.version)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
