@@ -43,6 +43,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ("local", "ray")
 EMBEDDING_COLUMN = "embedding"
 READ_BATCH = 64  # photos per read task
+BLOCK_BATCHES = 4  # batches per input block: blocks spread over the workers, no shuffle
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ def _pythonpath() -> str:
     return os.environ.get("PYTHONPATH", "")
 
 
+def blocks(frame: pd.DataFrame, rows: int) -> list[pd.DataFrame]:
+    """``frame`` cut into blocks of ``rows`` (Ray Data's unit of parallel work), in order."""
+    return [frame.iloc[start : start + rows] for start in range(0, max(len(frame), 1), rows)]
+
+
 def cluster_params(resources: dict[str, float]) -> dict[str, Any]:
     """What the run logs about the cluster: its CPUs, GPUs, nodes and where it is."""
     nodes = sum(1 for key in resources if key.startswith("node:") and "internal" not in key)
@@ -138,7 +144,7 @@ def normalize_jobs(
     if not jobs:
         return
     frame = pd.DataFrame(jobs, columns=["image_id", "source", "target"])
-    dataset = ray.data.from_pandas(frame).repartition(max(1, len(jobs) // local.chunk))
+    dataset = ray.data.from_pandas(blocks(frame, BLOCK_BATCHES * local.chunk))
     outcomes = dataset.map_batches(
         _normalize_batch,
         fn_kwargs={"size": size, "normalize_chunk": local.normalize_chunk},
@@ -262,14 +268,14 @@ def embed_to_shards(
     gpus = int(resources.get("GPU", 0))
     actors = gpus or max(1, int(resources.get("CPU", 1)) // 2)
     frame = images[["image_id", "path"]].astype({"path": str})
-    dataset = ray.data.from_pandas(frame).repartition(max(1, len(frame) // READ_BATCH))
+    dataset = ray.data.from_pandas(blocks(frame, BLOCK_BATCHES * READ_BATCH))
     dataset = dataset.map_batches(_read_batch, batch_size=READ_BATCH, batch_format="pandas")
     dataset = dataset.map_batches(
         Embedder,
         fn_constructor_kwargs={"load_uri": load_uri},
         batch_size=batch_size,
         batch_format="pandas",
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if gpus else 0,
     )
     dataset.write_parquet(str(shards))
