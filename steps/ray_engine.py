@@ -278,7 +278,14 @@ def embed_to_shards(
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if gpus else 0,
     )
-    dataset.write_parquet(str(shards))
+    try:
+        dataset.write_parquet(str(shards))
+    except Exception as exc:  # a task's or an actor's error, wrapped by Ray
+        cause = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"the Ray pipeline could not embed the photos with {load_uri} ({cause}): check "
+            "that the cluster's nodes reach the tracking server and the clean images"
+        ) from None
     return sorted(shards.glob("*.parquet"))
 
 

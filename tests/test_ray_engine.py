@@ -185,3 +185,23 @@ def test_ivfpq_from_shards_trains_on_a_sample_and_holds_every_vector(
     # follow the training points: at this sample size both have the same settings).
     local = original(vectors, "ivfpq", train_size=5000)
     assert recall(index) >= 0.8 * recall(local) > 0, (recall(index), recall(local))
+
+
+def test_engine_ray_without_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli import UserError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if `.[scale]` were not installed
+    with pytest.raises(UserError, match=r"pip install '\.\[scale\]'"), ray_engine.ray_session():
+        pass
+
+
+def test_cluster_params_name_the_engine_and_the_resources(monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    resources = {"CPU": 8.0, "GPU": 2.0, "node:10.0.0.1": 1.0, "node:__internal_head__": 1.0}
+    assert ray_engine.cluster_params(resources) == {
+        "engine": "ray",
+        "ray_address": "local",
+        "ray_cpus": 8,
+        "ray_gpus": 2,
+        "ray_nodes": 1,
+    }
