@@ -7,9 +7,10 @@ cluster (its nodes need this project installed, and reach the same folders or bu
   CPU tasks normalise them with the same function as the local path
   (``steps.clean_images.normalize_chunk``) and write the JPEGs to the output folder; the
   outcomes come back to this process for the counts, the failures and the report.
-* index: CPU tasks read the photos, model actors (one per GPU where there are GPUs, else CPU
-  actors) embed them, and the embeddings are written as parquet shards with their
-  ``image_id`` under the run's work folder. The FAISS index is then built shard by shard
+* index: a map step reads the photos (Ray Data fuses it into the actors' when it can),
+  model actors (one per GPU where there are GPUs, else CPU actors) embed them, and the
+  embeddings are written as parquet shards with their ``image_id`` under the run's work
+  folder. The FAISS index is then built shard by shard
   (:func:`build_index_from_shards`): exact and HNSW add each shard as it is read; IVF-PQ is
   trained on a sample drawn from the shards, then filled shard by shard, so building needs
   the index's memory, not the catalogue's. The quality figures (as the local path's) read
