@@ -181,3 +181,16 @@ def test_the_mlflow_server_reads_its_store_from_a_secret() -> None:
     service_port = resource("Service", "mlflow")["spec"]["ports"][0]["port"]
     tracking = resource("ConfigMap", "serve-settings")["data"]["MLFLOW_TRACKING_URI"]
     assert tracking == f"http://mlflow:{service_port}", "the service reaches the server by name"
+
+
+@pytest.mark.parametrize(
+    ("deployment", "dockerfile"),
+    [("serve", "docker/serve/Dockerfile"), ("mlflow", "docker/mlflow/Dockerfile")],
+)
+def test_the_pod_user_is_the_images_user(deployment: str, dockerfile: str) -> None:
+    """runAsUser is the uid the image creates (its files and HOME belong to it)."""
+    import re
+
+    (uid,) = re.findall(r"--uid (\d+)", (ROOT / dockerfile).read_text())
+    pod = resource("Deployment", deployment)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == int(uid)
