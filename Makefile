@@ -86,6 +86,7 @@ bench: $(STAMP) ## run the benchmarks in bench/ (figures to bench/results/)
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/scale.py
 
 clean: ## remove the demo data, the local store, the built docs and the venv
 	rm -rf data mlruns mlartifacts mlflow.db .stack site $(VENV)

@@ -24,6 +24,7 @@ was started), ``mlflow.db`` and ``artifacts/`` (with the defaults).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -195,6 +196,34 @@ def stop_server(pgid: int) -> None:
 
 # --------------------------------------------------------------------------- checks
 
+# SQLAlchemy dialect (+driver) -> (the module it imports, how to install it).
+BACKEND_DRIVERS = {
+    "postgresql": ("psycopg2", "pip install '.[postgres]'"),
+    "postgresql+psycopg2": ("psycopg2", "pip install '.[postgres]'"),
+    "postgresql+psycopg": ("psycopg", "pip install 'psycopg[binary]'"),
+    "mysql": ("MySQLdb", "pip install mysqlclient"),
+    "mysql+pymysql": ("pymysql", "pip install pymysql"),
+    "mssql+pyodbc": ("pyodbc", "pip install pyodbc"),
+}
+
+
+def check_backend_driver(backend: str) -> None:
+    """Fail at start, in one line, when the backend's database driver is not installed.
+
+    Without this the server dies inside SQLAlchemy with a traceback in its log.
+    """
+    scheme = backend.split("://", 1)[0].lower()
+    if scheme not in BACKEND_DRIVERS:
+        return
+    module, install = BACKEND_DRIVERS[scheme]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UserError(
+            f"BACKEND_STORE_URI is a {scheme}:// database but its driver ({module}) is not "
+            f"installed: {install}"
+        ) from None
+
 
 def check_s3_destination(destination: str) -> None:
     """Fail at start, not at the first logged artifact, when the S3 bucket is unusable."""
@@ -274,6 +303,7 @@ def start(config: StackSettings) -> int:
             f"port {config.port} on {config.host} is already in use by another program: "
             "stop it or pick another port, e.g. STACK_PORT=5001 make stack"
         )
+    check_backend_driver(config.backend)
     if config.artifacts.startswith("s3://"):
         check_s3_destination(config.artifacts)
     elif "://" not in config.artifacts:

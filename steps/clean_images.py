@@ -399,12 +399,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=non_negative_int, default=0, help="processes (0 = every core)"
     )
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: a process pool here; ray: Ray Data tasks (steps/ray_engine.py), a local "
+        "Ray or the cluster at RAY_ADDRESS",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
-    stats = clean_images(args.raw, args.out, size=args.size, workers=args.workers)
+    if args.engine == "ray":
+        from steps import ray_engine
+
+        local = ray_engine.LocalCleaning(
+            check_inputs, list_images, is_done, normalize_chunk, log_stats, CHUNK
+        )
+        stats = ray_engine.clean_images(
+            args.raw, args.out, size=args.size, workers=args.workers, local=local
+        )
+    else:
+        stats = clean_images(args.raw, args.out, size=args.size, workers=args.workers)
     print(
         f"done {stats['done']}, failed {stats['failed']}, skipped {stats['skipped']} "
         f"in {stats['seconds']:.1f} s ({stats['images_per_second']:.0f} images/s); "

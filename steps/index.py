@@ -132,6 +132,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--force", type=str_to_bool, default=False, help="rebuild even when nothing changed"
     )
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: embed in this process; ray: a Ray Data pipeline (steps/ray_engine.py), "
+        "a local Ray or the cluster at RAY_ADDRESS",
+    )
     return parser
 
 
@@ -556,7 +563,15 @@ def main(argv: Sequence[str] | None = None) -> str:
             print(f"index of {model.load_uri}: run {reused} (reused)")
             return reused
         _log_input(catalogue)
-        metrics = build_and_log(args, model, catalogue, run.info.run_id)
+        if args.engine == "ray":
+            from steps import ray_engine
+
+            local = ray_engine.LocalIndexing(
+                evaluate, evaluate_text_search, make_thumbnails, catalogue_texts
+            )
+            metrics = ray_engine.build_and_log(args, model, catalogue, run.info.run_id, local)
+        else:
+            metrics = build_and_log(args, model, catalogue, run.info.run_id)
         mlflow.set_tags({CACHE_KEY_TAG: key, OUTCOME_TAG: "built"})
         _tag_version(client, model, run.info.run_id)
     summary = ", ".join(

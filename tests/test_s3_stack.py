@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from stack.run import group_alive
+from cli.processes import group_alive
 from tests.fixtures_servers import S3TrackingServer
 from tests.servers import (
     LAYOUT,
