@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from cli import ArgumentParser, UserError, run_cli
+from cli import ArgumentParser, UserError, cli
 from registry.store import DEFAULT_MODEL_NAME, PRODUCTION
 
 DEFAULT_CLEAN = "data/clean"
@@ -89,12 +89,9 @@ def _decision_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; the exit code: 0, or 2 after one ``error: ...`` line."""
-    return run_cli(_main, argv)
-
-
-def _main(argv: Sequence[str] | None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run one command (``run`` is the process entry point: 0, or 2 after one ``error:``
+    line)."""
     args = get_args_parser().parse_args(argv)
     try:
         run_command(args)
@@ -125,5 +122,7 @@ def run_command(args: argparse.Namespace) -> None:
         print(decision.summary())
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

@@ -35,9 +35,10 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ CHUNK = 32  # images per task: amortises inter-process overhead, keeps the progr
 Job = tuple[str, str, str]
 # (image_id, error text or None when done)
 Outcome = tuple[str, str | None]
+# Normalises planned jobs elsewhere (Ray tasks): (jobs, size) -> outcomes as they finish
+Runner = Callable[[Sequence[Job], int], Iterable[Outcome]]
 
 
 def list_images(images_dir: Path) -> list[Path]:
@@ -253,31 +256,55 @@ def check_inputs(raw: Path, out: Path, size: int, workers: int) -> Path:
 
 
 def clean_images(
-    raw: Path, out: Path, *, size: int = 256, workers: int = 0, log_run: bool = True
+    raw: Path,
+    out: Path,
+    *,
+    size: int = 256,
+    workers: int = 0,
+    log_run: bool = True,
+    engine: str = "local",
 ) -> dict[str, Any]:
     """Normalise every image of ``raw/images`` into ``out/images/<size>/`` and log the run.
 
     Returns ``done``, ``failed``, ``skipped``, ``total``, ``seconds``, ``images_per_second``
     (done / seconds) and ``failures`` (a list of ``{"image_id", "file", "error"}``).
     ``log_run=False`` skips MLflow (benchmarks); steps always log, in a run opened before
-    the work (a crash leaves a FAILED run with the params).
+    the work (a crash leaves a FAILED run with the params). ``engine`` ``ray`` runs the
+    normalisation in Ray tasks (:mod:`steps.ray_engine`); what is done, skipped, recorded and
+    reported is decided here for both engines alike.
     """
     raw, out = Path(raw), Path(out)
     images_dir = check_inputs(raw, out, size, workers)
-    if not log_run:
-        return normalize_all(raw, out, images_dir, size, workers)[0]
-    with start_run(f"clean_images {size}px"):
-        log_params({"size": size, "workers": workers, "raw": str(raw), "out": str(out)})
-        stats, processes = normalize_all(raw, out, images_dir, size, workers)
-        log_params({"processes": processes})
-        log_stats(stats)
+    with _engine(engine) as (runner, engine_params):
+        if not log_run:
+            return normalize_all(raw, out, images_dir, size, workers, runner)[0]
+        with start_run(f"clean_images {size}px"):
+            log_params({"size": size, "workers": workers, "raw": str(raw), "out": str(out)})
+            log_params(engine_params)
+            stats, processes = normalize_all(raw, out, images_dir, size, workers, runner)
+            log_params({"processes": engine_params.get("ray_cpus", processes)})
+            log_stats(stats)
     return stats
 
 
+@contextmanager
+def _engine(engine: str) -> Iterator[tuple[Runner | None, dict[str, Any]]]:
+    """The runner of ``engine`` (None: this machine's process pool) and its run params."""
+    if engine == "local":
+        yield None, {"engine": "local"}
+        return
+    from steps import ray_engine
+
+    with ray_engine.ray_session() as resources:
+        runner = partial(ray_engine.normalize_jobs, normalize_chunk=normalize_chunk, chunk=CHUNK)
+        yield runner, ray_engine.cluster_params(resources)
+
+
 def normalize_all(
-    raw: Path, out: Path, images_dir: Path, size: int, workers: int
+    raw: Path, out: Path, images_dir: Path, size: int, workers: int, runner: Runner | None = None
 ) -> tuple[dict[str, Any], int]:
     """The work of :func:`clean_images`, without MLflow: its stats and the processes used.
+    ``runner`` normalises the planned jobs (None: a process pool of this machine).
 
     The size folder is marked incomplete (its completion marker removed) before anything is
     written, and complete again only once every image is done or listed as failed.
@@ -309,7 +336,7 @@ def normalize_all(
     started = time.perf_counter()
     processes = cores if len(jobs) > CHUNK else 1  # a pool is not worth one chunk
     try:
-        failures = normalize_jobs(jobs, size, processes, made, keys)
+        failures = normalize_jobs(jobs, size, processes, made, keys, runner)
     finally:
         write_manifest(manifest, made)
     seconds = time.perf_counter() - started
@@ -341,19 +368,26 @@ def normalize_all(
 
 
 def normalize_jobs(
-    jobs: Sequence[Job], size: int, processes: int, made: dict[str, str], keys: dict[str, str]
+    jobs: Sequence[Job],
+    size: int,
+    processes: int,
+    made: dict[str, str],
+    keys: dict[str, str],
+    runner: Runner | None = None,
 ) -> list[dict[str, str]]:
-    """Run ``jobs`` on ``processes``, recording each image done into ``made`` (its key) as
-    it finishes; a failed image's old output is removed. Returns the failures."""
+    """Run ``jobs`` (on ``runner``, else on ``processes`` here), recording each image done
+    into ``made`` (its key) as it finishes; a failed image's old output is removed. Returns
+    the failures."""
     from tqdm import tqdm
 
     failures: list[dict[str, str]] = []
     targets = {stem: target for stem, _, target in jobs}
     with (
-        worker_pool(processes) as pool,
+        worker_pool(processes if runner is None else 1) as pool,
         tqdm(total=len(jobs), unit="img", desc=f"clean_images {size}px", disable=None) as bar,
     ):
-        for image_id, error in run_jobs(jobs, size, pool, processes):
+        outcomes = run_jobs(jobs, size, pool, processes) if runner is None else runner(jobs, size)
+        for image_id, error in outcomes:
             if error is None:
                 made[image_id] = keys[image_id]
             else:
@@ -411,17 +445,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
-    if args.engine == "ray":
-        from steps import ray_engine
-
-        local = ray_engine.LocalCleaning(
-            check_inputs, list_images, is_done, normalize_chunk, log_stats, CHUNK
-        )
-        stats = ray_engine.clean_images(
-            args.raw, args.out, size=args.size, workers=args.workers, local=local
-        )
-    else:
-        stats = clean_images(args.raw, args.out, size=args.size, workers=args.workers)
+    stats = clean_images(
+        args.raw, args.out, size=args.size, workers=args.workers, engine=args.engine
+    )
     print(
         f"done {stats['done']}, failed {stats['failed']}, skipped {stats['skipped']} "
         f"in {stats['seconds']:.1f} s ({stats['images_per_second']:.0f} images/s); "
@@ -430,5 +456,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return stats
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    cli(main)()
+    run()

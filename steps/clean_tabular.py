@@ -706,5 +706,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return report
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    cli(main)()
+    run()

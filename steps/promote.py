@@ -197,5 +197,7 @@ def main(argv: Sequence[str] | None = None) -> Decision:
     return decision
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    cli(main)()
+    run()

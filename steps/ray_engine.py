@@ -3,10 +3,11 @@
 ``RAY_ADDRESS`` unset starts a local Ray on this machine's cores; set, the steps join that
 cluster (its nodes need this project installed, and reach the same folders or bucket).
 
-* clean_images: the photos still to do become a dataset of (id, source, target) rows;
-  CPU tasks normalise them with the same function as the local path
+* clean_images: the photos still to do (planned by ``steps.clean_images`` exactly as for the
+  local path: content keys, the manifest, the completion marker) become a dataset of
+  (id, source, target) rows; CPU tasks normalise them with the local path's worker function
   (``steps.clean_images.normalize_chunk``) and write the JPEGs to the output folder; the
-  outcomes come back to this process for the counts, the failures and the report.
+  outcomes come back to ``steps.clean_images`` for the manifest, the counts and the report.
 * index: a map step reads the photos (Ray Data fuses it into the actors' when it can),
   model actors (one per GPU where there are GPUs, else CPU actors) embed them, and the
   embeddings are written as parquet shards with their ``image_id`` under the run's work
@@ -45,19 +46,6 @@ ENGINES = ("local", "ray")
 EMBEDDING_COLUMN = "embedding"
 READ_BATCH = 64  # photos per read task
 BLOCK_BATCHES = 4  # batches per input block: blocks spread over the workers, no shuffle
-
-
-@dataclass(frozen=True)
-class LocalCleaning:
-    """What the Ray path of clean_images shares with the local one (steps/clean_images.py
-    passes its own functions, so that the two write the same files by the same code)."""
-
-    check_inputs: Callable
-    list_images: Callable
-    is_done: Callable
-    normalize_chunk: Callable
-    log_stats: Callable
-    chunk: int
 
 
 @dataclass(frozen=True)
@@ -137,101 +125,25 @@ def _normalize_batch(batch: pd.DataFrame, size: int, normalize_chunk: Callable) 
 
 
 def normalize_jobs(
-    jobs: list[tuple[str, str, str]], size: int, local: LocalCleaning
+    jobs: list[tuple[str, str, str]], size: int, normalize_chunk: Callable, chunk: int
 ) -> Iterator[tuple[str, str | None]]:
-    """Normalise ``jobs`` in Ray tasks; yields (image_id, error or None) as they finish."""
+    """Normalise ``jobs`` (image id, source, target) in Ray tasks with the local path's
+    worker function; yields (image_id, error or None) as they finish."""
     import ray.data
 
     if not jobs:
         return
     frame = pd.DataFrame(jobs, columns=["image_id", "source", "target"])
-    dataset = ray.data.from_pandas(blocks(frame, BLOCK_BATCHES * local.chunk))
+    dataset = ray.data.from_pandas(blocks(frame, BLOCK_BATCHES * chunk))
     outcomes = dataset.map_batches(
         _normalize_batch,
-        fn_kwargs={"size": size, "normalize_chunk": local.normalize_chunk},
-        batch_size=local.chunk,
+        fn_kwargs={"size": size, "normalize_chunk": normalize_chunk},
+        batch_size=chunk,
         batch_format="pandas",
     )
     for batch in outcomes.iter_batches(batch_format="pandas", batch_size=None):
         for image_id, error in zip(batch["image_id"], batch["error"], strict=True):
             yield str(image_id), (error or None)
-
-
-def clean_images(
-    raw: Path, out: Path, *, size: int, workers: int, local: LocalCleaning, log_run: bool = True
-) -> dict[str, Any]:
-    """``steps.clean_images.clean_images`` with the work in Ray tasks; the same outputs."""
-    from steps.runtime import log_params, start_run
-
-    raw, out = Path(raw), Path(out)
-    images_dir = local.check_inputs(raw, out, size, workers)
-    with ray_session() as resources:
-        if not log_run:
-            return normalize_all(raw, out, images_dir, size, resources, local)
-        with start_run(f"clean_images {size}px"):
-            log_params({"size": size, "workers": workers, "raw": str(raw), "out": str(out)})
-            params = cluster_params(resources)
-            log_params({"processes": params["ray_cpus"], **params})
-            stats = normalize_all(raw, out, images_dir, size, resources, local)
-            local.log_stats(stats)
-    return stats
-
-
-def normalize_all(
-    raw: Path,
-    out: Path,
-    images_dir: Path,
-    size: int,
-    resources: dict[str, float],
-    local: LocalCleaning,
-) -> dict[str, Any]:
-    """The local path's bookkeeping (skip what is done, count, report) around Ray's work."""
-    import json
-
-    from clean_data import IMAGES_DIR, image_folder
-
-    sources = local.list_images(images_dir)
-    target_dir = image_folder(out, size)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [
-        (source.stem, str(source), str(target_dir / f"{source.stem}.jpg"))
-        for source in sources
-        if not local.is_done(source, target_dir / f"{source.stem}.jpg")
-    ]
-    skipped = len(sources) - len(jobs)
-    log.info(
-        "%d images in %s: %d to do, %d already done", len(sources), images_dir, len(jobs), skipped
-    )
-    started = time.perf_counter()
-    files = {stem: path for stem, path, _ in jobs}
-    failures = [
-        {"image_id": image_id, "error": error, "file": os.path.relpath(files[image_id], raw)}
-        for image_id, error in normalize_jobs(jobs, size, local)
-        if error is not None
-    ]
-    seconds = time.perf_counter() - started
-    for failure in failures:
-        log.warning("cannot normalise %s: %s", failure["file"], failure["error"])
-    done = len(jobs) - len(failures)
-    stats: dict[str, Any] = {
-        "done": done,
-        "failed": len(failures),
-        "skipped": skipped,
-        "total": len(sources),
-        "seconds": round(seconds, 3),
-        "images_per_second": round(done / seconds, 2) if seconds > 0 and done else 0.0,
-        "failures": failures,
-    }
-    report = {
-        **stats,
-        "size": size,
-        "processes": int(resources.get("CPU", 0)),
-        "engine": "ray",
-        "raw": str(raw),
-        "out": str(target_dir),
-    }
-    (out / IMAGES_DIR / f"report_{size}.json").write_text(json.dumps(report, indent=2))
-    return stats
 
 
 # --------------------------------------------------------------------------- index: embedding

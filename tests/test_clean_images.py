@@ -286,7 +286,11 @@ def step_env(tmp_path: Path) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
     }
-    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    return {
+        **env,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+        "PYTHONPATH": str(REPO),  # run from tmp_path, so the run's artifacts land there
+    }
 
 
 @pytest.mark.parametrize(
@@ -302,7 +306,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args] + ["--out", str(tmp_path / "c")]
     result = subprocess.run(
         [sys.executable, "-m", "steps.clean_images", *argv],
-        cwd=REPO,
+        cwd=tmp_path,
         env=step_env(tmp_path),
         capture_output=True,
         text=True,
@@ -321,7 +325,7 @@ def test_cli_normalises_with_default_workers(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "steps.clean_images", "--raw", str(raw), "--out", str(out)]
         + ["--size", "16.0", "--workers", "0"],
-        cwd=REPO,
+        cwd=tmp_path,
         env=step_env(tmp_path),
         capture_output=True,
         text=True,

@@ -28,9 +28,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cli import UserError
+from cli import UserError, run_cli
 from registry import descriptions, promotion
-from registry.__main__ import main as registry_main
+from registry.__main__ import main as registry_command
 from registry.promotion import PromotionRefused, promote, promotion_lock, rollback
 from registry.resolve import resolve_model, resolve_model_uri
 from registry.smoke import (
@@ -44,6 +44,12 @@ from tests.servers import closed_endpoint, start_mlflow_server
 NAME = "marketplace-classifier"
 ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = ["Blue things", "Green things", "Red things"]
+
+
+def registry_main(argv: list[str]) -> int:
+    """``python -m registry ARGV``'s exit code, run in this process."""
+    return run_cli(registry_command, argv)
+
 
 COLOUR_MODEL = '''
 import io
@@ -1013,9 +1019,9 @@ def set_alias(self, *args, **kwargs):
 
 
 mlflow.MlflowClient.set_registered_model_alias = set_alias
-from registry.__main__ import main
+from registry.__main__ import run
 
-raise SystemExit(main(sys.argv[1:]))
+run(sys.argv[1:])
 """
 
 

@@ -178,7 +178,8 @@ def test_train_text_logs_registers_and_the_loaded_model_answers_the_same(
 def test_text_versions_are_promoted_smoke_checked_and_rolled_back(
     tracking: str, demo_clean: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from registry.__main__ import main as registry_main
+    from cli import run_cli
+    from registry.__main__ import main as registry_command
     from registry.promotion import promote, rollback
 
     first = _train(demo_clean)
@@ -198,7 +199,7 @@ def test_text_versions_are_promoted_smoke_checked_and_rolled_back(
     holder = client.get_model_version_by_alias(TEXT_MODEL_NAME, "production")
     assert str(holder.version) == first.model_version
 
-    assert registry_main(["list", "--model-name", TEXT_MODEL_NAME]) == 0
+    assert run_cli(registry_command, ["list", "--model-name", TEXT_MODEL_NAME]) == 0
     listing = capsys.readouterr().out
     assert "production" in listing and "previous-production" in listing
 
