@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_servers"]
+from tests.helpers.demo import DEMO_CLEAN_SIZE, DEMO_PRODUCTS
 
-DEMO_PRODUCTS = 60
-DEMO_CLEAN_SIZE = 64
+pytest_plugins = ["tests.helpers.fixtures_servers"]
+
 CHECKOUT = Path(__file__).resolve().parents[1]
 USER_STATE = ("mlflow.db", "mlruns", "mlartifacts", "data")
 SESSION_EXPERIMENTS = ("tests", "marketplace-search")

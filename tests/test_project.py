@@ -181,3 +181,31 @@ def test_nothing_happens_at_import_time(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_test_module_imports_another() -> None:
+    """What tests share lives in tests/helpers/; a test module imports no other test module
+    (nor conftest), so each can be read, moved and run on its own."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for module in _imported_module_paths(path):
+            last = module.rsplit(".", 1)[-1]
+            if module.startswith("tests.") and (last.startswith("test_") or last == "conftest"):
+                offenders.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert offenders == []
+
+
+def _imported_module_paths(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module)
+    return modules
+
+
+def test_tests_mirror_the_packages() -> None:
+    """Each folder of tests/ (helpers aside) is named after a package or folder of the project."""
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders - {"helpers"} <= {*PACKAGES, "deploy", "bench"}

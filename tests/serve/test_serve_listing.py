@@ -1,0 +1,175 @@
+"""The service's text and photo + text answers: /predict with a text, /predict/text,
+/predict/combined, against a real temporary registry holding one model of each kind.
+
+The store has the image versions of ``tests.helpers.served_versions`` plus a TF-IDF text model
+trained on a few listings and a listing model (the image version 1's network, that text
+model and a fusion head with seeded random weights), each registered under its own name
+with its ``input`` tag. Every answer is compared with what the registered pyfunc says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
+from serve.app import MODEL_HEADER, create_app
+from serve.settings import Settings
+from tests.helpers.served_versions import (
+    CATEGORIES,
+    GOOD,
+    NAME,
+    PHOTOS,
+    add_listing_models,
+    copy_store,
+    make_store,
+    set_alias,
+    wait_until,
+)
+
+FAST_RELOAD = 0.2
+
+
+@pytest.fixture(scope="module")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("listing-store")
+    add_listing_models(make_store(folder))
+    return folder
+
+
+@pytest.fixture
+def store(store_template: Path, tmp_path: Path) -> str:
+    uri = copy_store(store_template, tmp_path / "store")
+    set_alias(uri, GOOD)
+    return uri
+
+
+def _promote_listing_models(uri: str) -> None:
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.set_registered_model_alias(TEXT_MODEL_NAME, "production", "1")
+    client.set_registered_model_alias(LISTING_MODEL_NAME, "production", "1")
+
+
+def _service(uri: str, **overrides) -> TestClient:
+    settings = Settings(tracking_uri=uri, reload_interval=FAST_RELOAD, **overrides)
+    return TestClient(create_app(settings))
+
+
+def _wait_for_every_kind(client: TestClient) -> None:
+    _wait_status(client, "/predict", 200, files=_photo())
+    _wait_status(client, "/predict/text", 200, data={"text": "iphone"})
+    _wait_status(client, "/predict/combined", 200, files=_photo(), data={"text": "iphone"})
+
+
+def _wait_status(client: TestClient, route: str, status: int, **request) -> dict:
+    def answered():
+        reply = client.post(route, **request)
+        return reply if reply.status_code == status else None
+
+    return wait_until(answered, 120.0, f"{route} answering {status}")
+
+
+def _photo(index: int = 0):
+    return {"image": ("photo.jpg", PHOTOS[index], "image/jpeg")}
+
+
+def _pyfunc(uri: str, name: str, frame: pd.DataFrame) -> np.ndarray:
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}/1")
+    return np.array(loaded.predict(frame)["probabilities"].tolist())
+
+
+@pytest.fixture
+def served(store: str) -> Iterator[TestClient]:
+    """The service with a model of every kind in production, all three loaded."""
+    _promote_listing_models(store)
+    with _service(store) as client:
+        _wait_for_every_kind(client)
+        yield client
+
+
+def test_text_is_answered_by_the_text_model_as_its_pyfunc_does(served, store) -> None:
+    reply = served.post("/predict/text", data={"text": "Samsung galaxy, as new"})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["input"] == "text"
+    assert body["model"]["name"] == TEXT_MODEL_NAME and body["model"]["version"] == 1
+    assert reply.headers[MODEL_HEADER] == "1"
+    assert body["Category"] == body["category"] and len(body["Probabilities"]) == 3
+    expected = _pyfunc(store, TEXT_MODEL_NAME, pd.DataFrame({"text": ["Samsung galaxy, as new"]}))
+    np.testing.assert_allclose(body["Probabilities"], expected[0], rtol=1e-6, atol=1e-7)
+    assert body["category"] == CATEGORIES[int(expected[0].argmax())]
+
+
+def test_a_photo_with_text_is_answered_by_the_listing_model(served, store) -> None:
+    data = {"text": "Corner sofa"}
+    reply = served.post("/predict", files=_photo(1), data=data)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["input"] == "image+text"
+    assert body["model"]["name"] == LISTING_MODEL_NAME
+    combined = served.post("/predict/combined", files=_photo(1), data=data).json()
+    assert combined["top_k"] == body["top_k"]
+    expected = _pyfunc(
+        store, LISTING_MODEL_NAME, pd.DataFrame({"image": [PHOTOS[1]], "text": ["Corner sofa"]})
+    )
+    np.testing.assert_allclose(combined["Probabilities"], expected[0], rtol=1e-4, atol=1e-5)
+
+    alone = served.post("/predict", files=_photo(1)).json()
+    assert alone["input"] == "image" and alone["model"]["name"] == NAME
+
+
+@pytest.mark.parametrize(
+    ("route", "text", "words"),
+    [
+        ("/predict/text", "", "text is empty"),
+        ("/predict/text", "   \n ", "text is empty"),
+        ("/predict/text", "x" * 51, "over the 50 allowed"),
+        ("/predict/combined", "", "text is empty"),
+        ("/predict", " ", "text is empty"),
+        ("/predict", "y" * 51, "SERVE_MAX_TEXT_CHARS"),
+    ],
+)
+def test_an_empty_or_over_long_text_is_a_422_that_says_why(store, route, text, words) -> None:
+    _promote_listing_models(store)
+    with _service(store, max_text_chars=50) as client:
+        _wait_for_every_kind(client)
+        files = None if route == "/predict/text" else _photo()
+        reply = client.post(route, files=files, data={"text": text})
+        assert reply.status_code == 422, reply.text
+        assert words in reply.json()["detail"]
+
+
+def test_without_listing_models_text_routes_say_so_and_predict_uses_the_photo(store) -> None:
+    with _service(store) as client:
+        reply = _wait_status(client, "/predict", 200, files=_photo(), data={"text": "sofa"})
+        assert reply.json()["input"] == "image"
+        missing = client.post("/predict/text", data={"text": "sofa"})
+        assert missing.status_code == 503 and "no text model" in missing.json()["detail"]
+        assert missing.headers["Retry-After"]
+        missing = client.post("/predict/combined", files=_photo(), data={"text": "sofa"})
+        assert missing.status_code == 503 and "no image+text model" in missing.json()["detail"]
+
+
+def test_a_version_of_another_kind_is_never_served_in_a_slot(store) -> None:
+    _promote_listing_models(store)
+    wrong = f"models:/{TEXT_MODEL_NAME}@production"
+    with _service(store, listing_model_uri=wrong) as client:
+
+        def refused():
+            reply = client.post("/predict/combined", files=_photo(), data={"text": "sofa"})
+            detail = reply.json()["detail"]
+            return reply if reply.status_code == 503 and "takes text input" in detail else None
+
+        reply = wait_until(refused, 120.0, "the listing slot refusing a text model")
+        assert "image+text" in reply.json()["detail"]
+        _wait_status(client, "/predict", 200, files=_photo())
+        assert (
+            client.post("/predict", files=_photo(), data={"text": "x"}).json()["input"] == "image"
+        )
