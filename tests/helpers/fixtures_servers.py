@@ -1,6 +1,6 @@
-"""Pytest fixtures for the throwaway servers in ``tests/servers.py`` (a pytest plugin).
+"""Pytest fixtures for the throwaway servers in ``tests/helpers/servers.py`` (a pytest plugin).
 
-Loaded by ``pytest_plugins = ["tests.helpers.fixtures_servers"]`` in ``tests/conftest.py``.
+Loaded by ``pytest_plugins = ["tests.helpers.fixtures_servers"]`` in ``tests/registry/conftest.py``.
 
 * ``moto_s3`` (session): moto's S3 server on a free loopback port (a :class:`MotoS3`).
 * ``s3_bucket``: a new, empty bucket in it, named for the test.

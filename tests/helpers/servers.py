@@ -1,6 +1,6 @@
 """Throwaway servers for tests (moto's S3, a real ``mlflow server``) and a tiny export for them.
 
-The pytest fixtures that wrap these live in ``tests/fixtures_servers.py``. Everything binds
+The pytest fixtures that wrap these live in ``tests/helpers/fixtures_servers.py``. Everything binds
 127.0.0.1 and is stopped by its owner's teardown; nothing here runs at import time.
 """
 

@@ -1,7 +1,7 @@
 """The FastAPI service: routes, bad input, following promotions, engines, parity.
 
 Against a real sqlite registry holding small real classifier versions (see
-``tests/served_versions.py``), through Starlette's TestClient (which runs the lifespan,
+``tests/helpers/served_versions.py``), through Starlette's TestClient (which runs the lifespan,
 so the model holder loads in the background exactly as under uvicorn) and, for the
 promotion-under-load, tracking-server-down and fuzz tests, a real ``python -m serve``.
 """

@@ -4,7 +4,7 @@ Through the HTTP API of a real service: ``python -m serve`` on a free loopback p
 what a client alone can do: image bombs, stalled bodies, too many requests, the soak), or
 the app under uvicorn in a thread of this process when a fault has to be injected into
 the engine (a hung or crashing forward pass), with real registered versions from
-``tests/served_versions.py``.
+``tests/helpers/served_versions.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The MLflow stack in its production shape: `python -m stack start` on PostgreSQL with S3.
 
-A throwaway PostgreSQL (tests/postgres.py), moto's S3, and the stack started with
+A throwaway PostgreSQL (tests/helpers/postgres.py), moto's S3, and the stack started with
 ``BACKEND_STORE_URI=postgresql+psycopg2://...`` and ``ARTIFACTS_DESTINATION=s3://...``.
 Clients hold only ``MLFLOW_TRACKING_URI``: the pipeline's steps, promotions, a rollback and
 the service following the alias all go through the server. Every server binds 127.0.0.1 on
