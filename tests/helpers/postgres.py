@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers.servers import LOOPBACK, free_port
+from cli.processes import LOOPBACK, free_port
 
 START_TIMEOUT_S = 120  # generous: a busy CI machine
 SYSTEM_USER = "postgres"

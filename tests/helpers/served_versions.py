@@ -18,7 +18,6 @@ import contextlib
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers.servers import LOOPBACK, free_port, log_tail, wait_for_http
+from cli.processes import LOOPBACK, free_port, log_tail, start_in_group, stop_group
+from tests.helpers.servers import wait_for_http
 
 NAME = "marketplace-classifier"
 CATEGORIES = ["Appliances", "Home & Garden", "Phones"]
@@ -222,15 +222,7 @@ class Service:
     log: Path
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_group(self.process.pid, timeout, self.process)
 
     def log_text(self) -> str:
         return log_tail(self.log, 60)
@@ -249,16 +241,7 @@ def start_service(workdir: Path, env: dict[str, str]) -> Service:
         "PYTHONPATH": str(root),
         **env,
     }
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serve"],
-            cwd=workdir,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_in_group([sys.executable, "-m", "serve"], log=log, env=full_env, cwd=workdir)
     service = Service(url=f"http://{LOOPBACK}:{port}", process=process, log=log)
     try:
         wait_for_http(

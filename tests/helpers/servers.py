@@ -9,17 +9,24 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+from cli.processes import (
+    LOOPBACK,
+    ProcessExited,
+    free_port,
+    log_tail,
+    start_in_group,
+    stop_group,
+    wait_until,
+)
+
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -59,23 +66,9 @@ def make_tiny_export(folder: Path) -> Path:
     return folder
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
 def closed_endpoint() -> str:
     """An http:// endpoint on loopback where nothing listens (connections are refused)."""
     return f"http://{LOOPBACK}:{free_port()}"
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def wait_for_http(
@@ -86,22 +79,18 @@ def wait_for_http(
     log: Path | None = None,
 ) -> None:
     """Poll ``url`` until it answers 200; fail early (with the log tail) if ``process`` dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            tail = log_tail(log) if log else ""
-            raise RuntimeError(
-                f"server exited ({process.returncode}) before {url} answered\n{tail}"
-            )
+
+    def answers() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=2) as reply:
-                if reply.status == 200:
-                    return
+                return reply.status == 200
         except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    tail = log_tail(log) if log else ""
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s\n{tail}")
+            return False
+
+    try:
+        wait_until(answers, timeout=timeout, process=process, what=url)
+    except (ProcessExited, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}\n{log_tail(log)}") from None
 
 
 def without_s3_credentials(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -198,18 +187,7 @@ class MlflowServer:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the whole group (mlflow starts uvicorn children), SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        # uvicorn's children may outlive the parent by a moment: reap the group for good.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        stop_group(self.process.pid, timeout, self.process)
 
 
 def start_mlflow_server(
@@ -244,16 +222,7 @@ def start_mlflow_server(
         "1",
     ]
     full_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_in_group(command, log=log, env=full_env, cwd=workdir)
     server = MlflowServer(url=f"http://{LOOPBACK}:{port}", process=process, log=log)
     try:
         wait_for_http(server.url + "/health", timeout=timeout, process=process, log=log)

@@ -26,6 +26,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from cli.processes import LOOPBACK, free_port
 from serve import inference, loader
 from serve.app import MODEL_HEADER, create_app
 from serve.settings import Settings
@@ -40,7 +41,6 @@ from tests.helpers.served_versions import (
     set_alias,
     wait_until,
 )
-from tests.helpers.servers import LOOPBACK, free_port
 
 MIB = 1024 * 1024
 FAST_RELOAD = 0.2

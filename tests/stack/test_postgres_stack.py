@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli.processes import LOOPBACK, free_port
 from tests.helpers.postgres import PostgresServer, find_binaries, start_postgres
-from tests.helpers.servers import LOOPBACK, MotoS3, free_port, without_s3_credentials
+from tests.helpers.servers import MotoS3, without_s3_credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "marketplace-classifier"
