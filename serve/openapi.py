@@ -4,7 +4,8 @@ The routes declare their fixed bounds (``k`` 1..100, a non-blank ``text``, ``top
 what depends on the settings or on the versions being served is added here, each time the
 schema is asked for: the longest ``text`` (``SERVE_MAX_TEXT_CHARS``), the most images in a
 batch (``SERVE_MAX_BATCH_IMAGES``), ``top_k`` up to the served model's categories, and a
-``category`` among the search index's. A form or query field that may be left out is not
+``category`` among the search index's; and a photo part's media types (its ``encoding``).
+A form or query field that may be left out is not
 ``null`` either (a form cannot send one), so its ``anyOf [..., null]`` is folded.
 """
 
@@ -16,9 +17,11 @@ from typing import Any
 from fastapi import FastAPI
 
 from marketplace_models.kinds import IMAGE, IMAGE_TEXT, TEXT
+from serve.routes.fields import PHOTO_TYPES
 
 SLOT_OF_PATH = {"/predict/text": TEXT, "/predict/combined": IMAGE_TEXT}
 TEXT_FIELDS = ("text", "q")
+PHOTO_FIELDS = ("image",)  # a batch's images: schemathesis would send them without filenames
 
 
 def install_schema(app: FastAPI) -> None:
@@ -51,6 +54,10 @@ def _fields(operation: dict[str, Any], bodies: dict[str, Any]):
     for content in operation.get("requestBody", {}).get("content", {}).values():
         reference = content.get("schema", {}).get("$ref", "")
         body = bodies.get(reference.rsplit("/", 1)[-1], {})
+        photos = [name for name in PHOTO_FIELDS if name in body.get("properties", {})]
+        content.setdefault("encoding", {}).update(
+            {name: {"contentType": PHOTO_TYPES} for name in photos}  # the parts' media types
+        )
         yield from body.get("properties", {}).items()
 
 

@@ -72,7 +72,7 @@ def make_store(folder: Path) -> str:
     try:
         experiment_id = mlflow.MlflowClient(tracking_uri=uri).create_experiment(
             "serve-tests",
-            artifact_location=(folder / "artifacts").as_uri(),  # not ./mlruns
+            artifact_location=str(folder / "artifacts"),  # not ./mlruns
         )
         config = ClassifierConfig(arch="resnet18", categories=CATEGORIES, image_size=IMAGE_SIZE)
         specs = [(0, True, 0.6), (1, True, 0.7), (2, False, 0.5)]
@@ -148,7 +148,7 @@ def add_listing_models(uri: str) -> None:
         client = mlflow.MlflowClient(tracking_uri=uri)
         beside = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"  # not ./mlruns
         experiment = client.get_experiment_by_name("serve-tests") or client.get_experiment(
-            client.create_experiment("serve-tests", artifact_location=beside.as_uri())
+            client.create_experiment("serve-tests", artifact_location=str(beside))
         )
         with mlflow.start_run(experiment_id=experiment.experiment_id):
             info = log_text_classifier(text, example_texts=["iphone", "sofa"])
