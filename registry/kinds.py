@@ -31,6 +31,18 @@ MODEL_NAMES: dict[str, str] = {
     TEXT: TEXT_MODEL_NAME,
     IMAGE_TEXT: LISTING_MODEL_NAME,
 }
+# The entry point that trains and registers a version of each kind.
+TRAINED_BY: dict[str, str] = {IMAGE: "train", TEXT: "train_text", IMAGE_TEXT: "train_combined"}
+
+
+def training_command(kind: str) -> str:
+    """The command that trains and registers a model of ``kind``."""
+    return f"mlflow run . -e {TRAINED_BY.get(kind, TRAINED_BY[IMAGE])} --env-manager local"
+
+
+def kind_of_name(name: str) -> str:
+    """The kind of the registered model ``name`` (``image`` for a name of its own)."""
+    return next((kind for kind, known in MODEL_NAMES.items() if known == name), IMAGE)
 
 
 def input_of(tags: Mapping[str, str] | None) -> str:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from cli import UserError
+from registry.kinds import kind_of_name, training_command
 from registry.store import error_code
 
 if TYPE_CHECKING:
@@ -169,19 +170,30 @@ def describe(
     )
 
 
+class NoSuchModel(UserError):
+    """No registered model is called ``name``; the message names the entry point that
+    trains one of its kind. :attr:`missing` is the first half alone, for a caller (the
+    service) that words what to do its own way."""
+
+    def __init__(self, name: str, tracking_uri: str, known: list[str]) -> None:
+        hint = f" (registered: {', '.join(known)})" if known else ""
+        self.name = name
+        self.missing = f"no registered model named {name!r} in {tracking_uri}{hint}"
+        super().__init__(
+            f"{self.missing}: train and register one with "
+            f"`{training_command(kind_of_name(name))}`, or pass --model-name"
+        )
+
+
 def require_model(client: MlflowClient, name: str) -> None:
-    """Raise :class:`UserError` when no registered model is called ``name``."""
+    """Raise :class:`NoSuchModel` when no registered model is called ``name``."""
     try:
         client.get_registered_model(name)
     except Exception as exc:
         if error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
             raise
         known = sorted(model.name for model in client.search_registered_models(max_results=20))
-        hint = f" (registered: {', '.join(known)})" if known else ""
-        raise UserError(
-            f"no registered model named {name!r} in {client.tracking_uri}{hint}: train and "
-            "register one with `mlflow run . -e train --env-manager local`, or pass --model-name"
-        ) from None
+        raise NoSuchModel(name, client.tracking_uri, known) from None
 
 
 def all_versions(client: MlflowClient, name: str) -> list[ModelVersion]:

@@ -1,7 +1,8 @@
 """``python -m serve``: run the service with uvicorn on SERVE_HOST:SERVE_PORT.
 
 Settings come from the environment (see ``serve/settings.py`` and docs/serving.md); a setting
-that does not parse is a one-line error with exit code 2.
+that does not parse is a one-line error with exit code 2, as for every command of the project
+(:mod:`cli`).
 """
 
 from __future__ import annotations
@@ -9,35 +10,36 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-EXIT_USER_ERROR = 2
+from cli import UserError, cli
+from serve.settings import Settings, variable_name
 
 
-def main() -> None:
-    import uvicorn
-
-    from serve.app import create_app
-    from serve.settings import Settings, variable_name
-
+def read_settings() -> Settings:
+    """The settings from the environment; :class:`UserError` naming each bad variable."""
     try:
-        settings = Settings()
+        return Settings()
     except ValidationError as exc:
         problems = "; ".join(
             f"{variable_name(str(error['loc'][0])) if error['loc'] else 'settings'}: {error['msg']}"
             for error in exc.errors()
         )
-        print(f"error: invalid service settings: {problems}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+        raise UserError(f"invalid service settings: {problems}") from None
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> None:
+    """Read the settings, then serve until interrupted."""
+    import uvicorn
+
+    from serve.app import create_app
+
+    settings = read_settings()
+    logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for noisy in ("botocore", "urllib3", "alembic", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     print(
         f"serving {settings.model_uri} from {settings.tracking_uri} on "
         f"http://{settings.host}:{settings.port} (docs at /docs)",

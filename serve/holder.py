@@ -39,9 +39,11 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from cli import UserError
-from marketplace_models.kinds import IMAGE, TEXT
+from marketplace_models.kinds import IMAGE, IMAGE_TEXT, TEXT
+from registry.kinds import training_command
 from registry.resolve import ResolvedModel, resolve_model
 from registry.store import connect
+from registry.versions import NoSuchModel
 from serve.loader import (
     LoadCancelled,
     LoadError,
@@ -52,13 +54,15 @@ from serve.loader import (
     load_text_search,
 )
 from serve.metrics import ServiceMetrics
-from serve.settings import Settings
+from serve.settings import Settings, variable_name
 
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_S = 1.0
 SHORTEST_SLEEP_S = 0.05
 T = TypeVar("T")
+# The setting that names each slot's model.
+URI_SETTING = {IMAGE: "model_uri", TEXT: "text_model_uri", IMAGE_TEXT: "listing_model_uri"}
 
 Outcome = Literal["loaded", "unchanged", "failed", "skipped", "unreachable"]
 
@@ -351,7 +355,7 @@ class ModelHolder:
             return await self._load_and_swap(resolved, current)
 
     def _unreachable(self, exc: Exception) -> CheckResult:
-        detail = _one_line(exc)
+        detail = _missing_model(exc, self.kind) if isinstance(exc, NoSuchModel) else _one_line(exc)
         if self.last_check_error != detail:
             log.warning("cannot resolve %s: %s", self.model_uri, detail)
         self.last_check_error = detail
@@ -415,6 +419,15 @@ class ModelHolder:
             "last_check": self.last_check,
             "last_check_error": self.last_check_error,
         }
+
+
+def _missing_model(exc: NoSuchModel, kind: str) -> str:
+    """What to do about a registered model that does not exist, in the service's terms:
+    the entry point that trains one of the slot's kind, and the setting that names it."""
+    return (
+        f"{exc.missing}: train and register one with `{training_command(kind)}`, or point "
+        f"{variable_name(URI_SETTING[kind])} at another model"
+    )
 
 
 def _one_line(exc: BaseException) -> str:

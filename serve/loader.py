@@ -343,7 +343,7 @@ def load_served_model(
     """
     started = time.perf_counter()
     what = f"version {resolved.version} of {resolved.name}" if resolved.name else resolved.uri
-    fusion = None
+    fusion = texts = None
     try:
         with tempfile.TemporaryDirectory(prefix="serve-model-", dir=downloads) as tmp:
             folder = _download(resolved, tracking_uri, Path(tmp), client)
@@ -358,14 +358,7 @@ def load_served_model(
             if kind == IMAGE_TEXT:
                 fusion = read_fusion_parts(folder)
                 texts = _example_texts(folder, len(example))
-        probabilities, embedding = built.forward(example)
-        check_probabilities(probabilities, len(example), config.num_classes)
-        if fusion is not None:
-            check_probabilities(
-                fusion.predict_proba(embedding, texts), len(example), fusion.config.num_classes
-            )
-        warm = np.repeat(example[:1], max(1, batch_size), axis=0)
-        check_full_batch(built, warm, config.num_classes, int(embedding.shape[1]))
+        embedding = _checked_forward(built, example, config.num_classes, batch_size, fusion, texts)
         _stop_if_cancelled(cancelled)
         aliases, metrics, experiment_id = _registry_facts(client, resolved)
     except LoadError as exc:
@@ -392,24 +385,42 @@ def load_served_model(
         ui_url=ui_link(ui_url, tracking_uri, experiment_id, resolved.run_id),
         source=resolved.load_uri,
     )
-    model = ServedModel(
-        details=details,
-        engine=built,
-        max_pixels=max_pixels,
-        key=resolved.load_uri,
-        kind=kind,
-        fusion=fusion,
-    )
+    model = ServedModel(details, built, max_pixels, key=resolved.load_uri, kind=kind, fusion=fusion)
     if index_cache is not None and kind == IMAGE:
-        model.index, model.index_problem = load_search_index(
-            resolved, client, index_cache, details.embedding_dim, rejected_indexes
-        )
-        if model.index is not None:
-            model.text_search, model.text_search_problem = load_text_search(
-                resolved, client, index_cache
-            )
+        _attach_search(model, resolved, client, index_cache, rejected_indexes)
     log.info("loaded %s with %s in %.1f s", what, built.name, model.details.load_seconds)
     return model
+
+
+def _checked_forward(built, example, classes: int, batch_size: int, fusion, texts) -> np.ndarray:
+    """The example's embeddings, once the engine (and a listing model's head) gave sane
+    probabilities for it and for a full batch."""
+    probabilities, embedding = built.forward(example)
+    check_probabilities(probabilities, len(example), classes)
+    if fusion is not None:
+        check_probabilities(
+            fusion.predict_proba(embedding, texts), len(example), fusion.config.num_classes
+        )
+    warm = np.repeat(example[:1], max(1, batch_size), axis=0)
+    check_full_batch(built, warm, classes, int(embedding.shape[1]))
+    return embedding
+
+
+def _attach_search(
+    model: ServedModel,
+    resolved: ResolvedModel,
+    client,
+    index_cache: Path,
+    rejected_indexes: dict[str, str] | None,
+) -> None:
+    """Give ``model`` its version's search index and text search, or the reasons it has none."""
+    model.index, model.index_problem = load_search_index(
+        resolved, client, index_cache, model.details.embedding_dim, rejected_indexes
+    )
+    if model.index is not None:
+        model.text_search, model.text_search_problem = load_text_search(
+            resolved, client, index_cache
+        )
 
 
 def load_text_search(

@@ -105,3 +105,25 @@ def test_cli_help_for_every_command() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "usage: python -m registry" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "entry_point"),
+    [
+        ("marketplace-classifier", "train"),
+        ("marketplace-text-classifier", "train_text"),
+        ("marketplace-listing-classifier", "train_combined"),
+    ],
+)
+def test_a_missing_model_names_the_entry_point_that_trains_its_kind(
+    tmp_path: Path, name: str, entry_point: str, monkeypatch, capsys
+) -> None:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking_uri=uri).search_registered_models()  # an empty store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert registry_main(["list", "--model-name", name]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"no registered model named {name!r}" in error, error
+    assert f"`mlflow run . -e {entry_point} --env-manager local`" in error, error

@@ -684,3 +684,24 @@ def test_try_it_without_demo_data_is_a_one_line_error(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.startswith("error: no ") and "make demo" in done.stderr
+
+
+def test_the_schema_declares_what_the_service_accepts_and_405_names_every_method(client):
+    """Bounds are in the OpenAPI schema, not only in the handlers; an OPTIONS on a path
+    served by GET and POST is told both."""
+    refused = client.options("/search")
+    assert refused.status_code == 405
+    assert set(refused.headers["allow"].split(", ")) == {"GET", "POST"}
+    schema = client.get("/openapi.json").json()
+    query = {p["name"]: p for p in schema["paths"]["/search"]["get"]["parameters"]}
+    assert (query["k"]["schema"]["minimum"], query["k"]["schema"]["maximum"]) == (1, 100)
+    assert query["q"]["required"] and query["q"]["schema"]["minLength"] == 1
+    bodies = schema["components"]["schemas"]
+    predict = bodies["Body_predict_predict_post"]["properties"]
+    assert predict["top_k"]["minimum"] == 1
+    assert predict["top_k"]["maximum"] == len(CATEGORIES)  # the served version's
+    assert predict["text"]["maxLength"] == Settings().max_text_chars
+    assert predict["image"]["minLength"] == 1
+    assert bodies["Body_predict_batch_predict_batch_post"]["properties"]["images"]["maxItems"] == (
+        Settings().max_batch_images
+    )

@@ -173,3 +173,30 @@ def test_a_version_of_another_kind_is_never_served_in_a_slot(store) -> None:
         assert (
             client.post("/predict", files=_photo(), data={"text": "x"}).json()["input"] == "image"
         )
+
+
+def test_a_kind_never_registered_says_which_entry_point_trains_it_and_which_setting(
+    store: str,
+) -> None:
+    """With no registered model of a kind, its routes' 503 names the entry point that trains
+    one and the setting that points the service at it, not the CLI's flags."""
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    for name in (NAME, TEXT_MODEL_NAME, LISTING_MODEL_NAME):
+        client.delete_registered_model(name)
+    expected = {
+        "/predict": ("-e train --env-manager local", "MODEL_URI"),
+        "/predict/text": ("-e train_text --env-manager local", "TEXT_MODEL_URI"),
+        "/predict/combined": ("-e train_combined --env-manager local", "LISTING_MODEL_URI"),
+    }
+    with _service(store) as service:
+        for route, (entry_point, setting) in expected.items():
+
+            def missing(route=route):
+                reply = service.post(route, files=_photo(), data={"text": "sofa"})
+                detail = reply.json()["detail"]
+                return detail if "no registered model" in detail else None
+
+            detail = wait_until(missing, 120.0, f"{route} saying the model is missing")
+            assert f"`mlflow run . {entry_point}`" in detail, detail
+            assert f"point {setting} at another model" in detail, detail
+            assert "--model-name" not in detail, detail

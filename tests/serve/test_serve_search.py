@@ -52,8 +52,9 @@ def _register(uri: str, clean: Path, seed: int) -> int:
     config = ClassifierConfig(arch="resnet18", categories=categories, image_size=32)
     example = next((clean / "images" / str(DEMO_CLEAN_SIZE)).glob("*.jpg")).read_bytes()
     client = mlflow.MlflowClient(uri)
+    beside = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"  # not ./mlruns
     experiment = client.get_experiment_by_name("search") or client.get_experiment(
-        client.create_experiment("search")
+        client.create_experiment("search", artifact_location=str(beside))
     )
     with mlflow.start_run(experiment_id=experiment.experiment_id):
         info = log_classifier(net, config, example_image=example)
@@ -553,3 +554,47 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(live_service):
             assert response.status_code < 500, (case.method, case.path, response.text[:300])
 
         never_a_server_error()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="2 of 467 cases left (seed 1), both /predict/combined's `text` against its non-blank "
+    "pattern: a value schemathesis generates as valid arrives empty, and one it generates as "
+    "invalid arrives with a letter in it (issue 15)",
+    strict=False,
+)
+def test_schemathesis_with_every_check_finds_nothing(live_service, tmp_path):
+    """``schemathesis run --checks all`` (server errors, status codes, content types,
+    response schemas and headers, valid data accepted, invalid data refused, auth enforced,
+    unsupported methods) against the live service reports no failure. Its hooks give the
+    valid cases a real photo (``tests/helpers/schemathesis_hooks.py``)."""
+    import subprocess
+    import sys
+
+    command = [
+        str(Path(sys.executable).with_name("schemathesis")),
+        "run",
+        live_service + "/openapi.json",
+        "--checks",
+        "all",
+        "--max-examples",
+        "10",
+        "--seed",
+        "1",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "60",
+        "--suppress-health-check",
+        "all",
+        "--header",
+        "Authorization: Bearer fuzz",
+        "--no-color",
+    ]
+    hooks = Path(__file__).parents[1] / "helpers" / "schemathesis_hooks.py"  # real photos
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(hooks)}
+    run = subprocess.run(
+        command, capture_output=True, text=True, timeout=1800, cwd=tmp_path, env=env, check=False
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-20000:]
