@@ -116,7 +116,7 @@ def open_image(
 
     With ``size``, a JPEG is decoded at the smallest DCT scale that still covers the box
     :func:`normalize_image` fits it into (long side ``size``; Pillow's ``draft``): a
-    1024 x 768 photo for a 256 square decodes at quarter scale, several times faster.
+    1024 x 768 photo for a 256 square decodes at quarter scale.
     Raises ``OSError`` (Pillow's ``UnidentifiedImageError`` is one) when the data
     is not a readable image or is truncated, and, before decoding, :class:`ImageTooLarge`
     when ``max_pixels`` is given and the header declares more pixels than that, or

@@ -9,17 +9,21 @@
 - Versions registered before the ``input`` tag existed are image models
   (:func:`registry.kinds.input_of`).
 - Runs logged before metrics were named ``<split>/<name>`` have flat names
-  (``test_accuracy``): :func:`registry.versions.canonical_metric` maps them.
+  (``test_accuracy``): :func:`canonical_metric` and :func:`legacy_metric` map one spelling
+  to the other, so old and new versions compare.
 """
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 OLD_CODE_PACKAGE = "registry"
+LEGACY_METRIC = re.compile(r"(train|val|test)_(.+)")
+METRIC = re.compile(r"(train|val|test)/(.+)")
 
 
 def has_old_code_layout(model_folder: Path) -> bool:
@@ -54,3 +58,22 @@ def own_code_layout(model_folder: Path) -> Iterator[None]:
         for name in _package_modules(OLD_CODE_PACKAGE):
             del sys.modules[name]
         sys.modules.update(ours)
+
+
+def canonical_metric(name: str) -> str:
+    """``test_accuracy`` -> ``test/accuracy``; a name already so spelled, or of no split, as is."""
+    match = LEGACY_METRIC.fullmatch(name)
+    return f"{match[1]}/{match[2]}" if match else name
+
+
+def legacy_metric(name: str) -> str:
+    """``test/accuracy`` -> ``test_accuracy``, the flat name versions logged before."""
+    match = METRIC.fullmatch(canonical_metric(name))
+    return f"{match[1]}_{match[2]}" if match else name
+
+
+def canonical_metrics(values: Mapping[str, float]) -> dict[str, float]:
+    """``values`` with every key under its canonical name; the canonical spelling wins."""
+    out = {canonical_metric(k): v for k, v in values.items() if k != canonical_metric(k)}
+    out.update({k: v for k, v in values.items() if k == canonical_metric(k)})
+    return dict(sorted(out.items()))

@@ -6,11 +6,11 @@ training step also copies its test metrics onto the version as tags (``test/accu
 better follows its name: ``*loss``, ``*error``, ``mae``, ``mse``, ``rmse`` are better
 smaller, everything else (accuracy, f1, ...) better bigger.
 
-Metric names are ``<split>/<name>`` (``test/accuracy``, ``val/loss``), so that the MLflow UI
-charts a split's metrics together. Versions trained before that carry the flat names
-(``test_accuracy``): :func:`canonical_metric` and :func:`legacy_metric` map one spelling to
-the other, and :meth:`VersionInfo.metric` and :func:`metric_value` accept either and find
-either, so old and new versions still compare.
+Metric names are ``<split>/<name>`` (``test/accuracy``, ``val/loss``), so that the MLflow
+UI charts a split's metrics together. Versions trained before that carry the flat names
+(``test_accuracy``): :mod:`registry.legacy` maps one spelling to the other, and
+:meth:`VersionInfo.metric` and :func:`metric_value` accept either and find either, so old
+and new versions still compare.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from cli import UserError
 from registry.kinds import kind_of_name, training_command
+from registry.legacy import canonical_metric, canonical_metrics, legacy_metric
 from registry.store import error_code
 
 if TYPE_CHECKING:
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 
 LOWER_IS_BETTER = re.compile(r"(loss|error|mae|mse|rmse|perplexity)$", re.IGNORECASE)
 SPLITS = ("train", "val", "test")
-LEGACY_METRIC = re.compile(r"(train|val|test)_(.+)")
-METRIC = re.compile(r"(train|val|test)/(.+)")
 METRIC_TAG_PREFIXES = tuple(f"{split}{sep}" for split in SPLITS for sep in ("/", "_"))
 WHOLE_FLOAT = re.compile(r"\d+\.0*")
 BEST = "best"
@@ -71,18 +70,6 @@ class VersionInfo:
         return canonical_metrics(self.metrics)
 
 
-def canonical_metric(name: str) -> str:
-    """``test_accuracy`` -> ``test/accuracy``; a name already so spelled, or of no split, as is."""
-    match = LEGACY_METRIC.fullmatch(name)
-    return f"{match[1]}/{match[2]}" if match else name
-
-
-def legacy_metric(name: str) -> str:
-    """``test/accuracy`` -> ``test_accuracy``, the flat name versions logged before."""
-    match = METRIC.fullmatch(canonical_metric(name))
-    return f"{match[1]}_{match[2]}" if match else name
-
-
 def metric_value(values: Mapping[str, object], name: str) -> float | None:
     """Metric ``name`` from ``values`` (run metrics, version tags, results.json), found under
     its ``<split>/<name>`` name or else its flat legacy one, whichever way ``name`` is spelled;
@@ -93,13 +80,6 @@ def metric_value(values: Mapping[str, object], name: str) -> float | None:
             if number is not None:
                 return number
     return None
-
-
-def canonical_metrics(values: Mapping[str, float]) -> dict[str, float]:
-    """``values`` with every key under its canonical name; the canonical spelling wins."""
-    out = {canonical_metric(k): v for k, v in values.items() if k != canonical_metric(k)}
-    out.update({k: v for k, v in values.items() if k == canonical_metric(k)})
-    return dict(sorted(out.items()))
 
 
 def lower_is_better(metric: str) -> bool:

@@ -65,22 +65,16 @@ LISTING_COLUMNS = ("product_id", "name", "price", "location", "category", "categ
 
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
 # `auto` searches exactly while one query scans at most this many floats (n vectors x d
-# dimensions; 2**23 floats = 32 MiB: 16,384 vectors of 512 dims, 4,096 of 2048). An exact
-# scan reads every vector for every query, so its cost grows with n x d: on the 2-core
-# reference machine (bench/search.py, one FAISS thread) one query over 2**23 floats takes
-# 0.8 to 1.5 ms, 15 ms at 100k x 512 and 190 ms at 1M x 512, while HNSW answers in 0.2, 0.3
-# and 0.4 ms. Below the threshold exact search is fast enough, needs no build and is never
-# wrong. (With FAISS's default two threads on the shared 2-core machine, a single exact query
-# over 10k x 512 took 9 to 15 ms in each of three runs, against 0.5 to 0.8 ms on one thread:
-# the two threads wait on each other.)
+# dimensions; 2**23 floats = 32 MiB: 16,384 vectors of 512 dims, 4,096 of 2048), HNSW above.
+# An exact scan reads every vector for every query, so its cost grows with n x d; below the
+# threshold it is fast enough, needs no build and is never wrong. Where the line was drawn,
+# and what each kind costs: docs/search.md and bench/results/search.json.
 AUTO_EXACT_MAX_FLOATS = 2**23
 HNSW_M = 32  # links per node: 2 x 32 x 4 bytes = 256 bytes per vector on top of the vector
-# Search depth while building. At 1M x 512 clustered vectors, 80 (rather than faiss's 40)
-# costs about 20 % more build time (4 to 6 min on 2 cores) and lifts recall@10 at
-# HNSW_EF_SEARCH from 0.88 to 0.97; with 40, even ef_search 1024 reaches only 0.94
-# (bench/search.py).
+# Search depth while building: twice faiss's default, which bench/search.py found worth its
+# longer build in recall at HNSW_EF_SEARCH (docs/search.md has the figures).
 HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128  # recall@10 0.97 at 1M x 512 clustered vectors, 0.4 ms a query
+HNSW_EF_SEARCH = 128  # search depth per query: the recall target's (docs/search.md)
 IVF_MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per list
 PQ_BITS = 8
 DEFAULT_K = 12
@@ -121,8 +115,8 @@ def use_threads(count: int) -> None:
     """Run FAISS searches in this process on ``count`` OpenMP threads.
 
     A service answers one query per request and runs requests side by side, so it wants 1:
-    on the 2-core reference machine FAISS's default (one thread per core) made one exact
-    query over 10k x 512 vectors about ten times slower (bench/search.py).
+    FAISS's default (one thread per core) makes the threads of one query wait on each
+    other's (measured in bench/search.py, figures in docs/search.md).
     """
     _faiss().omp_set_num_threads(max(1, int(count)))
 
