@@ -861,6 +861,7 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> No
             arch=details.arch,
             image_size=details.image_size,
             engine=details.engine,
+            engine_reason=details.engine_reason,
             loaded_at=details.loaded_at,
             load_seconds=round(details.load_seconds, 3),
             ui_url=details.ui_url,

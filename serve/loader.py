@@ -33,6 +33,7 @@ from marketplace_models.imaging import load_normalized
 from marketplace_models.kinds import IMAGE, IMAGE_TEXT, TEXT, TEXT_COLUMN
 from marketplace_models.listing import FusionParts, read_fusion_parts
 from marketplace_models.text import TextClassifier, input_kind_of, read_text_classifier
+from registry.quantize import INT8_GATE_TAG, INT8_TAG
 from registry.resolve import ResolvedModel
 from registry.smoke import (
     SYNTHETIC_TEXTS,
@@ -50,7 +51,7 @@ from search.index import (
     index_run_for_version,
 )
 from search.text import TEXT_DIR, TextSearch
-from serve.engines import Engine, EngineUnavailable, build_engine
+from serve.engines import INT8, Engine, EngineUnavailable, build_engine
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class ModelDetails:
     load_seconds: float
     ui_url: str | None
     source: str
+    engine_reason: str = ""  # why this engine answers (SERVE_ENGINE, and what the version has)
 
     @property
     def label(self) -> str:
@@ -350,7 +352,8 @@ def load_served_model(
             _stop_if_cancelled(cancelled)
             _check_kind(folder, kind)
             logged = read_logged_classifier(folder)
-            built = build_engine(logged, engine)
+            int8, int8_problem = _int8_export(resolved, client, tracking_uri, Path(tmp), engine)
+            built = build_engine(logged, engine, int8, int8_problem)
             config = logged.config
             example = _example_pixels(
                 folder, lambda data: read_pixels(data, config.image_size, max_pixels)
@@ -391,6 +394,7 @@ def load_served_model(
         load_seconds=time.perf_counter() - started,
         ui_url=ui_link(ui_url, tracking_uri, experiment_id, resolved.run_id),
         source=resolved.load_uri,
+        engine_reason=built.reason,
     )
     model = ServedModel(
         details=details,
@@ -408,8 +412,36 @@ def load_served_model(
             model.text_search, model.text_search_problem = load_text_search(
                 resolved, client, index_cache
             )
-    log.info("loaded %s with %s in %.1f s", what, built.name, model.details.load_seconds)
+    log.info(
+        "loaded %s with %s (%s) in %.1f s", what, built.name, built.reason, details.load_seconds
+    )
     return model
+
+
+def _int8_export(
+    resolved: ResolvedModel, client, tracking_uri: str, into: Path, engine: str
+) -> tuple[Path | None, str]:
+    """The version's int8 export (its ``int8_onnx`` tag names it; see registry.quantize),
+    downloaded into ``into``, or None and why there is none."""
+    if engine not in ("auto", INT8):
+        return None, ""
+    if resolved.name is None or resolved.version is None or client is None:
+        return None, "not a registered version"
+    tags = client.get_model_version(resolved.name, str(resolved.version)).tags or {}
+    uri = tags.get(INT8_TAG)
+    if not uri:
+        gate = tags.get(INT8_GATE_TAG)
+        return None, f"its gate {gate}" if gate else "registered before int8 exports"
+    import mlflow.artifacts
+
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(into / "int8"), tracking_uri=tracking_uri
+        )
+    except Exception as exc:  # auto still serves the fp32 export
+        log.warning("cannot download the int8 export %s: %s", uri, _first_line(exc))
+        return None, f"cannot download {uri}: {type(exc).__name__}"
+    return Path(local), ""
 
 
 def load_text_search(
