@@ -225,7 +225,7 @@ def quantize_version(
                     calibration=calibration,
                     **options,
                 )
-        record_int8(client, model_version, report, Path(tmp) / INT8_FILE)
+        report = record_int8(client, model_version, report, Path(tmp) / INT8_FILE)
     log.info("version %s of %s: %s", version, name, report.note())
     return report
 
@@ -244,8 +244,10 @@ def _downloaded(client: MlflowClient, name: str, version: int | str) -> Iterator
         )
 
 
-def record_int8(client: MlflowClient, model_version, report: Int8Report, int8: Path) -> None:
-    """Log the figures (and a kept file) to the version's run; tag and describe the version."""
+def record_int8(client: MlflowClient, model_version, report: Int8Report, int8: Path) -> Int8Report:
+    """Log the figures (and a kept file) to the version's run; tag and describe the version.
+
+    Returns the verdict recorded (a version without a run cannot hold the file)."""
     name, number, run_id = model_version.name, model_version.version, model_version.run_id
     if run_id:
         for key, value in report.metrics().items():
@@ -263,3 +265,4 @@ def record_int8(client: MlflowClient, model_version, report: Int8Report, int8: P
     description = client.get_model_version(name, number).description or ""
     updated = with_registration_line(description, INT8_LINE, report.note())
     client.update_model_version(name, number, description=updated)
+    return report
