@@ -25,7 +25,6 @@ Writes bench/results/train.json and prints the figures. Nothing is logged to MLf
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -45,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 # search.py and serve.py would hide the packages of the same name).
 sys.path.insert(0, str(REPO))
 
+from cli import ArgumentParser, cli  # noqa: E402
 from marketplace_models.network import build_network  # noqa: E402
 from steps.training import stages  # noqa: E402
 from steps.training.config import TrainConfig  # noqa: E402
@@ -206,8 +206,8 @@ def compare(cfg: TrainConfig, epochs: int, plain_epochs: int, repeat: int) -> di
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python bench/train.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clean", type=Path, help="cleaned data (default: a demo export)")
     parser.add_argument("--clean-size", type=int, default=96)
     parser.add_argument("--image-size", type=int, default=64)
@@ -228,9 +228,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeat", type=int, default=2, help="interleaved runs; best counts")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return parser
 
+
+def run_modes(args) -> dict:
+    """Both modes (head only, fine-tuning), each our loop against the plain one."""
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         clean = args.clean or demo_clean(Path(tmp), args.products, args.clean_size)
         base = TrainConfig(
@@ -256,7 +258,11 @@ def main(argv: list[str] | None = None) -> None:
             args.repeat,
         )
 
-    device = setup().describe()
+    return runs
+
+
+def describe(args, runs: dict, device: str) -> dict:
+    """The results file's content: when, on what, with which settings, the runs, the targets."""
     result = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -279,8 +285,10 @@ def main(argv: list[str] | None = None) -> None:
         "targets": TARGETS,
         "met": {k: runs[k]["speedup"] >= TARGETS[k] for k in TARGETS},
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def print_table(runs: dict, device: str, results: Path) -> None:
     header = f"{'mode':<12} {'ours img/s':>11} {'plain img/s':>12} {'speedup':>8} {'CPU ratio':>10}"
     print(f"\n{header} {'target':>7}")
     for name, run in runs.items():
@@ -289,8 +297,20 @@ def main(argv: list[str] | None = None) -> None:
             f"{run['plain_images_per_second']:>12.1f} {run['speedup']:>7.2f}x "
             f"{run['cpu_ratio']:>9.2f}x {TARGETS[name]:>6.1f}x"
         )
-    print(f"\n{device}; written to {args.results}")
+    print(f"\n{device}; written to {results}")
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    runs = run_modes(args)
+    device = setup().describe()
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(describe(args, runs, device), indent=2) + "\n")
+    print_table(runs, device, args.results)
+
+
+run = cli(main)
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -1,4 +1,5 @@
-"""``python -m registry <command>``: list, show, compare, promote and roll back model versions.
+"""``python -m registry <command>``: list, show, compare, promote and roll back model versions,
+and add a version's int8 export (``quantize``, see :mod:`registry.quantize`).
 
 Reads the Model Registry named by MLFLOW_TRACKING_URI (default ``sqlite:///mlflow.db``, or
 ``--tracking-uri``); ``promote`` and ``rollback`` move the ``production`` alias and tag the
@@ -68,7 +69,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     rollback = command("rollback", "give production back to previous-production")
     rollback.add_argument("--metric", default=DEFAULT_METRIC, help="metric recorded in the tags")
     _decision_arguments(rollback)
+    _quantize_arguments(command("quantize", "add the int8 export to a version, behind its gate"))
     return parser
+
+
+def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", required=True, help="version number")
+    parser.add_argument(
+        "--clean",
+        type=Path,
+        default=Path(DEFAULT_CLEAN),
+        help="cleaned data: training photos calibrate, the test split gates (default data/clean)",
+    )
+    parser.add_argument(
+        "--calibration-images", type=int, default=300, help="training photos that calibrate"
+    )
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        help="least top-1 agreement with fp32 on the test split (default 0.99)",
+    )
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=0.01,
+        help="most test accuracy the int8 export may lose (default 0.01: one point)",
+    )
 
 
 def _decision_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +147,30 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command == "rollback":
         decision = promotion.rollback(name, client=client, **promotion.decision_options(args))
         print(decision.summary())
+    elif args.command == "quantize":
+        print(_quantize(client, args))
+
+
+def _quantize(client, args: argparse.Namespace) -> str:
+    """Run ``quantize``; its one-line verdict."""
+    from registry.quantize import quantize_version
+
+    if not 0.0 <= args.min_agreement <= 1.0 or not 0.0 <= args.max_accuracy_drop <= 1.0:
+        raise UserError("--min-agreement and --max-accuracy-drop are fractions between 0 and 1")
+    if args.calibration_images < 1:
+        raise UserError("--calibration-images must be at least 1")
+    if not args.clean.is_dir():
+        raise UserError(f"no clean data folder {args.clean}: pass --clean with the cleaned data")
+    report = quantize_version(
+        client,
+        args.model_name,
+        args.version,
+        args.clean,
+        calibration_images=args.calibration_images,
+        min_agreement=args.min_agreement,
+        max_accuracy_drop=args.max_accuracy_drop,
+    )
+    return f"version {args.version} of {args.model_name}: {report.note()}"
 
 
 run = cli(main)

@@ -99,6 +99,16 @@ def registration_note(
     return f"{CANDIDATE}\n\n" + "  \n".join(lines)
 
 
+def with_registration_line(description: str, prefix: str, line: str) -> str:
+    """``description`` with ``line`` as the last line of its registration note, replacing
+    the line that starts with ``prefix`` if there is one (the promotion history is kept)."""
+    head, heading, history = description.partition(DECISIONS_HEADING)
+    kept = [row for row in head.rstrip().split("  \n") if not row.startswith(prefix)]
+    kept = [row for row in kept if row]
+    body = "  \n".join([*kept, line])
+    return f"{body}\n\n{heading}{history}" if heading else body
+
+
 def status_of(description: str) -> str:
     """The status line of a version's description ('' when it has none)."""
     first = description.split("\n\n", 1)[0]

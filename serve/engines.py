@@ -2,18 +2,22 @@
 
 Each engine takes a uint8 batch ``(B, S, S, 3)`` (what the shared normalisation makes)
 and returns ``probabilities (B, C)`` and ``embedding (B, D)`` as float32 arrays. Which one
-serves a version (:func:`build_engine`):
+serves a version (:func:`build_engine`), and its ``reason``:
 
-- ``auto``: torch with CUDA (fp16 autocast) when a GPU is there; else the version's ONNX
-  export with ONNX Runtime; else (a version registered before exports existed) torch on
-  the CPU.
-- ``onnx``: ONNX Runtime; a version without an export fails to load.
+- ``auto``: torch with CUDA (fp16 autocast) when a GPU is there; else the version's int8
+  export (``onnx-int8``) when it has one that passed its accuracy gate
+  (:mod:`registry.quantize`); else its fp32 ONNX export; else (a version registered before
+  exports existed) torch on the CPU.
+- ``onnx-int8``: the int8 export; a version without one fails to load (the service answers
+  503 saying so) rather than quietly serving another engine than the one asked for.
+- ``onnx``: the fp32 ONNX export; a version without one fails to load.
 - ``torch``: torch on the GPU if there is one, else the CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -22,11 +26,14 @@ import torch
 from marketplace_models.image import LoggedClassifier, load_network
 from marketplace_models.onnx import ONNX_INPUT, serving_network
 
+INT8 = "onnx-int8"
+
 
 class Engine(Protocol):
     """Something that runs the served network on a batch of uint8 images."""
 
     name: str
+    reason: str
 
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -36,11 +43,9 @@ class EngineUnavailable(RuntimeError):
 
 
 class OnnxEngine:
-    """The version's ONNX export in an ONNX Runtime session (CPU)."""
+    """An ONNX export of the version (fp32 or int8) in an ONNX Runtime session (CPU)."""
 
-    name = "onnx"
-
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, name: str = "onnx", reason: str = "") -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -52,6 +57,7 @@ class OnnxEngine:
         self.session = onnxruntime.InferenceSession(
             path, options, providers=["CPUExecutionProvider"]
         )
+        self.name, self.reason = name, reason
 
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))  # (B, 3, S, S)
@@ -62,13 +68,14 @@ class OnnxEngine:
 class TorchEngine:
     """The network in eager torch under ``inference_mode`` (fp16 autocast on CUDA)."""
 
-    def __init__(self, logged: LoggedClassifier, device: torch.device) -> None:
+    def __init__(self, logged: LoggedClassifier, device: torch.device, reason: str = "") -> None:
         self.device = device
         module = serving_network(load_network(logged), logged.config).to(device)
         if device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
         self.module = module.eval()
         self.name = f"torch-{device.type}"
+        self.reason = reason
 
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
@@ -86,20 +93,49 @@ class TorchEngine:
         )
 
 
-def build_engine(logged: LoggedClassifier, choice: str) -> Engine:
-    """The engine ``choice`` (auto, onnx, torch) for the logged classifier."""
+def build_engine(
+    logged: LoggedClassifier, choice: str, int8: Path | None = None, int8_problem: str = ""
+) -> Engine:
+    """The engine ``choice`` (auto, onnx-int8, onnx, torch) for the logged classifier.
+
+    ``int8`` is the version's int8 export when it has one that passed its gate;
+    ``int8_problem`` why it has none (said in the reason ``auto`` gives).
+    """
     cuda = torch.cuda.is_available()
-    if choice == "torch" or (choice == "auto" and cuda):
-        return TorchEngine(logged, torch.device("cuda" if cuda else "cpu"))
+    if choice == "torch":
+        return TorchEngine(logged, torch.device("cuda" if cuda else "cpu"), "SERVE_ENGINE=torch")
+    if choice == "auto" and cuda:
+        return TorchEngine(logged, torch.device("cuda"), "auto: a GPU is here (torch, fp16)")
+    if choice in (INT8, "auto") and int8 is not None:
+        why = "SERVE_ENGINE=onnx-int8" if choice == INT8 else "auto: int8 export passed its gate"
+        engine = _onnx(str(int8), INT8, why, required=choice == INT8)
+        if engine is not None:
+            return engine
+    if choice == INT8:
+        raise EngineUnavailable(
+            f"SERVE_ENGINE=onnx-int8, but the version has no int8 export ({int8_problem or 'none'}"
+            "): add one with `python -m registry quantize --version N`, or serve it with "
+            "SERVE_ENGINE=auto"
+        )
+    no_int8 = f" (no int8 export: {int8_problem})" if int8_problem else ""
     if logged.onnx is not None:
-        try:
-            return OnnxEngine(str(logged.onnx))
-        except ImportError as exc:
-            if choice == "onnx":
-                raise EngineUnavailable(f"onnxruntime is not installed ({exc})") from None
+        why = "SERVE_ENGINE=onnx" if choice == "onnx" else f"auto: fp32 ONNX export{no_int8}"
+        engine = _onnx(str(logged.onnx), "onnx", why, required=choice == "onnx")
+        if engine is not None:
+            return engine
     elif choice == "onnx":
         raise EngineUnavailable(
             "the version has no ONNX export (registered before exports existed, or its "
             "export failed the parity check): serve it with SERVE_ENGINE=auto or torch"
         )
-    return TorchEngine(logged, torch.device("cpu"))
+    return TorchEngine(logged, torch.device("cpu"), "auto: the version has no usable ONNX export")
+
+
+def _onnx(path: str, name: str, reason: str, *, required: bool) -> OnnxEngine | None:
+    """An ONNX Runtime engine, or None (``required``: :class:`EngineUnavailable`) without it."""
+    try:
+        return OnnxEngine(path, name, reason)
+    except ImportError as exc:
+        if required:
+            raise EngineUnavailable(f"onnxruntime is not installed ({exc})") from None
+        return None

@@ -20,7 +20,8 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from marketplace_models.imaging import load_normalized
 from marketplace_models.kinds import IMAGE, IMAGE_TEXT, TEXT, TEXT_COLUMN
 from marketplace_models.listing import FusionParts, read_fusion_parts
 from marketplace_models.text import TextClassifier, input_kind_of, read_text_classifier
+from registry.quantize import INT8_GATE_TAG, INT8_TAG
 from registry.resolve import ResolvedModel
 from registry.smoke import (
     SYNTHETIC_TEXTS,
@@ -50,7 +52,7 @@ from search.index import (
     index_run_for_version,
 )
 from search.text import TEXT_DIR, TextSearch
-from serve.engines import Engine, EngineUnavailable, build_engine
+from serve.engines import INT8, Engine, EngineUnavailable, build_engine
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class ModelDetails:
     load_seconds: float
     ui_url: str | None
     source: str
+    engine_reason: str = ""  # why this engine answers (SERVE_ENGINE, and what the version has)
 
     @property
     def label(self) -> str:
@@ -247,6 +250,41 @@ def _example_texts(folder: Path, count: int) -> list[str]:
     return (texts * count)[:count]
 
 
+@contextmanager
+def _load_errors(what: str) -> Iterator[None]:
+    """Any failure inside as one :class:`LoadError` that names the version ``what``."""
+    try:
+        yield
+    except LoadError as exc:
+        raise LoadError(f"{what} {exc}") from exc
+    except (NotAClassifier, EngineUnavailable) as exc:
+        raise LoadError(f"{what} cannot be served: {exc}") from exc
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise LoadError(f"{what} failed to load: {type(exc).__name__}: {first}") from exc
+
+
+def _details(
+    resolved: ResolvedModel, client, started: float, tracking_uri: str, ui_url, **fields
+) -> ModelDetails:
+    """The version's :class:`ModelDetails`: its registry facts, ``fields`` (categories, arch,
+    engine, ...) and how long the load took since ``started``."""
+    aliases, metrics, experiment_id = _registry_facts(client, resolved)
+    return ModelDetails(
+        uri=resolved.uri,
+        name=resolved.name,
+        version=resolved.version,
+        run_id=resolved.run_id,
+        aliases=aliases,
+        metrics=metrics,
+        loaded_at=datetime.now(UTC),
+        load_seconds=time.perf_counter() - started,
+        ui_url=ui_link(ui_url, tracking_uri, experiment_id, resolved.run_id),
+        source=resolved.load_uri,
+        **fields,
+    )
+
+
 def _check_kind(folder: Path, kind: str) -> None:
     found = input_kind_of(folder)
     if found != kind:
@@ -271,7 +309,7 @@ def load_served_text_model(
     ``downloads`` and ``cancelled`` as for :func:`load_served_model`."""
     started = time.perf_counter()
     what = f"version {resolved.version} of {resolved.name}" if resolved.name else resolved.uri
-    try:
+    with _load_errors(what):
         with tempfile.TemporaryDirectory(prefix="serve-text-model-", dir=downloads) as tmp:
             folder = _download(resolved, tracking_uri, Path(tmp), client)
             _stop_if_cancelled(cancelled)
@@ -280,30 +318,19 @@ def load_served_text_model(
             texts = _example_texts(folder, 2)
         probabilities = text.predict_proba(texts)
         check_probabilities(probabilities, len(texts), len(text.categories))
-        aliases, metrics, experiment_id = _registry_facts(client, resolved)
-    except LoadError as exc:
-        raise LoadError(f"{what} {exc}") from exc
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise LoadError(f"{what} failed to load: {type(exc).__name__}: {first}") from exc
-    encoder = text.config.encoder
-    details = ModelDetails(
-        uri=resolved.uri,
-        name=resolved.name,
-        version=resolved.version,
-        run_id=resolved.run_id,
-        aliases=aliases,
-        metrics=metrics,
-        categories=text.categories,
-        arch=f"text ({encoder})",
-        image_size=0,
-        embedding_dim=0,
-        engine=encoder,
-        loaded_at=datetime.now(UTC),
-        load_seconds=time.perf_counter() - started,
-        ui_url=ui_link(ui_url, tracking_uri, experiment_id, resolved.run_id),
-        source=resolved.load_uri,
-    )
+        encoder = text.config.encoder
+        details = _details(
+            resolved,
+            client,
+            started,
+            tracking_uri,
+            ui_url,
+            categories=text.categories,
+            arch=f"text ({encoder})",
+            image_size=0,
+            embedding_dim=0,
+            engine=encoder,
+        )
     log.info("loaded %s (%s text encoder) in %.1f s", what, encoder, details.load_seconds)
     return ServedModel(
         details=details,
@@ -344,13 +371,14 @@ def load_served_model(
     started = time.perf_counter()
     what = f"version {resolved.version} of {resolved.name}" if resolved.name else resolved.uri
     fusion = texts = None
-    try:
+    with _load_errors(what):
         with tempfile.TemporaryDirectory(prefix="serve-model-", dir=downloads) as tmp:
             folder = _download(resolved, tracking_uri, Path(tmp), client)
             _stop_if_cancelled(cancelled)
             _check_kind(folder, kind)
             logged = read_logged_classifier(folder)
-            built = build_engine(logged, engine)
+            int8, int8_problem = _int8_export(resolved, client, tracking_uri, Path(tmp), engine)
+            built = build_engine(logged, engine, int8, int8_problem)
             config = logged.config
             example = _example_pixels(
                 folder, lambda data: read_pixels(data, config.image_size, max_pixels)
@@ -360,35 +388,25 @@ def load_served_model(
                 texts = _example_texts(folder, len(example))
         embedding = _checked_forward(built, example, config.num_classes, batch_size, fusion, texts)
         _stop_if_cancelled(cancelled)
-        aliases, metrics, experiment_id = _registry_facts(client, resolved)
-    except LoadError as exc:
-        raise LoadError(f"{what} {exc}") from exc
-    except (NotAClassifier, EngineUnavailable) as exc:
-        raise LoadError(f"{what} cannot be served: {exc}") from exc
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise LoadError(f"{what} failed to load: {type(exc).__name__}: {first}") from exc
-    details = ModelDetails(
-        uri=resolved.uri,
-        name=resolved.name,
-        version=resolved.version,
-        run_id=resolved.run_id,
-        aliases=aliases,
-        metrics=metrics,
-        categories=list(config.categories),
-        arch=config.arch,
-        image_size=config.image_size,
-        embedding_dim=int(embedding.shape[1]),
-        engine=built.name,
-        loaded_at=datetime.now(UTC),
-        load_seconds=time.perf_counter() - started,
-        ui_url=ui_link(ui_url, tracking_uri, experiment_id, resolved.run_id),
-        source=resolved.load_uri,
-    )
+        details = _details(
+            resolved,
+            client,
+            started,
+            tracking_uri,
+            ui_url,
+            categories=list(config.categories),
+            arch=config.arch,
+            image_size=config.image_size,
+            embedding_dim=int(embedding.shape[1]),
+            engine=built.name,
+            engine_reason=built.reason,
+        )
     model = ServedModel(details, built, max_pixels, key=resolved.load_uri, kind=kind, fusion=fusion)
     if index_cache is not None and kind == IMAGE:
         _attach_search(model, resolved, client, index_cache, rejected_indexes)
-    log.info("loaded %s with %s in %.1f s", what, built.name, model.details.load_seconds)
+    log.info(
+        "loaded %s with %s (%s) in %.1f s", what, built.name, built.reason, details.load_seconds
+    )
     return model
 
 
@@ -421,6 +439,32 @@ def _attach_search(
         model.text_search, model.text_search_problem = load_text_search(
             resolved, client, index_cache
         )
+
+
+def _int8_export(
+    resolved: ResolvedModel, client, tracking_uri: str, into: Path, engine: str
+) -> tuple[Path | None, str]:
+    """The version's int8 export (its ``int8_onnx`` tag names it; see registry.quantize),
+    downloaded into ``into``, or None and why there is none."""
+    if engine not in ("auto", INT8):
+        return None, ""
+    if resolved.name is None or resolved.version is None or client is None:
+        return None, "not a registered version"
+    tags = client.get_model_version(resolved.name, str(resolved.version)).tags or {}
+    uri = tags.get(INT8_TAG)
+    if not uri:
+        gate = tags.get(INT8_GATE_TAG)
+        return None, f"its gate {gate}" if gate else "registered before int8 exports"
+    import mlflow.artifacts
+
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(into / "int8"), tracking_uri=tracking_uri
+        )
+    except Exception as exc:  # auto still serves the fp32 export
+        log.warning("cannot download the int8 export %s: %s", uri, _first_line(exc))
+        return None, f"cannot download {uri}: {type(exc).__name__}"
+    return Path(local), ""
 
 
 def load_text_search(

@@ -168,7 +168,8 @@ class ModelInfo(BaseModel):
             "categories": ["Appliances", "Home & Garden"],
             "arch": "resnet18",
             "image_size": 224,
-            "engine": "onnx",
+            "engine": "onnx-int8",
+            "engine_reason": "auto: int8 export passed its gate",
             "loaded_at": "2026-11-25T18:00:00Z",
             "load_seconds": 2.4,
             "ui_url": "http://127.0.0.1:5000/#/experiments/1/runs/5f0c8e...",
@@ -200,7 +201,10 @@ class ModelInfo(BaseModel):
     categories: list[str]
     arch: str
     image_size: int
-    engine: str = Field(description="onnx, torch-cpu or torch-cuda.")
+    engine: str = Field(description="onnx-int8, onnx, torch-cpu or torch-cuda.")
+    engine_reason: str = Field(
+        "", description="Why that engine answers: SERVE_ENGINE, and what the version has."
+    )
     loaded_at: datetime
     load_seconds: float
     ui_url: str | None = Field(description="The version's run in the MLflow UI.")

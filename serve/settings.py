@@ -22,7 +22,7 @@ DEFAULT_TEXT_MODEL_URI = f"models:/{TEXT_MODEL_NAME}@{PRODUCTION}"
 DEFAULT_LISTING_MODEL_URI = f"models:/{LISTING_MODEL_NAME}@{PRODUCTION}"
 MIB = 1024 * 1024
 
-Engine = Literal["auto", "onnx", "torch"]
+Engine = Literal["auto", "onnx-int8", "onnx", "torch"]
 
 
 class Settings(BaseSettings):
@@ -155,8 +155,9 @@ class Settings(BaseSettings):
     )
     engine: Engine = Field(
         "auto",
-        description="auto: torch+CUDA on a GPU, else the version's ONNX export with ONNX "
-        "Runtime, else torch; onnx or torch to force one.",
+        description="auto: torch+CUDA (fp16) on a GPU; on a CPU the version's int8 export "
+        "when it passed its accuracy gate, else its fp32 ONNX export, else torch. onnx-int8, "
+        "onnx or torch force one: a version without it is not served (503 saying why).",
     )
     decode_threads: int = Field(
         0, ge=0, description="Threads that decode uploads; 0 means one per CPU core."

@@ -11,7 +11,8 @@ memory, GPU when there is one), ``checkpoints/last.pt`` and ``checkpoints/best.p
 ``best_epoch``, the test metrics (``test/accuracy`` ..., tied to the test split's dataset)
 and ``evaluation/`` artifacts, the pyfunc model (named ``--model-name``), and with
 ``--register true`` a new version of the registered model, described (never its
-``production`` alias).
+``production`` alias), with its int8 export when that passes the accuracy gate
+(:mod:`registry.quantize`: ``int8/...`` metrics and artifact, the ``int8_onnx`` tag).
 
     python -m steps.train --epochs 15
     mlflow run . -e train -P epochs=15 --env-manager local
@@ -529,6 +530,22 @@ def _register(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: 
     )
     outcome.model_version = str(version.version)
     log.info("registered %s version %s", cfg.model_name, version.version)
+    _add_int8(cfg, outcome.model_version)
+
+
+def _add_int8(cfg: TrainConfig, version: str) -> None:
+    """The int8 export of the new version, behind the accuracy gate (registry.quantize)."""
+    import mlflow
+
+    from registry.quantize import quantize_version
+
+    client = mlflow.MlflowClient()
+    try:
+        report = quantize_version(client, cfg.model_name, version, Path(cfg.clean))
+    except Exception as exc:  # the fp32 version stays registered and served as before
+        log.warning("no int8 export for version %s: %s: %s", version, type(exc).__name__, exc)
+        return
+    log.info("int8 export of version %s: %s", version, report.note())
 
 
 def train(cfg: TrainConfig) -> TrainOutcome | None:

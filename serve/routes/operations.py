@@ -58,6 +58,7 @@ async def model_info(
         arch=details.arch,
         image_size=details.image_size,
         engine=details.engine,
+        engine_reason=details.engine_reason,
         loaded_at=details.loaded_at,
         load_seconds=round(details.load_seconds, 3),
         ui_url=details.ui_url,

@@ -303,6 +303,13 @@ def test_smoke_run_logs_every_epoch_registers_and_serves(
     assert f"**resnet18** at {SIZE} px, trained by run `train resnet18 e2" in described
     assert run_id[:8] in described and version.tags["data_digest"] in described
     assert f"accuracy {accuracy:.4f}" in described
+    # The int8 export was tried behind its gate, and the verdict recorded where a reader looks.
+    kept = run.data.metrics["int8/kept"] == 1.0
+    assert {"int8/agreement", "int8/accuracy", "onnx/accuracy"} <= set(run.data.metrics)
+    assert run.data.metrics["int8/calibration_images"] > 0
+    assert version.tags["int8_gate"].startswith("passed" if kept else "refused")
+    assert ("int8_onnx" in version.tags) is kept
+    assert "**int8 export**: " + ("kept" if kept else "not kept") in described
 
     model = mlflow.pyfunc.load_model(f"models:/marketplace-classifier/{version.version}")
     data = load_clean_data(tiny_clean, SIZE)
