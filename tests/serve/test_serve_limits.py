@@ -381,7 +381,7 @@ def test_a_version_that_drops_rows_of_a_full_batch_is_not_served(store, monkeypa
 
     class DropsRowsOfBigBatches:
         def __init__(self, engine) -> None:
-            self.engine, self.name = engine, engine.name
+            self.engine, self.name, self.reason = engine, engine.name, engine.reason
 
         def forward(self, pixels):
             probabilities, embedding = self.engine.forward(pixels)
@@ -390,7 +390,7 @@ def test_a_version_that_drops_rows_of_a_full_batch_is_not_served(store, monkeypa
             return probabilities, embedding
 
     monkeypatch.setattr(
-        loader, "build_engine", lambda logged, choice: DropsRowsOfBigBatches(real(logged, choice))
+        loader, "build_engine", lambda logged, *rest: DropsRowsOfBigBatches(real(logged, *rest))
     )
     with TestClient(create_app(settings_for(store, batch_size=8))) as client:
         reply = wait_until(
