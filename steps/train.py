@@ -1,4 +1,4 @@
-"""Train the ResNet classifier (MLproject entry point ``train``).
+"""Train the image classifier, a ResNet or the simple CNN (MLproject entry point ``train``).
 
 Reads ``<clean>/images.parquet``, ``<clean>/categories.json`` and the cleaned JPEGs in
 ``<clean>/images/<clean_size>/`` (from clean_tabular and clean_images).
@@ -51,7 +51,7 @@ from torch import nn
 from clean_data import CATEGORIES_FILE, DATA_DIGEST_TAG, IMAGES_FILE, data_digest
 from cli import UserError
 from marketplace_models.image import log_classifier
-from marketplace_models.network import ARCHS, ClassifierConfig
+from marketplace_models.network import ARCHS, SIMPLE_CNN, ClassifierConfig
 from registry.descriptions import model_description, registration_note
 from registry.promotion import DEFAULT_METRIC
 from registry.register import register_described, version_of_run
@@ -81,6 +81,7 @@ from steps.training.loop import (
 from steps.training.model import (
     build_model,
     check_arch,
+    fit_to_arch,
     freeze,
     parse_trainable_layers,
     trainable_parameters,
@@ -493,13 +494,20 @@ def _logged_model(net, data, cfg: TrainConfig, outcome: TrainOutcome) -> str | N
     return _log_model(net, data, cfg, outcome).model_id
 
 
+def network_text(arch: str) -> str:
+    """What the registered model's description calls the network."""
+    if arch == SIMPLE_CNN:
+        return "a small convolutional network trained from scratch"
+    return "a ResNet fine-tuned"
+
+
 def _register(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: str) -> None:
     """A new version of ``--model-name`` with its test metrics as tags, described."""
     tags = {**outcome.test_metrics, DATA_DIGEST_TAG: digest, "arch": cfg.arch}
     tags.update({"image_size": cfg.image_size, "best_epoch": outcome.best_epoch})
     model_text = model_description(
         what=f"Classifies a Marketplace listing's photo into one of its "
-        f"{len(data.categories)} root categories (a ResNet fine-tuned in PyTorch; "
+        f"{len(data.categories)} root categories ({network_text(cfg.arch)} in PyTorch; "
         f"categories: {', '.join(data.categories)}).",
         input_text="a column `image` of JPEG or PNG bytes (base64 text over REST); the "
         "model resizes and pads each photo itself, as training did.",
@@ -549,7 +557,8 @@ def train(cfg: TrainConfig) -> TrainOutcome | None:
 
 def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome | None:
     asked = AUTO if cfg.clean_size is None else cfg.clean_size
-    cfg, data, net, weights_used, checkpoint = _prepare(cfg, ctx)
+    cfg, data, net, weights_used, checkpoint = _prepare(fit_to_arch(cfg)[0], ctx)
+    cfg, arch_note = fit_to_arch(cfg)  # a resume's arch is the checkpoint's
     digest = data_digest(cfg.clean)
     resume_tags = {} if checkpoint is None else check_resumed_data(cfg, checkpoint, digest)
     if checkpoint is not None and checkpoint.get(DATA_DIGEST_TAG):
@@ -564,6 +573,8 @@ def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome
             import mlflow
 
             params = {**cfg.as_params(), "clean_size": asked, CLEAN_SIZE_USED: cfg.clean_size}
+            if arch_note:  # under `mlflow run` the params as given are already logged
+                params.update(arch_note=arch_note, trainable_layers_used=cfg.trainable_layers)
             runtime.log_params({**params, "weights_used": weights_used})
             mlflow.set_tags({DATA_DIGEST_TAG: digest, "device": str(ctx.device), **resume_tags})
             mlflow.set_tags({"world_size": ctx.world_size})
