@@ -71,6 +71,7 @@ from steps.training.distributed import (
 from steps.training.interrupt import Interrupted, StopSignals
 from steps.training.loop import (
     EarlyStopping,
+    EpochCallback,
     EpochRecord,
     build_optimizer,
     build_scheduler,
@@ -223,14 +224,27 @@ def run_description(cfg: TrainConfig) -> str:
     )
 
 
-def _open_run(cfg: TrainConfig, ctx: Context):
-    """Rank 0's MLflow run (system metrics on): a new one, or the interrupted run when
-    resuming."""
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a caller that drives training (``steps.tune``) adds to a run: a parent run to
+    nest it under, its name, and a callback after each epoch's logging (it may raise to end
+    the run, e.g. ``optuna.TrialPruned``)."""
+
+    parent_run_id: str | None = None
+    run_name: str | None = None
+    on_epoch_end: EpochCallback | None = None
+
+
+def _open_run(cfg: TrainConfig, ctx: Context, hooks: TrainHooks):
+    """Rank 0's MLflow run (system metrics on): a new one (nested under
+    ``hooks.parent_run_id`` when given), or the interrupted run when resuming."""
     if not ctx.is_main:
         return nullcontext()
     opened = {"log_system_metrics": True, "description": run_description(cfg)}
+    if hooks.parent_run_id:
+        opened.update(nested=True, parent_run_id=hooks.parent_run_id)
     if not cfg.resume:
-        return runtime.start_run(run_name(cfg), **opened)
+        return runtime.start_run(hooks.run_name or run_name(cfg), **opened)
     project_run = os.environ.get("MLFLOW_RUN_ID")
     active = runtime.start_run(run_name(cfg), run_id=cfg.resume, **opened)
     if project_run and project_run != cfg.resume:
@@ -501,6 +515,13 @@ def network_text(arch: str) -> str:
     return "a ResNet fine-tuned"
 
 
+def register_outcome(cfg: TrainConfig, outcome: TrainOutcome) -> None:
+    """Register a finished run's logged model as a new version (what ``--register true``
+    does at the end of training; ``steps.tune`` calls it for the best trial)."""
+    data = load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size)
+    _register(replace(cfg, clean_size=data.size), data, outcome, data_digest(cfg.clean))
+
+
 def _register(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: str) -> None:
     """A new version of ``--model-name`` with its test metrics as tags, described."""
     tags = {**outcome.test_metrics, DATA_DIGEST_TAG: digest, "arch": cfg.arch}
@@ -539,7 +560,7 @@ def _register(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: 
     log.info("registered %s version %s", cfg.model_name, version.version)
 
 
-def train(cfg: TrainConfig) -> TrainOutcome | None:
+def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainOutcome | None:
     """Train, evaluate and register; returns the outcome on rank 0, None on other ranks.
 
     SIGTERM or SIGINT ends the run as KILLED (after the epoch's checkpoint when one is being
@@ -550,12 +571,27 @@ def train(cfg: TrainConfig) -> TrainOutcome | None:
         if ctx.is_main:
             runtime.check_tracking_server()
         with StopSignals() as signals:
-            return _train(cfg, ctx, signals)
+            return _train(cfg, ctx, signals, hooks or TrainHooks())
     finally:
         teardown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome | None:
+def _epoch_callbacks(*callbacks: EpochCallback | None) -> EpochCallback | None:
+    """One callback calling each given one in order (None when none is given)."""
+    given = [c for c in callbacks if c is not None]
+    if not given:
+        return None
+
+    def each(record: EpochRecord, improved: bool) -> None:
+        for callback in given:
+            callback(record, improved)
+
+    return each
+
+
+def _train(
+    cfg: TrainConfig, ctx: Context, signals: StopSignals, hooks: TrainHooks
+) -> TrainOutcome | None:
     asked = AUTO if cfg.clean_size is None else cfg.clean_size
     cfg, data, net, weights_used, checkpoint = _prepare(fit_to_arch(cfg)[0], ctx)
     cfg, arch_note = fit_to_arch(cfg)  # a resume's arch is the checkpoint's
@@ -565,7 +601,7 @@ def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome
         digest = checkpoint[DATA_DIGEST_TAG]  # the run's data_digest stays what it began on
     log.info("training %s on %s, weights %s", cfg.arch, ctx.describe(), weights_used)
     with (
-        _open_run(cfg, ctx) as run,
+        _open_run(cfg, ctx, hooks) as run,
         _killed_on_signal(signals, ctx, run),
         tempfile.TemporaryDirectory(prefix="train-") as tmp,
     ):
@@ -611,7 +647,9 @@ def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome
             first_epoch=first_epoch,
             epochs=cfg.epochs,
             scaler=scaler,
-            on_epoch_end=epoch_logger if ctx.is_main else None,
+            on_epoch_end=_epoch_callbacks(epoch_logger, hooks.on_epoch_end)
+            if ctx.is_main
+            else None,
         )
         barrier(ctx)
         if not ctx.is_main:
