@@ -57,9 +57,9 @@ format: $(STAMP) ## ruff fix and format
 	$(BIN)/ruff format .
 
 ui: $(STAMP) ## open the MLflow UI on the local store (http://127.0.0.1:$(UI_PORT))
-	@echo "The runs, in the UI's model-training view (docs/getting-started.md: Browse the runs):"
-	@echo "  http://127.0.0.1:$(UI_PORT)/#/experiments/1/runs?workflowType=machine_learning"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+	@echo "The runs, in the UI's model-training view (docs/getting-started.md: Browse the runs)."
+	@# stack/ui.py: mlflow ui, warmed up against MLflow 3.17's first-request race (its docstring)
+	$(BIN)/python -m stack.ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 docs: $(STAMP) ## serve the documentation site on http://127.0.0.1:8001 (DOCS_PORT), rebuilt on every edit
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)

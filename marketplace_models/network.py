@@ -1,10 +1,11 @@
 """The classifier network, its config and the evaluation preset that feeds it.
 
-:func:`build_network` makes the torchvision ResNet every image model is; :func:`forward_features`
-is its embedding; :class:`ClassifierConfig` is what a logged classifier stores beside the
-weights. The evaluation preset (:func:`preprocess_image` then :func:`normalize_batch`, one image
-at a time :func:`eval_transform`) is what training evaluates with and what every logged model
-and the service predict with.
+:func:`build_network` makes the image network (a torchvision ResNet, or :class:`SimpleCNN`, the
+small network trained from scratch); :func:`forward_features` is its embedding;
+:class:`ClassifierConfig` is what a logged classifier stores beside the weights. The
+evaluation preset (:func:`preprocess_image` then :func:`normalize_batch`, one image at a time
+:func:`eval_transform`) is what training evaluates with and what every logged model and the
+service predict with.
 """
 
 from __future__ import annotations
@@ -20,23 +21,58 @@ from torch import nn
 
 from marketplace_models.imaging import load_normalized
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
+SIMPLE_CNN = "simplecnn"
+RESNETS = ("resnet18", "resnet34", "resnet50")
+ARCHS = (SIMPLE_CNN, *RESNETS)
+SIMPLE_CNN_WIDTHS = (32, 64, 128, 256)  # channels of each conv-batchnorm-relu-pool block
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FORMAT_VERSION = 1
 
 
+class SimpleCNN(nn.Module):
+    """The seed's first deep model: conv-batchnorm-relu-maxpool blocks, global average pooling
+    and a linear head (``fc``, as on a ResNet, so that every consumer finds the head there)."""
+
+    def __init__(self, num_classes: int, widths: Sequence[int] = SIMPLE_CNN_WIDTHS) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in widths:
+            layers += [
+                nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.features(images)  # (B, 256, S/16, S/16)
+        return torch.flatten(self.avgpool(x), 1)  # (B, 256)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward_features(images))  # (B, C)
+
+
 def build_network(arch: str, num_classes: int) -> nn.Module:
-    """A torchvision ResNet with a ``num_classes`` head and no pretrained weights."""
+    """The ``arch`` network with a ``num_classes`` head and no pretrained weights."""
     import torchvision
 
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}: expected one of {', '.join(ARCHS)}")
+    if arch == SIMPLE_CNN:
+        return SimpleCNN(num_classes)
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
 def forward_features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The image embedding: a ResNet's pooled penultimate layer, ``(B, D)``."""
+    """The image embedding: the pooled penultimate layer, ``(B, D)``."""
+    if isinstance(net, SimpleCNN):
+        return net.forward_features(images)  # (B, D)
     x = net.conv1(images)  # (B, 64, H/2, W/2)
     x = net.maxpool(net.relu(net.bn1(x)))  # (B, 64, H/4, W/4)
     x = net.layer4(net.layer3(net.layer2(net.layer1(x))))  # (B, D, H/32, W/32)
@@ -44,7 +80,8 @@ def forward_features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def embedding_dim(net: nn.Module) -> int:
-    """Width of :func:`forward_features` (512 for resnet18/34, 2048 for resnet50)."""
+    """Width of :func:`forward_features` (256 for simplecnn, 512 for resnet18/34, 2048 for
+    resnet50)."""
     return int(net.fc.in_features)
 
 

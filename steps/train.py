@@ -1,4 +1,4 @@
-"""Train the ResNet classifier (MLproject entry point ``train``).
+"""Train the image classifier, a ResNet or the simple CNN (MLproject entry point ``train``).
 
 Reads ``<clean>/images.parquet``, ``<clean>/categories.json`` and the cleaned JPEGs in
 ``<clean>/images/<clean_size>/`` (from clean_tabular and clean_images).
@@ -52,7 +52,7 @@ from torch import nn
 from clean_data import CATEGORIES_FILE, DATA_DIGEST_TAG, IMAGES_FILE, data_digest
 from cli import UserError
 from marketplace_models.image import log_classifier
-from marketplace_models.network import ARCHS, ClassifierConfig
+from marketplace_models.network import ARCHS, SIMPLE_CNN, ClassifierConfig
 from registry.descriptions import model_description, registration_note
 from registry.promotion import DEFAULT_METRIC
 from registry.register import register_described, version_of_run
@@ -72,6 +72,7 @@ from steps.training.distributed import (
 from steps.training.interrupt import Interrupted, StopSignals
 from steps.training.loop import (
     EarlyStopping,
+    EpochCallback,
     EpochRecord,
     build_optimizer,
     build_scheduler,
@@ -82,6 +83,7 @@ from steps.training.loop import (
 from steps.training.model import (
     build_model,
     check_arch,
+    fit_to_arch,
     freeze,
     parse_trainable_layers,
     trainable_parameters,
@@ -223,14 +225,27 @@ def run_description(cfg: TrainConfig) -> str:
     )
 
 
-def _open_run(cfg: TrainConfig, ctx: Context):
-    """Rank 0's MLflow run (system metrics on): a new one, or the interrupted run when
-    resuming."""
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a caller that drives training (``steps.tune``) adds to a run: a parent run to
+    nest it under, its name, and a callback after each epoch's logging (it may raise to end
+    the run, e.g. ``optuna.TrialPruned``)."""
+
+    parent_run_id: str | None = None
+    run_name: str | None = None
+    on_epoch_end: EpochCallback | None = None
+
+
+def _open_run(cfg: TrainConfig, ctx: Context, hooks: TrainHooks):
+    """Rank 0's MLflow run (system metrics on): a new one (nested under
+    ``hooks.parent_run_id`` when given), or the interrupted run when resuming."""
     if not ctx.is_main:
         return nullcontext()
     opened = {"log_system_metrics": True, "description": run_description(cfg)}
+    if hooks.parent_run_id:
+        opened.update(nested=True, parent_run_id=hooks.parent_run_id)
     if not cfg.resume:
-        return runtime.start_run(run_name(cfg), **opened)
+        return runtime.start_run(hooks.run_name or run_name(cfg), **opened)
     project_run = os.environ.get("MLFLOW_RUN_ID")
     active = runtime.start_run(run_name(cfg), run_id=cfg.resume, **opened)
     if project_run and project_run != cfg.resume:
@@ -494,13 +509,27 @@ def _logged_model(net, data, cfg: TrainConfig, outcome: TrainOutcome) -> str | N
     return _log_model(net, data, cfg, outcome).model_id
 
 
+def network_text(arch: str) -> str:
+    """What the registered model's description calls the network."""
+    if arch == SIMPLE_CNN:
+        return "a small convolutional network trained from scratch"
+    return "a ResNet fine-tuned"
+
+
+def register_outcome(cfg: TrainConfig, outcome: TrainOutcome) -> None:
+    """Register a finished run's logged model as a new version (what ``--register true``
+    does at the end of training; ``steps.tune`` calls it for the best trial)."""
+    data = load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size)
+    _register(replace(cfg, clean_size=data.size), data, outcome, data_digest(cfg.clean))
+
+
 def _register(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: str) -> None:
     """A new version of ``--model-name`` with its test metrics as tags, described."""
     tags = {**outcome.test_metrics, DATA_DIGEST_TAG: digest, "arch": cfg.arch}
     tags.update({"image_size": cfg.image_size, "best_epoch": outcome.best_epoch})
     model_text = model_description(
         what=f"Classifies a Marketplace listing's photo into one of its "
-        f"{len(data.categories)} root categories (a ResNet fine-tuned in PyTorch; "
+        f"{len(data.categories)} root categories ({network_text(cfg.arch)} in PyTorch; "
         f"categories: {', '.join(data.categories)}).",
         input_text="a column `image` of JPEG or PNG bytes (base64 text over REST); the "
         "model resizes and pads each photo itself, as training did.",
@@ -548,7 +577,7 @@ def _add_int8(cfg: TrainConfig, version: str) -> None:
     log.info("int8 export of version %s: %s", version, report.note())
 
 
-def train(cfg: TrainConfig) -> TrainOutcome | None:
+def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainOutcome | None:
     """Train, evaluate and register; returns the outcome on rank 0, None on other ranks.
 
     SIGTERM or SIGINT ends the run as KILLED (after the epoch's checkpoint when one is being
@@ -559,21 +588,37 @@ def train(cfg: TrainConfig) -> TrainOutcome | None:
         if ctx.is_main:
             runtime.check_tracking_server()
         with StopSignals() as signals:
-            return _train(cfg, ctx, signals)
+            return _train(cfg, ctx, signals, hooks or TrainHooks())
     finally:
         teardown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome | None:
+def _epoch_callbacks(*callbacks: EpochCallback | None) -> EpochCallback | None:
+    """One callback calling each given one in order (None when none is given)."""
+    given = [c for c in callbacks if c is not None]
+    if not given:
+        return None
+
+    def each(record: EpochRecord, improved: bool) -> None:
+        for callback in given:
+            callback(record, improved)
+
+    return each
+
+
+def _train(
+    cfg: TrainConfig, ctx: Context, signals: StopSignals, hooks: TrainHooks
+) -> TrainOutcome | None:
     asked = AUTO if cfg.clean_size is None else cfg.clean_size
-    cfg, data, net, weights_used, checkpoint = _prepare(cfg, ctx)
+    cfg, data, net, weights_used, checkpoint = _prepare(fit_to_arch(cfg)[0], ctx)
+    cfg, arch_note = fit_to_arch(cfg)  # a resume's arch is the checkpoint's
     digest = data_digest(cfg.clean)
     resume_tags = {} if checkpoint is None else check_resumed_data(cfg, checkpoint, digest)
     if checkpoint is not None and checkpoint.get(DATA_DIGEST_TAG):
         digest = checkpoint[DATA_DIGEST_TAG]  # the run's data_digest stays what it began on
     log.info("training %s on %s, weights %s", cfg.arch, ctx.describe(), weights_used)
     with (
-        _open_run(cfg, ctx) as run,
+        _open_run(cfg, ctx, hooks) as run,
         _killed_on_signal(signals, ctx, run),
         tempfile.TemporaryDirectory(prefix="train-") as tmp,
     ):
@@ -581,6 +626,8 @@ def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome
             import mlflow
 
             params = {**cfg.as_params(), "clean_size": asked, CLEAN_SIZE_USED: cfg.clean_size}
+            if arch_note:  # under `mlflow run` the params as given are already logged
+                params.update(arch_note=arch_note, trainable_layers_used=cfg.trainable_layers)
             runtime.log_params({**params, "weights_used": weights_used})
             mlflow.set_tags({DATA_DIGEST_TAG: digest, "device": str(ctx.device), **resume_tags})
             mlflow.set_tags({"world_size": ctx.world_size})
@@ -617,7 +664,9 @@ def _train(cfg: TrainConfig, ctx: Context, signals: StopSignals) -> TrainOutcome
             first_epoch=first_epoch,
             epochs=cfg.epochs,
             scaler=scaler,
-            on_epoch_end=epoch_logger if ctx.is_main else None,
+            on_epoch_end=_epoch_callbacks(epoch_logger, hooks.on_epoch_end)
+            if ctx.is_main
+            else None,
         )
         barrier(ctx)
         if not ctx.is_main:

@@ -1,4 +1,4 @@
-"""The ResNet to train: architecture, starting weights (``--weights``) and frozen layers.
+"""The network to train: architecture, starting weights (``--weights``) and frozen layers.
 
 ``--weights`` is one of ``auto`` (ImageNet weights from the torch hub cache or a download,
 else random initialisation with a warning), ``imagenet`` (the same, but an error when they
@@ -6,6 +6,10 @@ cannot be had), ``none`` (random initialisation), or a path or URI (``runs:/``,
 ``models:/``, ``s3://``, ``mlflow-artifacts:/``, ``http(s)://``) to a state dict, a
 training checkpoint or a logged classifier. The head (``fc``) of a loaded state dict is
 kept when its shape fits and dropped otherwise; every other key must fit the arch.
+
+``simplecnn`` always starts from random weights with every layer trained
+(:func:`fit_to_arch`): there are no pretrained weights for it, and a network that small
+learns nothing useful with parts of it frozen at random values.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,8 +25,8 @@ from torch import nn
 
 from cli import UserError
 from marketplace_models.image import WEIGHTS_FILE
-from marketplace_models.network import ARCHS, build_network
-from steps.training.config import ALL_LAYERS
+from marketplace_models.network import ARCHS, SIMPLE_CNN, build_network
+from steps.training.config import ALL_LAYERS, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,10 @@ DOWNLOAD_TIMEOUT_S = 20.0
 # Blocks from the head backwards: --trainable-layers N unfreezes the first N + 1 of them.
 BLOCKS_FROM_HEAD = ("fc", "layer4", "layer3", "layer2", "layer1", "stem")
 STEM = ("conv1", "bn1")
+FROM_SCRATCH_NOTE = (
+    "simplecnn trains from scratch (weights none) with every layer trainable: --weights and "
+    "--trainable-layers do not apply to it"
+)
 
 
 def parse_trainable_layers(value: str) -> int:
@@ -51,6 +60,22 @@ def check_arch(arch: str) -> str:
     if arch not in ARCHS:
         raise UserError(f"unknown --arch {arch!r}: use one of {', '.join(ARCHS)}")
     return arch
+
+
+def fit_to_arch(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """``cfg`` with the settings its arch imposes, and why (logged as the ``arch_note`` param).
+
+    Only simplecnn imposes any: random weights, all layers trained. Weights it cannot use
+    (ImageNet, a file) are an error rather than silently ignored.
+    """
+    if cfg.arch != SIMPLE_CNN:
+        return cfg, None
+    if cfg.weights.strip().lower() not in ("auto", "none", "random", ""):
+        raise UserError(
+            f"--weights {cfg.weights} does not apply to simplecnn, which always trains from "
+            "scratch: drop --weights (or pass none), or pick a resnet --arch"
+        )
+    return replace(cfg, weights="none", trainable_layers=ALL_LAYERS), FROM_SCRATCH_NOTE
 
 
 # ------------------------------------------------------------------------- weights

@@ -525,3 +525,83 @@ def test_bad_input_exits_2_with_one_line_in_a_real_process(tmp_path, tracking):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("error: argument --epochs")
+
+
+# ---------------------------------------------------------------------- the simple CNN
+
+
+def mlflow_run_train(tracking: str, *params: str) -> subprocess.CompletedProcess:
+    """``mlflow run . -e train -P ...`` in a fresh process on the test's tracking store."""
+    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train"]
+    argv += ["--env-manager", "local", "--experiment-name", "tests"]
+    for param in params:
+        argv += ["-P", param]
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": tracking}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_simplecnn_refuses_weights_it_cannot_use(tiny_clean, tracking):
+    cfg = parse_config(tiny_args(tiny_clean, "--arch", "simplecnn", "--weights", "imagenet"))
+    with pytest.raises(UserError, match="does not apply to simplecnn"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_simplecnn_trains_from_scratch_registers_and_serves_like_a_resnet(
+    tiny_clean, tracking, tmp_path
+):
+    from marketplace_models.image import read_logged_classifier
+    from serve.engines import build_engine
+
+    mlflow_run_train(
+        tracking,
+        f"clean={tiny_clean}",
+        f"clean_size={SIZE}",
+        f"image_size={SIZE}",
+        "arch=simplecnn",
+        "trainable_layers=0",  # does not apply: simplecnn trains every layer
+        "epochs=3",
+        "batch_size=16",
+        "lr=0.003",
+        "num_workers=1",
+    )
+    client = mlflow.MlflowClient()
+    [run] = [
+        r
+        for r in mlflow.search_runs(experiment_names=["tests"], output_format="list")
+        if r.data.params.get("arch") == "simplecnn"
+    ]
+    params = run.data.params
+    assert run.info.run_name == f"train simplecnn e3 {SIZE}px"
+    assert (params["weights_used"], params["trainable_layers_used"]) == ("none", "5")
+    assert "from scratch" in params["arch_note"]
+    assert metric_steps(client, run.info.run_id, "val/loss") == [1, 2, 3]
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert losses[-1] < losses[0]
+
+    [version] = client.search_model_versions("name = 'marketplace-classifier'")
+    assert version.run_id == run.info.run_id and version.tags["arch"] == "simplecnn"
+    registered = client.get_registered_model("marketplace-classifier")
+    assert "trained from scratch" in registered.description
+    local = Path(mlflow.artifacts.download_artifacts(version.source, dst_path=str(tmp_path)))
+    logged = read_logged_classifier(local)
+    assert logged.config.arch == "simplecnn" and logged.onnx is not None  # parity check passed
+
+    data = load_clean_data(tiny_clean, SIZE)
+    images = [p.read_bytes() for p in data.paths(data.split("test"))]
+    model = mlflow.pyfunc.load_model(f"models:/marketplace-classifier/{version.version}")
+    expected = np.stack(model.predict(pd.DataFrame({"image": images}))["probabilities"].to_list())
+    pixels = np.stack([eval_pixels(image) for image in images])
+    for engine in ("onnx", "torch"):
+        probabilities, embedding = build_engine(logged, engine).forward(pixels)
+        assert embedding.shape == (len(images), 256), engine
+        assert np.allclose(probabilities, expected, atol=1e-4), engine
+
+
+def eval_pixels(image: bytes) -> np.ndarray:
+    from marketplace_models.network import preprocess_image
+
+    return preprocess_image(image, SIZE)
