@@ -14,7 +14,7 @@ import pytest
 from cli import UserError
 from steps.training.loop import EpochRecord, EpochResult
 from steps.tune import PRUNE_FROM_EPOCH, PruneOnValLoss, parse_config
-from tests.test_train import REPO, SIZE, make_tiny_clean, subprocess_env
+from tests.helpers.training import REPO, SIZE, make_tiny_clean, subprocess_env
 
 
 def record(epoch: int, val_loss: float) -> EpochRecord:

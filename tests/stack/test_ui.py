@@ -14,7 +14,7 @@ import pytest
 
 from stack.ui import WARM_UP, request
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
