@@ -460,6 +460,22 @@ def build_and_log(
     metrics.update(evaluate(vectors, catalogue, kind))
     log.info("evaluating the text search: test listings' titles against train + val listings")
     metrics.update(evaluate_text_search(vectors, catalogue))
+    metrics.update(save_and_log(args, model, catalogue, run_id, index))
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+    mlflow.set_tag("search_index.kind", kind)
+    return metrics
+
+
+def save_and_log(
+    args: argparse.Namespace, model, catalogue, run_id: str, index, engine: str = "local"
+) -> dict[str, float]:
+    """Write the index folder (search/index.py's layout: the index, ids, listings, thumbnails
+    and the text search beside them) and log it in the active run; its sizes as metrics."""
+    import mlflow
+
+    from search.text import TEXT_DIR, TextSearch
+
+    metrics: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="index-") as tmp:
         thumbnails = make_thumbnails(catalogue.images, Path(tmp) / "thumbs", args.thumbnail_size)
         folder = search_index.save_index(
@@ -476,20 +492,17 @@ def build_and_log(
                 "run_id": run_id,
                 "clean_size": args.clean_size,
                 "thumbnail_size": args.thumbnail_size,
+                "engine": engine,
             },
         )
-        from search.text import TEXT_DIR, TextSearch
-
         started = time.perf_counter()
         TextSearch.build(catalogue_texts(catalogue)).save(folder / TEXT_DIR)
         metrics["text_build_seconds"] = time.perf_counter() - started
         size = (folder / search_index.INDEX_FILE).stat().st_size
         metrics["index_bytes"] = size
-        metrics["bytes_per_vector"] = size / max(len(vectors), 1)
+        metrics["bytes_per_vector"] = size / max(index.ntotal, 1)
         metrics["thumbnail_bytes"] = (folder / search_index.THUMBNAILS_FILE).stat().st_size
         mlflow.log_artifacts(str(folder), artifact_path=search_index.ARTIFACT_PATH)
-    mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
-    mlflow.set_tag("search_index.kind", kind)
     return metrics
 
 
@@ -566,9 +579,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         if args.engine == "ray":
             from steps import ray_engine
 
-            local = ray_engine.LocalIndexing(
-                evaluate, evaluate_text_search, make_thumbnails, catalogue_texts
-            )
+            local = ray_engine.LocalIndexing(evaluate, evaluate_text_search, save_and_log)
             metrics = ray_engine.build_and_log(args, model, catalogue, run.info.run_id, local)
         else:
             metrics = build_and_log(args, model, catalogue, run.info.run_id)

@@ -54,8 +54,7 @@ class LocalIndexing:
 
     evaluate: Callable
     evaluate_text_search: Callable
-    make_thumbnails: Callable
-    catalogue_texts: Callable
+    save_and_log: Callable
 
 
 @contextmanager
@@ -312,47 +311,7 @@ def build_and_log(
     }
     metrics.update(local.evaluate(vectors, ordered, kind))
     metrics.update(local.evaluate_text_search(vectors, ordered))
-    metrics.update(save_and_log(args, model, ordered, run_id, index, local))
+    metrics.update(local.save_and_log(args, model, ordered, run_id, index, engine="ray"))
     mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
     mlflow.set_tag("search_index.kind", kind)
-    return metrics
-
-
-def save_and_log(
-    args: argparse.Namespace, model, catalogue, run_id: str, index, local: LocalIndexing
-) -> dict:
-    """Write the index folder as the local path does (search/index.py's layout), log it."""
-    import mlflow
-
-    from search import index as search_index
-    from search.text import TEXT_DIR, TextSearch
-
-    metrics: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="index-") as tmp:
-        thumbs = local.make_thumbnails(catalogue.images, Path(tmp) / "thumbs", args.thumbnail_size)
-        folder = search_index.save_index(
-            Path(tmp) / search_index.ARTIFACT_PATH,
-            index,
-            catalogue.images[["image_id", "product_id"]],
-            catalogue.listings,
-            thumbs,
-            categories=catalogue.categories,
-            extra={
-                "model_name": model.name,
-                "model_version": model.version,
-                "model_uri": model.load_uri,
-                "run_id": run_id,
-                "clean_size": args.clean_size,
-                "thumbnail_size": args.thumbnail_size,
-                "engine": "ray",
-            },
-        )
-        started = time.perf_counter()
-        TextSearch.build(local.catalogue_texts(catalogue)).save(folder / TEXT_DIR)
-        metrics["text_build_seconds"] = time.perf_counter() - started
-        size = (folder / search_index.INDEX_FILE).stat().st_size
-        metrics["index_bytes"] = size
-        metrics["bytes_per_vector"] = size / max(index.ntotal, 1)
-        metrics["thumbnail_bytes"] = (folder / search_index.THUMBNAILS_FILE).stat().st_size
-        mlflow.log_artifacts(str(folder), artifact_path=search_index.ARTIFACT_PATH)
     return metrics
