@@ -135,11 +135,12 @@ def test_the_int8_line_replaces_the_last_one_and_keeps_the_history():
 
 
 def test_quantize_command_adds_a_gated_int8_export_to_the_version(store, clean, capsys):
+    from cli import run_cli
     from registry.__main__ import main
 
     argv = ["--tracking-uri", store, "quantize", "--model-name", NAME, "--version", "1"]
     argv += ["--clean", str(clean), "--min-agreement", "0.75", "--max-accuracy-drop", "0.25"]
-    assert main(argv) == 0
+    assert run_cli(main, argv) == 0
     assert "kept" in capsys.readouterr().out
     client = registry_client(store)
     version = client.get_model_version(NAME, "1")
@@ -166,12 +167,13 @@ def test_a_calibration_that_breaks_the_int8_model_is_refused(store, clean):
 
 
 def test_quantize_says_why_a_version_without_onnx_gets_no_int8(store, clean, capsys):
+    from cli import run_cli
     from registry.__main__ import main
 
     argv = ["--tracking-uri", store, "quantize", "--model-name", NAME, "--version", "2"]
-    assert main([*argv, "--clean", str(clean)]) == 0
+    assert run_cli(main, [*argv, "--clean", str(clean)]) == 0
     assert "no fp32 ONNX export" in capsys.readouterr().out
-    assert main([*argv, "--clean", str(clean / "nowhere")]) == 2
+    assert run_cli(main, [*argv, "--clean", str(clean / "nowhere")]) == 2
     assert "no clean data folder" in capsys.readouterr().err
 
 
