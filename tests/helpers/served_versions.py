@@ -64,7 +64,7 @@ def serve_tests_experiment(client, uri: str) -> str:
     if found is not None:
         return found.experiment_id
     artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
-    return client.create_experiment("serve-tests", artifact_location=artifacts.as_uri())
+    return client.create_experiment("serve-tests", artifact_location=str(artifacts))
 
 
 def make_store(folder: Path) -> str:
