@@ -12,9 +12,12 @@ from fastapi import File, Form, UploadFile
 
 from serve.schemas import Problem
 
-# At least one character that is not white space, spelled out so that the schema's
-# (ECMAScript) regex, pydantic's and ``str.strip`` agree on what white space is.
-NOT_BLANK = r"[^\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# At least one visible character: not white space, not a control character. Anchored at both
+# ends, so that the schema reads the same whether a client takes a pattern as a search (as
+# JSON Schema says) or as a whole match; the classes spelled out, so that the schema's
+# (ECMAScript) regex, pydantic's and ``str.strip`` agree on what is blank.
+_BLANK = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = rf"^[{_BLANK}]*[^{_BLANK}][\s\S]*$"
 IMAGE_HELP = "The photo: JPEG, PNG, WebP, GIF, BMP or TIFF, as a multipart file field."
 TEXT_HELP = "The listing's title and/or description (or a query), as a form field."
 UPLOAD_ERRORS = {

@@ -557,12 +557,6 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(live_service):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="2 of 467 cases left (seed 1), both /predict/combined's `text` against its non-blank "
-    "pattern: a value schemathesis generates as valid arrives empty, and one it generates as "
-    "invalid arrives with a letter in it (issue 15)",
-    strict=False,
-)
 def test_schemathesis_with_every_check_finds_nothing(live_service, tmp_path):
     """``schemathesis run --checks all`` (server errors, status codes, content types,
     response schemas and headers, valid data accepted, invalid data refused, auth enforced,
