@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cli.processes import group_alive
+from steps.raw_export import INGEST_MARKER
 from tests.helpers.fixtures_servers import S3TrackingServer
 from tests.helpers.servers import (
     LAYOUT,
@@ -62,9 +63,8 @@ def test_step_artifacts_reach_s3_through_the_server(
     )
 
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
-        LAYOUT
-    )
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == sorted([*LAYOUT, INGEST_MARKER]), "the export, and ingest's manifest"
     client = MlflowClient(s3_tracking_server.url)
     experiment = client.get_experiment_by_name("s3-stack")
     (run,) = client.search_runs([experiment.experiment_id])
