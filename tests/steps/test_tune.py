@@ -36,6 +36,27 @@ def test_a_trial_worse_than_the_median_is_pruned_from_its_second_epoch(tracking)
     assert callback.run_id == run.info.run_id
 
 
+def test_train_and_tune_take_the_same_training_settings():
+    """An option added to the shared settings is a flag of both, and reaches every trial."""
+    from steps import train, tune
+
+    def flags(parser) -> set[str]:
+        return {option for action in parser._actions for option in action.option_strings}
+
+    shared = {f"--{name.replace('_', '-')}" for name in train.TRAINING_SETTINGS}
+    assert shared <= flags(train.get_args_parser()) & flags(tune.get_args_parser())
+    argv = ["--clean", "elsewhere", "--arch", "simplecnn", "--image-size", "48"]
+    argv += ["--clean-size", "64", "--epochs", "3", "--patience", "1", "--seed", "7"]
+    argv += ["--num-workers", "0", "--weights", "none", "--model-name", "m"]
+    trial = parse_config(argv).base_train_config()
+    trained = train.parse_config([*argv, "--register", "false"])
+    assert {name: getattr(trial, name) for name in train.TRAINING_SETTINGS} == {
+        name: getattr(trained, name) for name in train.TRAINING_SETTINGS
+    }
+    with pytest.raises(UserError, match="--image-size must be at least 16"):
+        parse_config(["--image-size", "8"])
+
+
 def test_the_space_is_checked():
     with pytest.raises(UserError, match="--lr-min"):
         parse_config(["--lr-min", "0.1", "--lr-max", "0.01"])
