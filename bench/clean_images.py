@@ -15,7 +15,6 @@ Writes bench/results/clean_images.json and prints the figures. Nothing is logged
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -38,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 # search.py and serve.py would hide the packages of the same name).
 sys.path.insert(0, str(REPO))
 
+from cli import ArgumentParser, UserError, cli  # noqa: E402
 from steps.clean_images import JPEG_QUALITY, clean_images, list_images  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "clean_images.json"
@@ -140,7 +140,7 @@ def prepare_images(raw: Path | None, count: int, work: Path) -> tuple[Path, str]
         source = str(raw)
     files = list_images(raw / "images")
     if len(files) < count:
-        raise SystemExit(f"{raw / 'images'} holds {len(files)} images; need {count}")
+        raise UserError(f"{raw / 'images'} holds {len(files)} images; need {count}")
     subset = work / "raw"
     (subset / "images").mkdir(parents=True)
     for path in files[:count]:
@@ -164,7 +164,9 @@ def warm(paths: list[Path]) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(
+        prog="python bench/clean_images.py", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--raw", type=Path, help="an export to take images from (default: demo)")
     parser.add_argument("--images", type=int, default=1000, help="how many images")
     parser.add_argument("--size", type=int, default=256, help="output square side")
@@ -243,5 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.harness import write_results  # noqa: E402
+from cli import ArgumentParser, cli  # noqa: E402
 from marketplace_models.network import ClassifierConfig, build_network  # noqa: E402
 from marketplace_models.onnx import (  # noqa: E402
     export_onnx,
@@ -68,15 +69,15 @@ def measure(size: int, args: argparse.Namespace, folder: Path) -> dict:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python bench/int8.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
     parser.add_argument("--calibration", type=int, default=64)
     parser.add_argument("--agreement", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "int8.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         rows = [measure(size, args, Path(tmp)) for size in args.sizes]
@@ -96,5 +97,7 @@ def main() -> None:
         )
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -26,7 +26,6 @@ Writes bench/results/predict_text.json and prints the figures.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -42,6 +41,8 @@ RESULTS = REPO / "bench" / "results" / "predict_text.json"
 # search.py and serve.py would hide the packages of the same name).
 sys.path.insert(0, str(REPO))
 
+from cli import ArgumentParser, UserError, cli  # noqa: E402
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -53,7 +54,7 @@ def load_pairs(clean: Path, count: int) -> list[tuple[bytes, str]]:
 
     pairs = clean_test_listings(clean, count)
     if not pairs:
-        raise SystemExit(f"no test photos with texts in {clean}: run make demo first")
+        raise UserError(f"no test photos with texts in {clean}: run make demo first")
     return pairs
 
 
@@ -77,8 +78,8 @@ def wait_ready(client, pairs) -> None:
     raise SystemExit("the service did not load the three kinds of model within 300 s")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python bench/predict_text.py", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     )
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=4, help="passes over the photos")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from fastapi.testclient import TestClient
 
@@ -156,5 +157,7 @@ def main() -> None:
     print(f"photo + text / photo (p50): {ratio:.2f}x")
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -14,7 +14,6 @@ Writes bench/results/scale.json and prints the figures. Logs to a throwaway MLfl
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -26,6 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the repo's packages before bench/'s own search.py, serve.py
+
+from cli import ArgumentParser, cli  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "scale.json"
 
@@ -104,13 +105,13 @@ def embed_rates(model_uri: str, paths: list[Path], batch_size: int) -> dict[str,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python bench/scale.py", description=__doc__.splitlines()[0])
     parser.add_argument("--products", type=int, default=600)
     parser.add_argument("--size", type=int, default=224, help="cleaned side and model input")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--embed-images", type=int, default=640, help="photos to embed")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from steps.demo_data import make_export
 
@@ -136,5 +137,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -49,7 +49,6 @@ the throwaway store.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -86,6 +85,7 @@ from bench.harness import (  # noqa: E402  (after the path fix above)
     wait_ready,
     write_results,
 )
+from cli import ArgumentParser, UserError, cli  # noqa: E402
 from search import index as search_index  # noqa: E402
 from search.metrics import recall_at  # noqa: E402
 
@@ -600,7 +600,7 @@ def demo_photos(raw: Path, count: int) -> list[bytes]:
         if len(photos) == count:
             break
     if not photos:
-        raise SystemExit(f"no readable photo in {raw / 'images'}")
+        raise UserError(f"no readable photo in {raw / 'images'}")
     return photos
 
 
@@ -786,8 +786,8 @@ def print_tables(results: dict) -> None:
         print(f"  {name}: {target['value']} (target {target['target']}) {verdict}")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python bench/search.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="vectors")
     parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
@@ -907,5 +907,7 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    main()
+    run()

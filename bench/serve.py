@@ -35,7 +35,6 @@ the throwaway store.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -78,6 +77,7 @@ from bench.harness import (  # noqa: E402  (after the path fix above)
     wait_ready,
     write_results,
 )
+from cli import ArgumentParser, UserError, cli  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "serve.json"
 MODEL_NAME = "marketplace-classifier"
@@ -135,7 +135,7 @@ def make_photos(folder: Path, count: int) -> tuple[list[bytes], dict]:
         if len(photos) == count:
             break
     if len(photos) < count:
-        raise SystemExit(f"the demo export holds only {len(photos)} readable photos")
+        raise UserError(f"the demo export holds only {len(photos)} readable photos")
     sizes, modes = [], {}
     for data in photos:
         with Image.open(io.BytesIO(data)) as image:
@@ -562,8 +562,8 @@ def print_table(results: dict) -> None:
             print(f"  {name}: {target['ratio']:.2f} (target {target['target']}) {verdict}")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python bench/serve.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=200, help="demo photos sent, in turn")
     parser.add_argument("--requests", type=int, default=200, help="timed requests per point")
     parser.add_argument("--warmup", type=int, default=20, help="untimed requests before each")
@@ -631,5 +631,7 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -45,6 +45,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -103,15 +104,30 @@ RESUMED_DATA_DIGEST = "resumed_data_digest"
 # --------------------------------------------------------------------------- arguments
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = runtime.ArgumentParser(
-        prog="python -m steps.train",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+# The settings every training takes, searched by no sweep: train and tune both declare them
+# with add_training_arguments and read them with training_settings, so one added here
+# reaches both (TuneConfig needs a field of the same name).
+TRAINING_SETTINGS = (
+    "clean",
+    "epochs",
+    "arch",
+    "weights",
+    "image_size",
+    "clean_size",
+    "patience",
+    "seed",
+    "num_workers",
+    "register",
+    "model_name",
+)
+
+
+def add_training_arguments(p: argparse.ArgumentParser, d: Any) -> None:
+    """Add the TRAINING_SETTINGS options to ``p``, their defaults read from ``d``'s fields."""
     p.add_argument("--clean", type=Path, default=d.clean, help="cleaned data folder")
-    p.add_argument("--epochs", type=runtime.positive_int, default=d.epochs)
+    p.add_argument(
+        "--epochs", type=runtime.positive_int, default=d.epochs, help="epochs (tune: per trial)"
+    )
     p.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)}")
     p.add_argument(
         "--weights",
@@ -126,15 +142,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="which images/<size> folder of clean_images to read; auto: the smallest at least "
         "8/7 of --image-size, else the largest",
     )
-    p.add_argument("--batch-size", type=runtime.positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=runtime.positive_float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument(
-        "--trainable-layers",
-        default=str(d.trainable_layers),
-        help="0 = the new head only, 1 = also layer4, ... 5 or all = everything",
-    )
-    p.add_argument("--label-smoothing", type=runtime.fraction, default=d.label_smoothing)
     p.add_argument(
         "--patience",
         type=runtime.non_negative_int,
@@ -150,6 +157,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--register", type=runtime.str_to_bool, default=d.register)
     p.add_argument("--model-name", default=d.model_name)
+
+
+def training_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The TRAINING_SETTINGS of parsed arguments, checked as every training needs them."""
+    if args.image_size < 16:
+        raise UserError(f"--image-size must be at least 16 pixels, got {args.image_size}")
+    settings = {name: getattr(args, name) for name in TRAINING_SETTINGS}
+    settings["arch"] = check_arch(args.arch)
+    return settings
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = runtime.ArgumentParser(
+        prog="python -m steps.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_training_arguments(p, d)
+    p.add_argument("--batch-size", type=runtime.positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=runtime.positive_float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument(
+        "--trainable-layers",
+        default=str(d.trainable_layers),
+        help="0 = the new head only, 1 = also layer4, ... 5 or all = everything",
+    )
+    p.add_argument("--label-smoothing", type=runtime.fraction, default=d.label_smoothing)
     p.add_argument(
         "--resume",
         type=runtime.optional_text,
@@ -169,25 +204,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     args = get_args_parser().parse_args(argv)
-    if args.image_size < 16:
-        raise UserError(f"--image-size must be at least 16 pixels, got {args.image_size}")
     return TrainConfig(
-        clean=args.clean,
-        epochs=args.epochs,
-        arch=check_arch(args.arch),
-        weights=args.weights,
-        image_size=args.image_size,
-        clean_size=args.clean_size,
+        **training_settings(args),
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
         trainable_layers=parse_trainable_layers(args.trainable_layers),
         label_smoothing=args.label_smoothing,
-        patience=args.patience,
-        seed=args.seed,
-        num_workers=args.num_workers,
-        register=args.register,
-        model_name=args.model_name,
         resume=args.resume.strip(),
         allow_data_change=args.allow_data_change,
     )

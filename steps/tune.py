@@ -35,13 +35,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cli import UserError
-from marketplace_models.network import ARCHS, SIMPLE_CNN
+from marketplace_models.network import SIMPLE_CNN
 from registry.kinds import MODEL_NAME
 from steps import runtime
-from steps.train import TrainHooks, TrainOutcome, register_outcome, train
+from steps.train import (
+    TRAINING_SETTINGS,
+    TrainHooks,
+    TrainOutcome,
+    add_training_arguments,
+    register_outcome,
+    train,
+    training_settings,
+)
 from steps.training.config import TrainConfig
 from steps.training.loop import EpochRecord
-from steps.training.model import check_arch, parse_trainable_layers
+from steps.training.model import parse_trainable_layers
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +87,8 @@ class TuneConfig:
 
     def base_train_config(self) -> TrainConfig:
         """The settings every trial shares (each trial then sets the sampled ones)."""
-        return TrainConfig(
-            clean=self.clean,
-            epochs=self.epochs,
-            arch=self.arch,
-            weights=self.weights,
-            image_size=self.image_size,
-            clean_size=self.clean_size,
-            patience=self.patience,
-            seed=self.seed,
-            num_workers=self.num_workers,
-            register=False,
-            model_name=self.model_name,
-        )
+        shared = {name: getattr(self, name) for name in TRAINING_SETTINGS}
+        return TrainConfig(**{**shared, "register": False})  # the sweep registers the best
 
 
 # --------------------------------------------------------------------------- arguments
@@ -123,15 +120,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--clean", type=Path, default=d.clean, help="cleaned data folder")
-    p.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)}")
-    p.add_argument("--weights", default=d.weights, help="as train's --weights")
-    p.add_argument("--image-size", type=runtime.positive_int, default=d.image_size)
-    p.add_argument("--clean-size", type=runtime.auto_or_positive_int, default="auto")
-    p.add_argument("--epochs", type=runtime.positive_int, default=d.epochs, help="per trial")
-    p.add_argument("--patience", type=runtime.non_negative_int, default=d.patience)
-    p.add_argument("--seed", type=runtime.non_negative_int, default=d.seed)
-    p.add_argument("--num-workers", type=runtime.non_negative_int, default=d.num_workers)
+    add_training_arguments(p, d)
     p.add_argument("--trials", type=runtime.positive_int, default=d.trials)
     p.add_argument(
         "--n-jobs",
@@ -157,8 +146,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=",".join(map(str, d.trainable_layers)),
         help="choices, as train's --trainable-layers, separated by commas",
     )
-    p.add_argument("--register", type=runtime.str_to_bool, default=d.register)
-    p.add_argument("--model-name", default=d.model_name)
     return p
 
 
@@ -170,15 +157,7 @@ def parse_config(argv: Sequence[str] | None = None) -> TuneConfig:
             flag = name.replace("_", "-")
             raise UserError(f"--{flag}-min ({low:g}) is above --{flag}-max ({high:g})")
     return TuneConfig(
-        clean=args.clean,
-        arch=check_arch(args.arch),
-        weights=args.weights,
-        image_size=args.image_size,
-        clean_size=args.clean_size,
-        epochs=args.epochs,
-        patience=args.patience,
-        seed=args.seed,
-        num_workers=args.num_workers,
+        **training_settings(args),
         trials=args.trials,
         n_jobs=args.n_jobs,
         prune_after=args.prune_after,
@@ -189,8 +168,6 @@ def parse_config(argv: Sequence[str] | None = None) -> TuneConfig:
         label_smoothing_max=args.label_smoothing_max,
         batch_sizes=args.batch_sizes,
         trainable_layers=args.trainable_layers,
-        register=args.register,
-        model_name=args.model_name,
     )
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.processes import LOOPBACK, free_port, log_tail, start_in_group, stop_group
+from serve.settings import Settings
 from tests.helpers.servers import wait_for_http
 
 NAME = "marketplace-classifier"
@@ -33,6 +34,7 @@ CATEGORIES = ["Appliances", "Home & Garden", "Phones"]
 IMAGE_SIZE = 32
 GOOD, SECOND, NO_ONNX, BROKEN = 1, 2, 3, 4
 SERVICE_START_TIMEOUT_S = 120.0
+FAST_RELOAD = 0.2  # seconds between registry polls: a test sees a new alias at once
 
 
 def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:
@@ -55,6 +57,21 @@ def _network(seed: int):
 
     torch.manual_seed(seed)
     return build_network("resnet18", len(CATEGORIES)).eval()
+
+
+def settings_for(uri: str, **overrides) -> Settings:
+    """The service's settings over the store at ``uri``, polling it every FAST_RELOAD s."""
+    return Settings(**{"tracking_uri": uri, "reload_interval": FAST_RELOAD, **overrides})
+
+
+def upload(data: bytes, name: str = "photo.jpg", field: str = "image") -> dict:
+    """``data`` as a multipart file field, of no declared image type."""
+    return {field: (name, data, "application/octet-stream")}
+
+
+def photo(index: int = 0) -> dict:
+    """``PHOTOS[index]`` as the ``image`` field, declared a JPEG."""
+    return {"image": ("photo.jpg", PHOTOS[index], "image/jpeg")}
 
 
 def serve_tests_experiment(client, uri: str) -> str:

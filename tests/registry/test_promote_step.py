@@ -16,6 +16,7 @@ from cli import UserError
 from registry import promotion
 from registry.promotion import PromotionRefused, promote
 from registry.resolve import resolve_model_uri
+from tests.helpers.mlflow_run import mlflow_run, project_env
 from tests.helpers.registry_store import (
     COLOUR_MODEL,
     NAME,
@@ -178,35 +179,9 @@ def test_promote_and_rollback_against_an_mlflow_server(tmp_path: Path, monkeypat
 
 @pytest.mark.slow
 def test_mlflow_run_promote_entry_point(client, tmp_path: Path) -> None:
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": client.tracking_uri, "PATH": path}
-    env.pop("MLFLOW_RUN_ID", None)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "run",
-            str(ROOT),
-            "-e",
-            "promote",
-            "--env-manager",
-            "local",
-            "--experiment-name",
-            "tests",
-            "-P",
-            "version=best",
-            "-P",
-            "reason=entry point",
-            "-P",
-            f"clean={tmp_path / 'nothing'}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    params = {"version": "best", "reason": "entry point", "clean": tmp_path / "nothing"}
+    env = project_env(tracking=client.tracking_uri)
+    result = mlflow_run("promote", params, cwd=tmp_path, env=env, experiment="tests", check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _aliases(client) == {"production": 2}
     tags = _tags(client, 2)

@@ -34,34 +34,14 @@ from tests.helpers.served_versions import (
     NO_ONNX,
     PHOTOS,
     SECOND,
-    copy_store,
     jpeg,
-    make_store,
     running_service,
     set_alias,
+    settings_for,
+    upload,
     wait_until,
 )
 from tests.helpers.servers import start_mlflow_server
-
-FAST_RELOAD = 0.2
-
-
-@pytest.fixture(scope="module")
-def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("served-store")
-    make_store(folder)
-    return folder
-
-
-@pytest.fixture
-def store(store_template: Path, tmp_path: Path) -> str:
-    """A private copy of the registry (artifacts shared): tracking URI, nothing promoted."""
-    return copy_store(store_template, tmp_path / "store")
-
-
-def settings_for(uri: str, **overrides) -> Settings:
-    values = {"tracking_uri": uri, "reload_interval": FAST_RELOAD, **overrides}
-    return Settings(**values)
 
 
 @pytest.fixture
@@ -83,10 +63,6 @@ def wait_ready(client: TestClient, version: int | None = None, timeout: float = 
         return reply.json()
 
     return wait_until(ready, timeout, f"the service serving version {version or 'any'}")
-
-
-def upload(data: bytes, name: str = "photo.jpg", field: str = "image"):
-    return {field: (name, data, "application/octet-stream")}
 
 
 # ----------------------------------------------------------------------------- settings

@@ -35,38 +35,13 @@ from tests.helpers.served_versions import (
     NAME,
     PHOTOS,
     SECOND,
-    copy_store,
-    make_store,
     running_service,
-    set_alias,
+    settings_for,
+    upload,
     wait_until,
 )
 
 MIB = 1024 * 1024
-FAST_RELOAD = 0.2
-
-
-@pytest.fixture(scope="module")
-def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("served-store")
-    make_store(folder)
-    return folder
-
-
-@pytest.fixture
-def store(store_template: Path, tmp_path: Path) -> str:
-    """A private copy of the registry with version 1 in production."""
-    uri = copy_store(store_template, tmp_path / "store")
-    set_alias(uri, GOOD)
-    return uri
-
-
-def settings_for(uri: str, **overrides) -> Settings:
-    return Settings(**{"tracking_uri": uri, "reload_interval": FAST_RELOAD, **overrides})
-
-
-def upload(data: bytes, name: str = "photo.jpg", field: str = "image"):
-    return {field: (name, data, "application/octet-stream")}
 
 
 def sixteen_bit_png(width: int, height: int) -> bytes:
@@ -167,14 +142,14 @@ def metric(url: str, line_start: str) -> float:
 # ----------------------------------------------------------------------------- decoding
 
 
-def test_sixteen_bit_png_bombs_are_refused_and_cost_bounded_memory(store, tmp_path):
+def test_sixteen_bit_png_bombs_are_refused_and_cost_bounded_memory(production_store, tmp_path):
     """A few KB of 16-bit PNG declaring 6300 x 6300 pixels is a 422 from its header (it
     used to decode to float64 at full size: about 900 MB); a 16-bit image under the limit
     is shrunk before it becomes 8-bit; a batch of bombs leaves a normal request prompt."""
     bomb = sixteen_bit_png(6300, 6300)
     allowed = sixteen_bit_png(4000, 4000)  # 32 MB to decode: under the 64 MiB default
     assert len(bomb) < 200_000
-    env = {"MLFLOW_TRACKING_URI": store, "SERVE_RELOAD_INTERVAL": "1"}
+    env = {"MLFLOW_TRACKING_URI": production_store, "SERVE_RELOAD_INTERVAL": "1"}
     with running_service(tmp_path / "service", env) as service:
         wait_ready(service.url)
         with httpx.Client(base_url=service.url, timeout=120) as http:
@@ -256,9 +231,9 @@ def answer_or_close(sock: socket.socket, timeout: float) -> bytes:
         data += chunk
 
 
-def test_stalled_bodies_are_cut_off_and_concurrent_requests_are_bounded(store, tmp_path):
+def test_stalled_bodies_are_cut_off_and_concurrent_requests_are_bounded(production_store, tmp_path):
     env = {
-        "MLFLOW_TRACKING_URI": store,
+        "MLFLOW_TRACKING_URI": production_store,
         "SERVE_RELOAD_INTERVAL": "1",
         "SERVE_BODY_TIMEOUT": "10",
         "SERVE_MAX_CONCURRENT_REQUESTS": "4",
@@ -297,8 +272,8 @@ def test_stalled_bodies_are_cut_off_and_concurrent_requests_are_bounded(store, t
 # ----------------------------------------------------------------------------- inference
 
 
-def test_a_hung_engine_turns_into_504s_and_ready_says_so(store):
-    settings = settings_for(store, inference_timeout=2.0)
+def test_a_hung_engine_turns_into_504s_and_ready_says_so(production_store):
+    settings = settings_for(production_store, inference_timeout=2.0)
     with served_in_thread(settings) as (url, app):
         wait_ready(url)
         engine = faulty(app)
@@ -323,8 +298,8 @@ def test_a_hung_engine_turns_into_504s_and_ready_says_so(store):
             assert http.post("/predict", files=upload(PHOTOS[2])).status_code == 200
 
 
-def test_work_for_clients_that_left_is_dropped_and_the_queue_is_bounded(store):
-    settings = settings_for(store, inference_timeout=120.0, max_queued_images=3)
+def test_work_for_clients_that_left_is_dropped_and_the_queue_is_bounded(production_store):
+    settings = settings_for(production_store, inference_timeout=120.0, max_queued_images=3)
     with served_in_thread(settings) as (url, app):
         wait_ready(url)
         engine = faulty(app)
@@ -356,9 +331,9 @@ def test_work_for_clients_that_left_is_dropped_and_the_queue_is_bounded(store):
         assert metric(url, "marketplace_dropped_images_total") == 1.0
 
 
-def test_a_crashing_batcher_is_restarted_counted_and_reported(store, monkeypatch):
+def test_a_crashing_batcher_is_restarted_counted_and_reported(production_store, monkeypatch):
     monkeypatch.setattr(inference, "RESTART_DELAY_S", 5.0)
-    with served_in_thread(settings_for(store)) as (url, app):
+    with served_in_thread(settings_for(production_store)) as (url, app):
         wait_ready(url)
         engine = faulty(app)
         engine.short.set()  # fewer rows than images: the batcher cannot hand out answers
@@ -375,7 +350,7 @@ def test_a_crashing_batcher_is_restarted_counted_and_reported(store, monkeypatch
             assert http.post("/predict", files=upload(PHOTOS[1])).status_code == 200
 
 
-def test_a_version_that_drops_rows_of_a_full_batch_is_not_served(store, monkeypatch):
+def test_a_version_that_drops_rows_of_a_full_batch_is_not_served(production_store, monkeypatch):
     """The load check runs the full-batch warm-up and checks its shapes, not only the example."""
     real = loader.build_engine
 
@@ -392,7 +367,7 @@ def test_a_version_that_drops_rows_of_a_full_batch_is_not_served(store, monkeypa
     monkeypatch.setattr(
         loader, "build_engine", lambda logged, *rest: DropsRowsOfBigBatches(real(logged, *rest))
     )
-    with TestClient(create_app(settings_for(store, batch_size=8))) as client:
+    with TestClient(create_app(settings_for(production_store, batch_size=8))) as client:
         reply = wait_until(
             lambda: (
                 (r := client.get("/ready")).status_code == 503
@@ -493,14 +468,14 @@ def _slowly(photo: bytes) -> Iterator[bytes]:
 
 
 @pytest.mark.slow
-def test_soak_mixed_clients_across_a_promotion(store, tmp_path):
+def test_soak_mixed_clients_across_a_promotion(production_store, tmp_path):
     """A few thousand mixed requests with a promotion halfway: no unexpected status, the
     promotion served, and the service's memory flat from warm-up to the end."""
     from mlflow import MlflowClient
 
     from registry.promotion import promote
 
-    env = {"MLFLOW_TRACKING_URI": store, "SERVE_RELOAD_INTERVAL": "1"}
+    env = {"MLFLOW_TRACKING_URI": production_store, "SERVE_RELOAD_INTERVAL": "1"}
     with running_service(tmp_path / "service", env) as service:
         wait_ready(service.url, GOOD)
         process = psutil.Process(service.process.pid)
@@ -512,7 +487,13 @@ def test_soak_mixed_clients_across_a_promotion(store, tmp_path):
         promoter = threading.Thread(
             target=lambda: (
                 wait_until(lambda: soak.left < 1500, 900, "the soak's first thousand"),
-                promote(NAME, SECOND, client=MlflowClient(store, store), by="soak", reason="t"),
+                promote(
+                    NAME,
+                    SECOND,
+                    client=MlflowClient(production_store, production_store),
+                    by="soak",
+                    reason="t",
+                ),
             )
         )
         promoter.start()

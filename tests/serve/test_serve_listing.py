@@ -10,7 +10,6 @@ with its ``input`` tag. Every answer is compared with what the registered pyfunc
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -20,34 +19,14 @@ from fastapi.testclient import TestClient
 
 from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
 from serve.app import MODEL_HEADER, create_app
-from serve.settings import Settings
 from tests.helpers.served_versions import (
     CATEGORIES,
-    GOOD,
     NAME,
     PHOTOS,
-    add_listing_models,
-    copy_store,
-    make_store,
-    set_alias,
+    photo,
+    settings_for,
     wait_until,
 )
-
-FAST_RELOAD = 0.2
-
-
-@pytest.fixture(scope="module")
-def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("listing-store")
-    add_listing_models(make_store(folder))
-    return folder
-
-
-@pytest.fixture
-def store(store_template: Path, tmp_path: Path) -> str:
-    uri = copy_store(store_template, tmp_path / "store")
-    set_alias(uri, GOOD)
-    return uri
 
 
 def _promote_listing_models(uri: str) -> None:
@@ -57,14 +36,13 @@ def _promote_listing_models(uri: str) -> None:
 
 
 def _service(uri: str, **overrides) -> TestClient:
-    settings = Settings(tracking_uri=uri, reload_interval=FAST_RELOAD, **overrides)
-    return TestClient(create_app(settings))
+    return TestClient(create_app(settings_for(uri, **overrides)))
 
 
 def _wait_for_every_kind(client: TestClient) -> None:
-    _wait_status(client, "/predict", 200, files=_photo())
+    _wait_status(client, "/predict", 200, files=photo())
     _wait_status(client, "/predict/text", 200, data={"text": "iphone"})
-    _wait_status(client, "/predict/combined", 200, files=_photo(), data={"text": "iphone"})
+    _wait_status(client, "/predict/combined", 200, files=photo(), data={"text": "iphone"})
 
 
 def _wait_status(client: TestClient, route: str, status: int, **request) -> dict:
@@ -75,10 +53,6 @@ def _wait_status(client: TestClient, route: str, status: int, **request) -> dict
     return wait_until(answered, 120.0, f"{route} answering {status}")
 
 
-def _photo(index: int = 0):
-    return {"image": ("photo.jpg", PHOTOS[index], "image/jpeg")}
-
-
 def _pyfunc(uri: str, name: str, frame: pd.DataFrame) -> np.ndarray:
     mlflow.set_tracking_uri(uri)
     loaded = mlflow.pyfunc.load_model(f"models:/{name}/1")
@@ -86,15 +60,15 @@ def _pyfunc(uri: str, name: str, frame: pd.DataFrame) -> np.ndarray:
 
 
 @pytest.fixture
-def served(store: str) -> Iterator[TestClient]:
+def served(listing_store: str) -> Iterator[TestClient]:
     """The service with a model of every kind in production, all three loaded."""
-    _promote_listing_models(store)
-    with _service(store) as client:
+    _promote_listing_models(listing_store)
+    with _service(listing_store) as client:
         _wait_for_every_kind(client)
         yield client
 
 
-def test_text_is_answered_by_the_text_model_as_its_pyfunc_does(served, store) -> None:
+def test_text_is_answered_by_the_text_model_as_its_pyfunc_does(served, listing_store) -> None:
     reply = served.post("/predict/text", data={"text": "Samsung galaxy, as new"})
     assert reply.status_code == 200, reply.text
     body = reply.json()
@@ -102,26 +76,30 @@ def test_text_is_answered_by_the_text_model_as_its_pyfunc_does(served, store) ->
     assert body["model"]["name"] == TEXT_MODEL_NAME and body["model"]["version"] == 1
     assert reply.headers[MODEL_HEADER] == "1"
     assert body["Category"] == body["category"] and len(body["Probabilities"]) == 3
-    expected = _pyfunc(store, TEXT_MODEL_NAME, pd.DataFrame({"text": ["Samsung galaxy, as new"]}))
+    expected = _pyfunc(
+        listing_store, TEXT_MODEL_NAME, pd.DataFrame({"text": ["Samsung galaxy, as new"]})
+    )
     np.testing.assert_allclose(body["Probabilities"], expected[0], rtol=1e-6, atol=1e-7)
     assert body["category"] == CATEGORIES[int(expected[0].argmax())]
 
 
-def test_a_photo_with_text_is_answered_by_the_listing_model(served, store) -> None:
+def test_a_photo_with_text_is_answered_by_the_listing_model(served, listing_store) -> None:
     data = {"text": "Corner sofa"}
-    reply = served.post("/predict", files=_photo(1), data=data)
+    reply = served.post("/predict", files=photo(1), data=data)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["input"] == "image+text"
     assert body["model"]["name"] == LISTING_MODEL_NAME
-    combined = served.post("/predict/combined", files=_photo(1), data=data).json()
+    combined = served.post("/predict/combined", files=photo(1), data=data).json()
     assert combined["top_k"] == body["top_k"]
     expected = _pyfunc(
-        store, LISTING_MODEL_NAME, pd.DataFrame({"image": [PHOTOS[1]], "text": ["Corner sofa"]})
+        listing_store,
+        LISTING_MODEL_NAME,
+        pd.DataFrame({"image": [PHOTOS[1]], "text": ["Corner sofa"]}),
     )
     np.testing.assert_allclose(combined["Probabilities"], expected[0], rtol=1e-4, atol=1e-5)
 
-    alone = served.post("/predict", files=_photo(1)).json()
+    alone = served.post("/predict", files=photo(1)).json()
     assert alone["input"] == "image" and alone["model"]["name"] == NAME
 
 
@@ -136,51 +114,51 @@ def test_a_photo_with_text_is_answered_by_the_listing_model(served, store) -> No
         ("/predict", "y" * 51, "SERVE_MAX_TEXT_CHARS"),
     ],
 )
-def test_an_empty_or_over_long_text_is_a_422_that_says_why(store, route, text, words) -> None:
-    _promote_listing_models(store)
-    with _service(store, max_text_chars=50) as client:
+def test_an_empty_or_over_long_text_is_a_422_that_says_why(
+    listing_store, route, text, words
+) -> None:
+    _promote_listing_models(listing_store)
+    with _service(listing_store, max_text_chars=50) as client:
         _wait_for_every_kind(client)
-        files = None if route == "/predict/text" else _photo()
+        files = None if route == "/predict/text" else photo()
         reply = client.post(route, files=files, data={"text": text})
         assert reply.status_code == 422, reply.text
         assert words in reply.json()["detail"]
 
 
-def test_without_listing_models_text_routes_say_so_and_predict_uses_the_photo(store) -> None:
-    with _service(store) as client:
-        reply = _wait_status(client, "/predict", 200, files=_photo(), data={"text": "sofa"})
+def test_without_listing_models_text_routes_say_so_and_predict_uses_thephoto(listing_store) -> None:
+    with _service(listing_store) as client:
+        reply = _wait_status(client, "/predict", 200, files=photo(), data={"text": "sofa"})
         assert reply.json()["input"] == "image"
         missing = client.post("/predict/text", data={"text": "sofa"})
         assert missing.status_code == 503 and "no text model" in missing.json()["detail"]
         assert missing.headers["Retry-After"]
-        missing = client.post("/predict/combined", files=_photo(), data={"text": "sofa"})
+        missing = client.post("/predict/combined", files=photo(), data={"text": "sofa"})
         assert missing.status_code == 503 and "no image+text model" in missing.json()["detail"]
 
 
-def test_a_version_of_another_kind_is_never_served_in_a_slot(store) -> None:
-    _promote_listing_models(store)
+def test_a_version_of_another_kind_is_never_served_in_a_slot(listing_store) -> None:
+    _promote_listing_models(listing_store)
     wrong = f"models:/{TEXT_MODEL_NAME}@production"
-    with _service(store, listing_model_uri=wrong) as client:
+    with _service(listing_store, listing_model_uri=wrong) as client:
 
         def refused():
-            reply = client.post("/predict/combined", files=_photo(), data={"text": "sofa"})
+            reply = client.post("/predict/combined", files=photo(), data={"text": "sofa"})
             detail = reply.json()["detail"]
             return reply if reply.status_code == 503 and "takes text input" in detail else None
 
         reply = wait_until(refused, 120.0, "the listing slot refusing a text model")
         assert "image+text" in reply.json()["detail"]
-        _wait_status(client, "/predict", 200, files=_photo())
-        assert (
-            client.post("/predict", files=_photo(), data={"text": "x"}).json()["input"] == "image"
-        )
+        _wait_status(client, "/predict", 200, files=photo())
+        assert client.post("/predict", files=photo(), data={"text": "x"}).json()["input"] == "image"
 
 
 def test_a_kind_never_registered_says_which_entry_point_trains_it_and_which_setting(
-    store: str,
+    listing_store: str,
 ) -> None:
     """With no registered model of a kind, its routes' 503 names the entry point that trains
     one and the setting that points the service at it, not the CLI's flags."""
-    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    client = mlflow.MlflowClient(tracking_uri=listing_store, registry_uri=listing_store)
     for name in (NAME, TEXT_MODEL_NAME, LISTING_MODEL_NAME):
         client.delete_registered_model(name)
     expected = {
@@ -188,11 +166,11 @@ def test_a_kind_never_registered_says_which_entry_point_trains_it_and_which_sett
         "/predict/text": ("-e train_text --env-manager local", "TEXT_MODEL_URI"),
         "/predict/combined": ("-e train_combined --env-manager local", "LISTING_MODEL_URI"),
     }
-    with _service(store) as service:
+    with _service(listing_store) as service:
         for route, (entry_point, setting) in expected.items():
 
             def missing(route=route):
-                reply = service.post(route, files=_photo(), data={"text": "sofa"})
+                reply = service.post(route, files=photo(), data={"text": "sofa"})
                 detail = reply.json()["detail"]
                 return detail if "no registered model" in detail else None
 

@@ -21,46 +21,25 @@ from fastapi.testclient import TestClient
 
 from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
 from serve.app import MODEL_HEADER, create_app
-from serve.settings import Settings
 from tests.helpers.served_versions import (
     GOOD,
     NAME,
     PHOTOS,
-    add_listing_models,
-    copy_store,
-    make_store,
+    photo,
     set_alias,
+    settings_for,
     start_service,
     wait_until,
 )
 from tests.helpers.servers import StallingProxy, start_mlflow_server
 
-FAST_RELOAD = 0.2
 FAST_RETRY = {"load_retry_initial": 0.2, "load_retry_max": 1.0}
 NO_RETRY = {"load_retry_initial": 3600.0, "load_retry_max": 3600.0}
 ADMIN = {"Authorization": "Bearer t"}
 
 
-@pytest.fixture(scope="module")
-def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("recovery-store")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)  # the artifacts (./mlruns) go beside the store, not the checkout
-        add_listing_models(make_store(folder))
-    return folder
-
-
-@pytest.fixture
-def store(store_template: Path, tmp_path: Path) -> str:
-    """A private copy of the registry (artifacts shared), image version 1 in production."""
-    uri = copy_store(store_template, tmp_path / "store")
-    set_alias(uri, GOOD)
-    return uri
-
-
 def _service(uri: str, **overrides) -> TestClient:
-    values = {"tracking_uri": uri, "reload_interval": FAST_RELOAD, "admin_token": "t"}
-    return TestClient(create_app(Settings(**{**values, **overrides})))
+    return TestClient(create_app(settings_for(uri, **{"admin_token": "t", **overrides})))
 
 
 def _promote(uri: str, name: str) -> None:
@@ -90,10 +69,6 @@ def _moved_away(folder: Path) -> Iterator[callable]:
         put_back()
 
 
-def _photo():
-    return {"image": ("photo.jpg", PHOTOS[0], "image/jpeg")}
-
-
 def _metric(text: str, line: str) -> bool:
     return any(row == line for row in text.splitlines())
 
@@ -101,10 +76,10 @@ def _metric(text: str, line: str) -> bool:
 # ----------------------------------------------------------------------------- retries
 
 
-def test_a_first_load_that_hit_a_blip_is_retried_until_the_service_is_ready(store):
+def test_a_first_load_that_hit_a_blip_is_retried_until_the_service_is_ready(listing_store):
     with (
-        _moved_away(_artifacts(store, NAME, GOOD)) as put_back,
-        _service(store, **FAST_RETRY) as client,
+        _moved_away(_artifacts(listing_store, NAME, GOOD)) as put_back,
+        _service(listing_store, **FAST_RETRY) as client,
     ):
 
         def retried_twice():
@@ -130,18 +105,18 @@ def test_a_first_load_that_hit_a_blip_is_retried_until_the_service_is_ready(stor
         assert ready["model"]["version"] == GOOD
         slot = ready["slots"]["image"]
         assert slot["loaded"] and slot["attempts"] == 0 and slot["next_retry"] is None
-        assert client.post("/predict", files=_photo()).status_code == 200
+        assert client.post("/predict", files=photo()).status_code == 200
 
 
-def test_admin_reload_reaches_the_text_and_listing_slots(store):
-    _promote(store, TEXT_MODEL_NAME)
-    _promote(store, LISTING_MODEL_NAME)
-    text_files = _artifacts(store, TEXT_MODEL_NAME, 1)
-    listing_files = _artifacts(store, LISTING_MODEL_NAME, 1)
+def test_admin_reload_reaches_the_text_and_listing_slots(listing_store):
+    _promote(listing_store, TEXT_MODEL_NAME)
+    _promote(listing_store, LISTING_MODEL_NAME)
+    text_files = _artifacts(listing_store, TEXT_MODEL_NAME, 1)
+    listing_files = _artifacts(listing_store, LISTING_MODEL_NAME, 1)
     with (
         _moved_away(text_files) as text_back,
         _moved_away(listing_files) as listing_back,
-        _service(store, **NO_RETRY) as client,
+        _service(listing_store, **NO_RETRY) as client,
     ):
 
         def both_failed():
@@ -161,17 +136,17 @@ def test_admin_reload_reaches_the_text_and_listing_slots(store):
         assert reply.json()["outcome"] == "unchanged" and slots["image"]["version"] == GOOD
         answer = client.post("/predict/text", data={"text": "iphone"})
         assert answer.status_code == 200 and answer.json()["model"]["name"] == TEXT_MODEL_NAME
-        combined = client.post("/predict/combined", files=_photo(), data={"text": "iphone"})
+        combined = client.post("/predict/combined", files=photo(), data={"text": "iphone"})
         assert combined.status_code == 200
 
 
 # ----------------------------------------------------------------------------- metrics
 
 
-def test_metrics_and_readiness_are_per_slot(store):
-    set_alias(store, 4)  # the broken image version: the image slot never loads
-    _promote(store, TEXT_MODEL_NAME)
-    with _service(store, **NO_RETRY) as client:
+def test_metrics_and_readiness_are_per_slot(listing_store):
+    set_alias(listing_store, 4)  # the broken image version: the image slot never loads
+    _promote(listing_store, TEXT_MODEL_NAME)
+    with _service(listing_store, **NO_RETRY) as client:
         wait_until(
             lambda: client.post("/predict/text", data={"text": "iphone"}).status_code == 200,
             120.0,
@@ -195,7 +170,7 @@ def test_metrics_and_readiness_are_per_slot(store):
         assert len(info) == 1 and 'kind="text"' in info[0]
         assert f'name="{TEXT_MODEL_NAME}"' in info[0]
 
-        set_alias(store, GOOD)  # the image slot loads: the text slot's series stays
+        set_alias(listing_store, GOOD)  # the image slot loads: the text slot's series stays
         wait_until(lambda: client.get("/ready").status_code == 200, 120.0, "image loaded")
         text = client.get("/metrics").text
         info = [row for row in text.splitlines() if row.startswith("marketplace_model_info{")]
@@ -208,9 +183,9 @@ def test_metrics_and_readiness_are_per_slot(store):
 # ----------------------------------------------------------------------------- the version header
 
 
-def test_a_500_carries_the_version_that_answered(store):
+def test_a_500_carries_the_version_that_answered(listing_store):
     with TestClient(
-        create_app(Settings(tracking_uri=store, reload_interval=FAST_RELOAD)),
+        create_app(settings_for(listing_store)),
         raise_server_exceptions=False,
     ) as client:
         wait_until(lambda: client.get("/ready").status_code == 200, 120.0, "ready")
@@ -222,7 +197,7 @@ def test_a_500_carries_the_version_that_answered(store):
                 raise RuntimeError("the engine fell over")
 
         client.app.state.holder.current.engine = FailingEngine()
-        reply = client.post("/predict", files=_photo())
+        reply = client.post("/predict", files=photo())
         assert reply.status_code == 500
         assert "internal error (RuntimeError)" in reply.json()["detail"]
         assert reply.headers[MODEL_HEADER] == str(GOOD)
@@ -230,15 +205,15 @@ def test_a_500_carries_the_version_that_answered(store):
         assert 'route="/predict",status="500"} 1.0' in metrics
 
 
-def test_a_503_of_the_listing_slot_does_not_name_the_image_version(store):
-    with _service(store) as client:
+def test_a_503_of_the_listing_slot_does_not_name_the_image_version(listing_store):
+    with _service(listing_store) as client:
         wait_until(lambda: client.get("/ready").status_code == 200, 120.0, "ready")
-        reply = client.post("/predict/combined", files=_photo(), data={"text": "iphone"})
+        reply = client.post("/predict/combined", files=photo(), data={"text": "iphone"})
         assert reply.status_code == 503
         assert reply.headers[MODEL_HEADER] == "none"
         reply = client.post("/predict/text", data={"text": "iphone"})
         assert reply.status_code == 503 and reply.headers[MODEL_HEADER] == "none"
-        assert client.post("/predict", files=_photo()).headers[MODEL_HEADER] == str(GOOD)
+        assert client.post("/predict", files=photo()).headers[MODEL_HEADER] == str(GOOD)
 
 
 # ----------------------------------------------------------------------------- stopping

@@ -24,14 +24,16 @@ from PIL import Image
 
 from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
 from serve.app import create_app
-from serve.settings import Settings
 from tests.helpers.demo import DEMO_CLEAN_SIZE
 from tests.helpers.served_versions import (
     NAME,
     PHOTOS,
     add_listing_models,
+    copy_store,
     running_service,
     set_alias,
+    settings_for,
+    upload,
     wait_until,
 )
 
@@ -99,13 +101,7 @@ def search_store(demo_clean: Path, tmp_path_factory) -> tuple[str, Path]:
 def store(search_store, tmp_path: Path) -> str:
     """A private copy of the registry (artifacts shared) with version 1 in production."""
     _, folder = search_store
-    (tmp_path / "store").mkdir()
-    shutil.copy2(folder / "mlflow.db", tmp_path / "store" / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-
-
-def settings_for(uri: str, **overrides) -> Settings:
-    return Settings(tracking_uri=uri, reload_interval=0.2, **overrides)
+    return copy_store(folder, tmp_path / "store")
 
 
 def wait_searchable(client: TestClient, version: int = 1) -> dict:
@@ -131,10 +127,6 @@ def photos(demo_clean: Path, demo_raw: Path) -> pd.DataFrame:
     test = images[images["split"] == "test"].sort_values("image_id").head(6).copy()
     test["data"] = [(demo_raw / f).read_bytes() for f in test["file"]]
     return test
-
-
-def upload(data: bytes, name: str = "photo.jpg"):
-    return {"image": (name, data, "application/octet-stream")}
 
 
 # ----------------------------------------------------------------------------- the API
@@ -501,9 +493,7 @@ def live_service(search_store, tmp_path_factory) -> Iterator[str]:
 
     _, source = search_store
     folder = tmp_path_factory.mktemp("fuzz")
-    (folder / "store").mkdir()
-    shutil.copy2(source / "mlflow.db", folder / "store" / "mlflow.db")
-    uri = f"sqlite:///{folder / 'store' / 'mlflow.db'}"
+    uri = copy_store(source, folder / "store")
     import mlflow
 
     add_listing_models(uri)  # a text and a photo + text model too, so no route answers 503

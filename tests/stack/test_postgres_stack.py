@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from cli.processes import LOOPBACK, free_port
+from tests.helpers.mlflow_run import mlflow_run, project_env
 from tests.helpers.postgres import PostgresServer, find_binaries, start_postgres
 from tests.helpers.servers import MotoS3, without_s3_credentials
 
@@ -72,13 +73,9 @@ def stack_settings(state: Path, backend: str, artifacts: str) -> dict[str, str]:
 
 def client_env(tracking_uri: str) -> dict[str, str]:
     """A client's environment: the tracking URI, no S3 settings, this checkout's code."""
-    env = without_s3_credentials()
-    env["MLFLOW_TRACKING_URI"] = tracking_uri
-    env["PYTHONPATH"] = str(ROOT)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        env.pop(name, None)
-    return env
+    return project_env(
+        without_s3_credentials(), tracking=tracking_uri, drop=("MLFLOW_EXPERIMENT_NAME",)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +106,8 @@ def pg_stack(
     stack("stop", env, timeout=60)
 
 
-def mlflow_run(entry: str, env: dict[str, str], **params: object) -> None:
-    command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry]
-    command += ["--env-manager", "local", "--experiment-name", "pg-stack"]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
-    assert done.returncode == 0, f"{entry}:\n{done.stderr[-3000:]}"
+def pg_run(entry: str, env: dict[str, str], cwd: Path, **params: object) -> None:
+    mlflow_run(entry, params, cwd=cwd, env=env, experiment="pg-stack", timeout=STEP_TIMEOUT_S)
 
 
 def registry_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -151,13 +143,14 @@ def test_pipeline_promotion_rollback_and_service_on_postgres_and_s3(
 
     env = client_env(pg_stack.url)
     raw, clean = tmp_path / "raw", tmp_path / "clean"
-    mlflow_run("demo_data", env, out=raw, products=40)
-    mlflow_run("clean_tabular", env, raw=raw, out=clean)
-    mlflow_run("clean_images", env, raw=raw, out=clean, size=32)
+    pg_run("demo_data", env, tmp_path, out=raw, products=40)
+    pg_run("clean_tabular", env, tmp_path, raw=raw, out=clean)
+    pg_run("clean_images", env, tmp_path, raw=raw, out=clean, size=32)
     for seed in (0, 1):
-        mlflow_run(
+        pg_run(
             "train",
             env,
+            tmp_path,
             clean=clean,
             epochs=1,
             arch="resnet18",

@@ -19,6 +19,7 @@ import pytest
 from cli.processes import group_alive
 from steps.raw_export import INGEST_MARKER
 from tests.helpers.fixtures_servers import S3TrackingServer
+from tests.helpers.mlflow_run import mlflow_run, project_env
 from tests.helpers.servers import (
     LAYOUT,
     LOOPBACK,
@@ -33,12 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def client_env(tracking_uri: str) -> dict[str, str]:
     """A client's environment in proxied mode: the tracking URI, and no S3 settings at all."""
-    env = without_s3_credentials()
-    env["MLFLOW_TRACKING_URI"] = tracking_uri
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        env.pop(name, None)
-    return env
+    return project_env(
+        without_s3_credentials(), tracking=tracking_uri, drop=("MLFLOW_EXPERIMENT_NAME",)
+    )
 
 
 @pytest.mark.slow
@@ -50,17 +48,10 @@ def test_step_artifacts_reach_s3_through_the_server(
 
     export = make_tiny_export(tmp_path / "export")
     out = tmp_path / "raw"
-    command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "ingest"]
-    command += ["--env-manager", "local", "--experiment-name", "s3-stack"]
-    command += ["-P", f"source={export}", "-P", f"out={out}", "-P", "workers=2"]
+    params = {"source": export, "out": out, "workers": 2}
+    env = client_env(s3_tracking_server.url)
 
-    result = subprocess.run(
-        command,
-        env=client_env(s3_tracking_server.url),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = mlflow_run("ingest", params, cwd=tmp_path, env=env, experiment="s3-stack", check=False)
 
     assert result.returncode == 0, result.stderr[-3000:]
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())

@@ -20,9 +20,8 @@ from cli import UserError
 from marketplace_models.imaging import load_normalized
 from steps import clean_images as step
 from steps.clean_images import JPEG_QUALITY, clean_images, is_done, list_images, normalize_file
+from tests.helpers.mlflow_run import mlflow_run, project_env
 
-REPO = Path(__file__).resolve().parents[2]
-INHERITED_RUN = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")  # a step subprocess must not attach
 SIZE = 32
 
 
@@ -283,14 +282,7 @@ def test_bad_input_is_a_step_error(tmp_path: Path, case: str, message: str) -> N
 
 def step_env(tmp_path: Path) -> dict[str, str]:
     """The environment for a step subprocess: its own store, no run or experiment inherited."""
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
-    }
-    return {
-        **env,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
-        "PYTHONPATH": str(REPO),  # run from tmp_path, so the run's artifacts land there
-    }
+    return project_env(tracking=f"sqlite:///{tmp_path / 'm.db'}")
 
 
 @pytest.mark.parametrize(
@@ -348,19 +340,6 @@ def test_demo_export_every_usable_image_is_normalised(demo_raw: Path, tmp_path: 
     assert not usable & {failure["image_id"] for failure in stats["failures"]}
 
 
-def mlflow_run(tmp_path: Path, entry_point: str, **params: object):
-    """``mlflow run <repo> -e <entry_point> --env-manager local`` with its own tracking store."""
-    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point]
-    argv += ["--env-manager", "local"]
-    for key, value in params.items():
-        argv += ["-P", f"{key}={value}"]
-    env = step_env(tmp_path)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 def expected_output(source: Path, size: int = SIZE) -> bytes:
     buffer = io.BytesIO()
     load_normalized(source, size).save(buffer, "JPEG", quality=JPEG_QUALITY)
@@ -374,14 +353,15 @@ def test_a_replaced_photo_is_redone_whatever_its_mtime_and_a_removed_one_goes(
     """`cp -p` / `rsync -a` / `tar` give a replaced photo an older mtime: its content decides."""
     raw = make_raw(tmp_path / "raw", count=2)
     out = tmp_path / "clean"
-    mlflow_run(tmp_path, "clean_images", raw=raw, out=out, size=SIZE, workers=1)
+    params = {"raw": raw, "out": out, "size": SIZE, "workers": 1}
+    mlflow_run("clean_images", params, cwd=tmp_path, env=step_env(tmp_path))
     source = raw / "images" / "rgb000.jpg"
     old = outputs(out)["rgb000"].read_bytes()
     Image.new("RGB", (90, 60), (250, 250, 0)).save(source, quality=90)  # another photo
     os.utime(source, (1_000_000, 1_000_000))  # ... restored with a 1970 mtime
     (raw / "images" / "rgb001.jpg").unlink()  # gone from the export
 
-    mlflow_run(tmp_path, "clean_images", raw=raw, out=out, size=SIZE, workers=1)
+    mlflow_run("clean_images", params, cwd=tmp_path, env=step_env(tmp_path))
 
     made = outputs(out)
     assert made["rgb000"].read_bytes() == expected_output(source) != old

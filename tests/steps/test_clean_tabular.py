@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import subprocess
 import sys
 from decimal import Decimal
@@ -38,9 +37,8 @@ from steps.clean_tabular import (
     split_by_product,
     split_category,
 )
+from tests.helpers.mlflow_run import REPO, mlflow_run, project_env
 
-REPO = Path(__file__).resolve().parents[2]
-INHERITED_RUN = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")  # a step subprocess must not attach
 ROOTS = ("Appliances", "Baby & Kids Stuff", "Home & Garden")
 
 
@@ -695,10 +693,7 @@ def test_bad_fractions_are_step_errors(tmp_path: Path, kwargs, message) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
-    }
-    env["MLFLOW_TRACKING_URI"] = "sqlite:///:memory:"  # errors come before any logging
+    env = project_env(tracking="sqlite:///:memory:")  # errors come before any logging
     return subprocess.run(
         [sys.executable, "-m", "steps.clean_tabular", *args],
         cwd=REPO,
@@ -830,21 +825,6 @@ def test_every_layout_and_line_ending_gives_the_same_rows(
     assert not descriptions.str.contains("\r").any()
 
 
-def mlflow_run(entry_point: str, params: dict[str, str], tracking: str):
-    """``mlflow run . -e entry_point --env-manager local`` in a fresh process."""
-    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point]
-    argv += ["--env-manager", "local", "--experiment-name", "tests"]
-    for key, value in params.items():
-        argv += ["-P", f"{key}={value}"]
-    env = {k: v for k, v in os.environ.items() if k not in INHERITED_RUN}
-    env["MLFLOW_TRACKING_URI"] = tracking
-    # `mlflow run --env-manager local` runs the step with the first python on PATH: this one.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    # A generous bound: three of these took 5 minutes with two busy loops beside the suite.
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("layout", "ending", "through_ingest"),
@@ -859,13 +839,22 @@ def test_real_export_layouts_through_mlflow_run(
     export = export_as(demo_raw, tmp_path / "export", layout, ENDINGS[ending])
     raw, clean = tmp_path / "raw", tmp_path / "clean"
     if through_ingest:
-        mlflow_run("ingest", {"source": str(export), "out": str(raw)}, tracking)
+        mlflow_run(
+            "ingest", {"source": str(export), "out": str(raw)}, cwd=tmp_path, experiment="tests"
+        )
         assert (raw / "Products.csv").read_bytes() == (export / "Products.csv").read_bytes()
     else:
         raw = export
-    mlflow_run("clean_tabular", {"raw": str(raw), "out": str(clean)}, tracking)
+    mlflow_run(
+        "clean_tabular", {"raw": str(raw), "out": str(clean)}, cwd=tmp_path, experiment="tests"
+    )
     if through_ingest:
-        mlflow_run("clean_images", {"raw": str(raw), "out": str(clean), "size": "32"}, tracking)
+        mlflow_run(
+            "clean_images",
+            {"raw": str(raw), "out": str(clean), "size": "32"},
+            cwd=tmp_path,
+            experiment="tests",
+        )
 
     products = pd.read_parquet(clean / "products.parquet")
     images = pd.read_parquet(clean / "images.parquet")

@@ -23,6 +23,7 @@ from search import text as text_search
 from search.index import SearchIndex, load_index_for_version
 from steps import index as index_step
 from tests.helpers.demo import DEMO_CLEAN_SIZE, register_tiny_version
+from tests.helpers.mlflow_run import mlflow_run, project_env
 
 NAME = "marketplace-classifier"
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,12 +211,9 @@ def test_index_entry_point_reads_whatever_single_size_was_cleaned(
     """`mlflow run . -e index` with no clean_size (MLproject's `auto`) after cleaning at one
     size only (the demo data has just images/64/): it indexes from that size."""
     version = register_tiny_version(demo_clean)
-    env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": "tests", "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_EXPERIMENT_ID", None)  # set by mlflow.set_experiment; the name decides
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "index"]
-    command += ["-P", f"clean={demo_clean}", "--env-manager", "local"]
-    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
+    # MLFLOW_EXPERIMENT_ID, set by mlflow.set_experiment, is dropped: the name decides.
+    env = project_env(MLFLOW_EXPERIMENT_NAME="tests")
+    done = mlflow_run("index", {"clean": demo_clean}, cwd=tmp_path, env=env, check=False)
 
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient()

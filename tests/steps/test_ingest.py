@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 from cli import UserError
 from steps import ingest as ingest_module
 from steps.ingest import ingest, s3_endpoint
+from tests.helpers.mlflow_run import mlflow_run
 from tests.helpers.servers import LAYOUT, MotoS3, closed_endpoint, make_tiny_export
 
 
@@ -305,29 +304,12 @@ def test_cli_s3_error_is_one_line(
 # --------------------------------------------------------------------------- mirroring
 
 
-def mlflow_run(tmp_path: Path, entry_point: str, check: bool = True, **params: object):
-    """``mlflow run <repo> -e <entry_point> --env-manager local`` against the test's store."""
-    repo = Path(__file__).resolve().parents[2]
-    argv = [sys.executable, "-m", "mlflow", "run", str(repo), "-e", entry_point]
-    argv += ["--env-manager", "local"]
-    for key, value in params.items():
-        argv += ["-P", f"{key}={value}"]
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
-    }
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 @pytest.mark.slow  # two `mlflow run`s
 def test_ingest_mirrors_changed_content_and_files_gone_from_the_source(
     tracking: str, export: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "raw"
-    mlflow_run(tmp_path, "ingest", source=export, out=out, workers=2)
+    mlflow_run("ingest", {"source": export, "out": out, "workers": 2}, cwd=tmp_path)
     # Same size, same mtime, other bytes; a photo re-exported as PNG.
     products = export / "Products.csv"
     stat = products.stat()
@@ -338,7 +320,7 @@ def test_ingest_mirrors_changed_content_and_files_gone_from_the_source(
     (export / "images/0a1b.png").write_bytes(jpeg.read_bytes())
     jpeg.unlink()
 
-    result = mlflow_run(tmp_path, "ingest", source=export, out=out, workers=2)
+    result = mlflow_run("ingest", {"source": export, "out": out, "workers": 2}, cwd=tmp_path)
 
     assert (out / "Products.csv").read_bytes() == products.read_bytes(), result.stderr[-2000:]
     assert not (out / "images/0a1b.jpg").exists(), "the old photo is gone with the source's"

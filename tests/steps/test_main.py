@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from steps.main import CODE_FOLDERS, Step, cache_key, fingerprint
+from tests.helpers.mlflow_run import NO_TRAINING, REPO, TINY_PIPELINE, mlflow_run, project_env
 
 
 def _tree(root: Path) -> Path:
@@ -71,42 +72,14 @@ def test_steps_run_with_the_env_manager_the_pipeline_was_given(
     assert calls[0]["env_manager"] == expected
 
 
-def _mlflow_run(root: Path, params: dict[str, str], env: dict[str, str]):
-    import subprocess
-    import sys
-
-    argv = [sys.executable, "-m", "mlflow", "run", str(root), "-e", "main"]
-    argv += ["--env-manager", "local"]
-    for key, value in params.items():
-        argv += ["-P", f"{key}={value}"]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str) -> None:
     """`mlflow run . -e main` chains the steps, registers and promotes; a rerun skips them."""
     from mlflow.tracking import MlflowClient
 
-    root = Path(__file__).resolve().parents[2]
-    import sys
-
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "pipeline"}
-    # `mlflow run --env-manager local` runs steps with the first python on PATH: this one.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    params = {
-        "raw": str(tmp_path / "raw"),
-        "clean": str(tmp_path / "clean"),
-        "products": "40",
-        "size": "48",
-        "arch": "resnet18",
-        "weights": "none",
-        "image_size": "32",
-        "epochs": "1",
-        "batch_size": "16",
-        "trainable_layers": "all",
-        "baselines": "false",
-    }
-    first = _mlflow_run(root, params, env)
+    env = project_env(tracking=tracking, MLFLOW_EXPERIMENT_NAME="pipeline")
+    params = {"raw": str(tmp_path / "raw"), "clean": str(tmp_path / "clean"), **TINY_PIPELINE}
+    first = mlflow_run("main", params, cwd=tmp_path, env=env, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
 
     client = MlflowClient(tracking)
@@ -158,7 +131,7 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
     assert index_run.info.end_time <= by_name["promote"].info.start_time
     assert index_run.data.metrics["vectors"] > 0
 
-    second = _mlflow_run(root, params, env)
+    second = mlflow_run("main", params, cwd=tmp_path, env=env, check=False)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stderr.count("skipping") == 7, second.stderr[-3000:]
     after = client.search_runs([experiment.experiment_id])
@@ -168,21 +141,8 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
         assert len(client.search_model_versions(f"name = '{name}'")) == 1
 
 
-REPO = Path(__file__).resolve().parents[2]
-# The data steps' cache is checked without training: train refuses this arch at once.
-NO_TRAINING = {"products": "40", "size": "48", "arch": "no-such-arch", "baselines": "false"}
-
-
 def _pipeline_env(tracking: str) -> dict[str, str]:
-    import sys
-
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
-    }
-    env.update({"MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "pipeline"})
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
+    return project_env(tracking=tracking, MLFLOW_EXPERIMENT_NAME="pipeline")
 
 
 def _ran(result) -> set[str]:
@@ -195,23 +155,15 @@ def _ran(result) -> set[str]:
 @pytest.mark.slow
 def test_main_never_writes_demo_data_over_an_ingested_export(tmp_path: Path, tracking: str) -> None:
     """Demo first, then a real export ingested into the same folder: main trains on the real one."""
-    import subprocess
-    import sys
-
     from tests.helpers.servers import make_tiny_export
 
     env, raw = _pipeline_env(tracking), tmp_path / "raw"
-    demo = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "demo_data"]
-    demo += ["--env-manager", "local", "-P", f"out={raw}", "-P", "products=10"]
-    assert subprocess.run(demo, env=env, capture_output=True, timeout=600).returncode == 0
+    mlflow_run("demo_data", {"out": raw, "products": 10}, cwd=tmp_path, env=env)
     export = make_tiny_export(tmp_path / "export")
-    ingest = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "ingest"]
-    ingest += ["--env-manager", "local", "-P", f"source={export}", "-P", f"out={raw}"]
-    assert subprocess.run(ingest, env=env, capture_output=True, timeout=600).returncode == 0
+    mlflow_run("ingest", {"source": export, "out": raw}, cwd=tmp_path, env=env)
 
-    result = _mlflow_run(
-        REPO, {"raw": str(raw), "clean": str(tmp_path / "clean"), **NO_TRAINING}, env
-    )
+    params = {"raw": str(raw), "clean": str(tmp_path / "clean"), **NO_TRAINING}
+    result = mlflow_run("main", params, cwd=tmp_path, env=env, check=False)
 
     assert (raw / "Products.csv").read_bytes() == (export / "Products.csv").read_bytes()
     assert "demo_data" not in _ran(result), result.stderr[-3000:]
@@ -232,7 +184,7 @@ def test_a_changed_mlproject_default_reruns_the_steps(tmp_path: Path, tracking: 
         shutil.copy(REPO / name, project / name)
     env = _pipeline_env(tracking)
     params = {"raw": str(tmp_path / "raw"), "clean": str(tmp_path / "clean"), **NO_TRAINING}
-    first = _mlflow_run(project, params, env)
+    first = mlflow_run("main", params, cwd=tmp_path, env=env, project=project, check=False)
     assert {"demo_data", "clean_tabular", "clean_images"} <= _ran(first), first.stderr[-3000:]
     mlproject = project / "MLproject"
     text = mlproject.read_text()
@@ -243,7 +195,7 @@ def test_a_changed_mlproject_default_reruns_the_steps(tmp_path: Path, tracking: 
         )
     )
 
-    second = _mlflow_run(project, params, env)
+    second = mlflow_run("main", params, cwd=tmp_path, env=env, project=project, check=False)
 
     assert "clean_tabular" in _ran(second), second.stderr[-3000:]
     client = MlflowClient(tracking)
@@ -331,22 +283,16 @@ def test_a_skipped_train_whose_version_was_deleted_runs_again(
     params = {
         "raw": str(tmp_path / "raw"),
         "clean": str(tmp_path / "clean"),
-        **NO_TRAINING,
-        "arch": "resnet18",
-        "weights": "none",
-        "image_size": "32",
-        "epochs": "1",
-        "batch_size": "16",
-        "trainable_layers": "all",
+        **TINY_PIPELINE,
         "promote": "false",
     }
-    first = _mlflow_run(REPO, params, env)
+    first = mlflow_run("main", params, cwd=tmp_path, env=env, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
     client = MlflowClient(tracking)
     [version] = client.search_model_versions("name = 'marketplace-classifier'")
     client.delete_model_version("marketplace-classifier", version.version)
 
-    second = _mlflow_run(REPO, params, env)
+    second = mlflow_run("main", params, cwd=tmp_path, env=env, check=False)
 
     assert second.returncode == 0, second.stderr[-3000:]
     assert {"train", "index"} <= _ran(second), second.stderr[-3000:]

@@ -3,26 +3,15 @@ never undoes a person's decision (a forced hotfix, a rollback)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.mlflow_run import STEP_TIMEOUT_S, TINY_PIPELINE, mlflow_run, project_env
+
 TEXT = "marketplace-text-classifier"
-PARAMS = {
-    "products": "40",
-    "size": "48",
-    "arch": "resnet18",
-    "weights": "none",
-    "image_size": "32",
-    "epochs": "1",
-    "batch_size": "16",
-    "trainable_layers": "all",
-    "baselines": "false",
-}
 
 
 def _production(client, name: str) -> str:
@@ -30,7 +19,9 @@ def _production(client, name: str) -> str:
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=STEP_TIMEOUT_S
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -44,17 +35,11 @@ def test_an_unchanged_rerun_of_main_leaves_a_forced_hotfix_in_production(
     version 2 stays (it used to hand version 1 back to promotion, at least as good as 2)."""
     from mlflow.tracking import MlflowClient
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "pipeline"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(ROOT)
-    params = {"raw": str(tmp_path / "raw"), "clean": str(tmp_path / "clean"), **PARAMS}
-    main = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "main"]
-    main += ["--env-manager", "local"]
-    for key, value in params.items():
-        main += ["-P", f"{key}={value}"]
+    env = project_env(tracking=tracking, MLFLOW_EXPERIMENT_NAME="pipeline")
+    params = {"raw": str(tmp_path / "raw"), "clean": str(tmp_path / "clean"), **TINY_PIPELINE}
     client = MlflowClient(tracking)
 
-    _run(main, env, tmp_path)
+    mlflow_run("main", params, cwd=tmp_path, env=env)
     assert _production(client, TEXT) == "1"
     image = _production(client, "marketplace-classifier")
 
@@ -63,7 +48,7 @@ def test_an_unchanged_rerun_of_main_leaves_a_forced_hotfix_in_production(
     _run([*hotfix, "--version", "2", "--force", "--reason", "hotfix"], env, tmp_path)
     assert _production(client, TEXT) == "2"
 
-    again = _run(main, env, tmp_path)
+    again = mlflow_run("main", params, cwd=tmp_path, env=env)
 
     assert _production(client, TEXT) == "2"
     assert "skipping train_text" in again.stderr

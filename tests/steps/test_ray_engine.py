@@ -9,8 +9,6 @@ index then answers every test photo with the same listings.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,23 +20,15 @@ import pytest
 from search import index as search_index
 from steps import ray_engine
 from tests.helpers.demo import DEMO_CLEAN_SIZE
+from tests.helpers.mlflow_run import mlflow_run, project_env
 
-ROOT = Path(__file__).resolve().parents[2]
 EMBEDDING_ATOL = 1e-5
 RUN_TIMEOUT_S = 900  # generous: a busy CI machine
 
 
-def mlflow_run(entry: str, tracking: str, **params: object) -> None:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(ROOT)}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for name in ("RAY_ADDRESS", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-        env.pop(name, None)  # a local Ray; the experiment named below
-    command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry]
-    command += ["--env-manager", "local", "--experiment-name", "tests"]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    assert done.returncode == 0, f"{entry} {params}:\n{done.stderr[-4000:]}"
+def ray_step_env(tracking: str) -> dict[str, str]:
+    """A local Ray (none inherited); the experiment is the one `mlflow run` names."""
+    return project_env(tracking=tracking, drop=("RAY_ADDRESS", "MLFLOW_EXPERIMENT_NAME"))
 
 
 def runs_named(prefix: str) -> list:
@@ -52,9 +42,11 @@ def runs_named(prefix: str) -> list:
 def test_clean_images_on_ray_writes_the_local_paths_files(
     demo_raw: Path, tracking: str, tmp_path: Path
 ) -> None:
+    env = ray_step_env(tracking)
     for engine in ("local", "ray"):
+        params = {"raw": demo_raw, "out": tmp_path / engine, "size": 32, "engine": engine}
         mlflow_run(
-            "clean_images", tracking, raw=demo_raw, out=tmp_path / engine, size=32, engine=engine
+            "clean_images", params, cwd=tmp_path, env=env, experiment="tests", timeout=RUN_TIMEOUT_S
         )
 
     local, ray = (tmp_path / engine / "images" / "32" for engine in ("local", "ray"))
@@ -91,8 +83,12 @@ def test_index_on_ray_gives_the_local_paths_embeddings_and_answers(
     version = register_tiny_version(demo_clean)
     common = {"clean": demo_clean, "clean_size": DEMO_CLEAN_SIZE, "kind": "flat", "force": "true"}
     model_uri = f"models:/marketplace-classifier/{version}"
+    env = ray_step_env(tracking)
     for engine in ("local", "ray"):
-        mlflow_run("index", tracking, model_uri=model_uri, engine=engine, **common)
+        params = {"model_uri": model_uri, "engine": engine, **common}
+        mlflow_run(
+            "index", params, cwd=tmp_path, env=env, experiment="tests", timeout=RUN_TIMEOUT_S
+        )
 
     local_run, ray_run = runs_named("index")
     assert ray_run.data.params["engine"] == "ray"

@@ -37,6 +37,7 @@ from steps.training.model import (
     set_train_mode,
 )
 from steps.training.transforms import eval_batch, train_transform
+from tests.helpers.mlflow_run import mlflow_run, project_env
 from tests.helpers.training import (
     CATEGORIES,
     SIZE,
@@ -45,7 +46,6 @@ from tests.helpers.training import (
     tiny_args,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 CPU = Context(torch.device("cpu"))
 EPOCH_METRICS = (
     "train/loss",
@@ -531,19 +531,6 @@ def test_bad_input_exits_2_with_one_line_in_a_real_process(tmp_path, tracking):
 # ---------------------------------------------------------------------- the simple CNN
 
 
-def mlflow_run_train(tracking: str, *params: str) -> subprocess.CompletedProcess:
-    """``mlflow run . -e train -P ...`` in a fresh process on the test's tracking store."""
-    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train"]
-    argv += ["--env-manager", "local", "--experiment-name", "tests"]
-    for param in params:
-        argv += ["-P", param]
-    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": tracking}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
 def test_simplecnn_refuses_weights_it_cannot_use(tiny_clean, tracking):
     cfg = parse_config(tiny_args(tiny_clean, "--arch", "simplecnn", "--weights", "imagenet"))
     with pytest.raises(UserError, match="does not apply to simplecnn"):
@@ -557,18 +544,19 @@ def test_simplecnn_trains_from_scratch_registers_and_serves_like_a_resnet(
     from marketplace_models.image import read_logged_classifier
     from serve.engines import build_engine
 
-    mlflow_run_train(
-        tracking,
-        f"clean={tiny_clean}",
-        f"clean_size={SIZE}",
-        f"image_size={SIZE}",
-        "arch=simplecnn",
-        "trainable_layers=0",  # does not apply: simplecnn trains every layer
-        "epochs=3",
-        "batch_size=16",
-        "lr=0.003",
-        "num_workers=1",
-    )
+    params = {
+        "clean": tiny_clean,
+        "clean_size": SIZE,
+        "image_size": SIZE,
+        "arch": "simplecnn",
+        "trainable_layers": 0,  # does not apply: simplecnn trains every layer
+        "epochs": 3,
+        "batch_size": 16,
+        "lr": 0.003,
+        "num_workers": 1,
+    }
+    env = project_env(subprocess_env(), tracking=tracking)
+    mlflow_run("train", params, cwd=tmp_path, env=env, experiment="tests")
     client = mlflow.MlflowClient()
     [run] = [
         r

@@ -24,7 +24,8 @@ import torch
 from clean_data import data_digest
 from steps.train import main
 from steps.training import loop
-from tests.helpers.training import REPO, make_tiny_clean, subprocess_env, tiny_args
+from tests.helpers.mlflow_run import mlflow_run, project_env
+from tests.helpers.training import make_tiny_clean, subprocess_env, tiny_args
 
 NAME = "marketplace-classifier"
 
@@ -82,18 +83,6 @@ def _python(argv: list[str], cwd: Path, timeout: float = 900) -> subprocess.Comp
         capture_output=True,
         text=True,
         timeout=timeout,
-    )
-
-
-def _mlflow_run_train(cwd: Path, **params: str) -> subprocess.CompletedProcess:
-    argv = ["-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local"]
-    argv += ["--experiment-name", "tests"]
-    for key, value in params.items():
-        argv += ["-P", f"{key}={value}"]
-    env = subprocess_env()
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(
-        [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
     )
 
 
@@ -171,7 +160,15 @@ def test_resume_on_changed_data_is_an_error_unless_allowed_and_then_recorded(
     run = mlflow.MlflowClient().get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["data_digest"] == started
 
-    allowed = _mlflow_run_train(tmp_path, resume=run_id, allow_data_change="true")
+    params = {"resume": run_id, "allow_data_change": "true"}
+    allowed = mlflow_run(
+        "train",
+        params,
+        cwd=tmp_path,
+        env=project_env(subprocess_env()),
+        experiment="tests",
+        check=False,
+    )
 
     assert allowed.returncode == 0, allowed.stderr[-3000:]
     run = mlflow.MlflowClient().get_run(run_id)
@@ -226,7 +223,15 @@ def test_a_kill_during_registration_is_completed_by_the_resume_not_registered_tw
     [half] = client.search_model_versions(f"name = '{NAME}'")
     assert half.run_id == run.info.run_id and not half.description
 
-    resumed = _mlflow_run_train(tmp_path, resume=run.info.run_id, clean=str(clean))
+    params = {"resume": run.info.run_id, "clean": clean}
+    resumed = mlflow_run(
+        "train",
+        params,
+        cwd=tmp_path,
+        env=project_env(subprocess_env()),
+        experiment="tests",
+        check=False,
+    )
 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert client.get_run(run.info.run_id).info.status == "FINISHED"

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import mlflow
 import optuna
 import pytest
@@ -14,7 +9,8 @@ import pytest
 from cli import UserError
 from steps.training.loop import EpochRecord, EpochResult
 from steps.tune import PRUNE_FROM_EPOCH, PruneOnValLoss, parse_config
-from tests.helpers.training import REPO, SIZE, make_tiny_clean, subprocess_env
+from tests.helpers.mlflow_run import mlflow_run, project_env
+from tests.helpers.training import SIZE, make_tiny_clean, subprocess_env
 
 
 def record(epoch: int, val_loss: float) -> EpochRecord:
@@ -40,6 +36,27 @@ def test_a_trial_worse_than_the_median_is_pruned_from_its_second_epoch(tracking)
     assert callback.run_id == run.info.run_id
 
 
+def test_train_and_tune_take_the_same_training_settings():
+    """An option added to the shared settings is a flag of both, and reaches every trial."""
+    from steps import train, tune
+
+    def flags(parser) -> set[str]:
+        return {option for action in parser._actions for option in action.option_strings}
+
+    shared = {f"--{name.replace('_', '-')}" for name in train.TRAINING_SETTINGS}
+    assert shared <= flags(train.get_args_parser()) & flags(tune.get_args_parser())
+    argv = ["--clean", "elsewhere", "--arch", "simplecnn", "--image-size", "48"]
+    argv += ["--clean-size", "64", "--epochs", "3", "--patience", "1", "--seed", "7"]
+    argv += ["--num-workers", "0", "--weights", "none", "--model-name", "m"]
+    trial = parse_config(argv).base_train_config()
+    trained = train.parse_config([*argv, "--register", "false"])
+    assert {name: getattr(trial, name) for name in train.TRAINING_SETTINGS} == {
+        name: getattr(trained, name) for name in train.TRAINING_SETTINGS
+    }
+    with pytest.raises(UserError, match="--image-size must be at least 16"):
+        parse_config(["--image-size", "8"])
+
+
 def test_the_space_is_checked():
     with pytest.raises(UserError, match="--lr-min"):
         parse_config(["--lr-min", "0.1", "--lr-max", "0.01"])
@@ -48,32 +65,21 @@ def test_the_space_is_checked():
         parse_config(["--batch-sizes", "0,8"])
 
 
-def mlflow_run_tune(tracking: str, *params: str) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "tune"]
-    argv += ["--env-manager", "local", "--experiment-name", "tests"]
-    for param in params:
-        argv += ["-P", param]
-    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": tracking}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
 @pytest.mark.slow
 def test_tune_leaves_a_sweep_with_nested_trials_and_registers_the_best(tracking, tmp_path):
     clean = make_tiny_clean(tmp_path / "clean")
-    mlflow_run_tune(
-        tracking,
-        f"clean={clean}",
-        "arch=simplecnn",
-        f"image_size={SIZE}",
-        f"clean_size={SIZE}",
-        "epochs=2",
-        "trials=3",
-        "batch_sizes=8,16",
-        "num_workers=1",
-    )
+    params = {
+        "clean": clean,
+        "arch": "simplecnn",
+        "image_size": SIZE,
+        "clean_size": SIZE,
+        "epochs": 2,
+        "trials": 3,
+        "batch_sizes": "8,16",
+        "num_workers": 1,
+    }
+    env = project_env(subprocess_env(), tracking=tracking)
+    mlflow_run("tune", params, cwd=tmp_path, env=env, experiment="tests", timeout=1800)
     client = mlflow.MlflowClient()
     runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
     [sweep] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
