@@ -1,6 +1,6 @@
 """Benchmark: the search index's speed, recall and memory, and what /search costs over /predict.
 
-Three parts, each measuring what ships (``search.index.build_index`` with its
+Four parts, each measuring what ships (``search.index.build_index`` with its
 default settings, ``resolve_kind`` for ``auto``, ``memory_bytes``; the ``index`` step's own
 functions; ``python -m serve``):
 

@@ -457,7 +457,9 @@ def _with_ranking_catalogue(model: ServedModel) -> ServedModel:
 def _missing_model(exc: NoSuchModel, kind: str) -> str:
     """What to do about a registered model that does not exist, in the service's terms:
     the entry point that trains one of the slot's kind, and the setting that names it."""
-    command = training_command(kind) if kind in TRAINED_BY or kind != RANKING else RANK_COMMAND
+    # registry.kinds names the entry point of each classifier kind (and of the ranker, once
+    # it knows the ranker's)
+    command = RANK_COMMAND if kind == RANKING and kind not in TRAINED_BY else training_command(kind)
     return (
         f"{exc.missing}: train and register one with `{command}`, or point "
         f"{variable_name(URI_SETTING[kind])} at another model"

@@ -604,6 +604,7 @@ def test_the_page_in_a_real_browser(store, photos, demo_clean, tmp_path):
             expect(page.locator("#bars li")).to_have_count(len(categories))
             cards = page.locator("#results .card")
             expect(cards.first).to_be_visible(timeout=60_000)
+            expect(page.locator("#ranking")).to_contain_text("photo similarity")
             first_image = cards.first.locator("img")
             expect(first_image).to_have_attribute("alt", re.compile(r"^Photo of .+"))
             wait_until(
@@ -623,6 +624,7 @@ def test_the_page_in_a_real_browser(store, photos, demo_clean, tmp_path):
             page.press("#q", "Enter")
             expect(page.locator("#results-title")).to_contain_text("Listings for", timeout=60_000)
             expect(cards.first.locator(".name")).to_have_text(name, timeout=60_000)
+            expect(page.locator("#ranking")).to_contain_text("hand-set blend")  # no ranker
         finally:
             browser.close()
 
