@@ -1,6 +1,6 @@
 """Benchmark: the search index's speed, recall and memory, and what /search costs over /predict.
 
-Three parts, each measuring what ships (``search.index.build_index`` with its
+Four parts, each measuring what ships (``search.index.build_index`` with its
 default settings, ``resolve_kind`` for ``auto``, ``memory_bytes``; the ``index`` step's own
 functions; ``python -m serve``):
 
@@ -32,6 +32,17 @@ functions; ``python -m serve``):
   requests/s, p50, p99, server CPU per request; the ratio /search over /predict against the
   1.3x target, and projected to a 1M x 512 catalogue with the index part's ``auto`` latency.
 
+- **rank**: ``GET /search?q=`` ranked by a learned ranker against the hand-set blend, side
+  by side: an ``LGBMRanker`` (lambdarank, a fixed 300 trees: no smaller than the ``rank``
+  step's early-stopped one) is fitted on the demo version's catalogue (listing titles as
+  queries, graded by shared category path), logged with ``marketplace_models.ranker`` and
+  registered as ``marketplace-ranker@production``; two services of the same version run,
+  one following it, one pointed at no ranker (``RANKER_URI`` of a model that does not
+  exist, so it answers with the blend); the same titles (listings the ranker was not fitted
+  on) are sent to both, interleaved ``--repeat`` times, the best run of each counting:
+  p50, p99, requests/s, server CPU per request, and the ratio learned over blend against
+  the 1.3x target.
+
 What does not fit is skipped, not guessed: before each index is built its peak memory
 (vectors + index) is estimated and compared with ``--max-gib``, and its build time is
 extrapolated from the largest measured size of the same kind (n log n for HNSW, linear
@@ -42,6 +53,8 @@ JSON with its reason and the estimates. Memory is freed between points.
     .venv/bin/python bench/search.py --quick    # a smoke run: small sizes, 512 dims
     .venv/bin/python bench/search.py --parts index --sizes 1000000 --dims 2048 \\
         --max-gib 40 --max-build-seconds 7200    # the big points, on a machine with the memory
+    .venv/bin/python bench/search.py --parts rank --real-products 2000 --real-epochs 1 \\
+        --results bench/results/search-rank.json  # the ranker row alone, on the demo's size
 
 Writes bench/results/search.json and prints the figures. Nothing is logged to MLflow beyond
 the throwaway store.
@@ -90,7 +103,7 @@ from search import index as search_index  # noqa: E402
 from search.metrics import recall_at  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "search.json"
-PARTS = ("index", "real", "http")
+PARTS = ("index", "real", "http", "rank")
 SIZES = (10_000, 100_000, 1_000_000)
 DIMS = (512, 2048)
 KINDS = ("flat", "hnsw", "ivfpq")
@@ -118,6 +131,7 @@ SETTING_PREFIXES = ("SERVE_", "MLFLOW_")  # removed from a server's environment,
 TARGETS = {
     "auto_p50_ms_1m_512": ("<", 2.0),
     "auto_recall_at_10_1m_512": (">=", 0.95),
+    "learned_over_blend_p50_c1": ("<=", 1.3),
     "search_over_predict_p50_c1": ("<=", 1.3),
 }
 
@@ -675,6 +689,199 @@ def run_http_part(demo: DemoVersion, folder: Path, args) -> dict:
     }
 
 
+# ---------------------------------------------------------------- the rank part
+
+RANKER_NAME = "marketplace-ranker"
+RANK_QUERIES = 200  # listing titles the bench ranker is fitted on
+RANK_TREES = 300  # no early stopping: a ranker at least as big as the rank step's
+NO_RANKER_URI = "models:/bench-no-ranker@production"  # no such model: the blend answers
+
+
+def bench_catalogue(demo: DemoVersion, cache: Path):
+    """The demo version's catalogue as the service ranks over it (its index and text
+    search, ``RankingCatalogue.of_index``), and the listings' titles."""
+    import mlflow
+
+    from search.ranking import RankingCatalogue
+    from search.text import TEXT_DIR, TextSearch
+
+    client = mlflow.MlflowClient(tracking_uri=demo.tracking_uri, registry_uri=demo.tracking_uri)
+    index = search_index.load_index_for_version(client, MODEL_NAME, demo.version, cache)
+    run_id = search_index.index_run_for_version(client, MODEL_NAME, demo.version)
+    text = TextSearch.load(search_index.download_index(run_id, cache, client) / TEXT_DIR)
+    listings = index.listing_table()
+    return RankingCatalogue.of_index(text, index), listings
+
+
+def fit_bench_ranker(catalogue, listings, queries: int):
+    """An ``LGBMRanker`` (lambdarank) fitted on ``queries`` listing titles, each leaving its
+    own listing out, graded by the category path shared with it (as the rank step grades)."""
+    import pandas as pd
+    from lightgbm import LGBMRanker
+
+    from search.ranking import feature_table, graded_relevance
+
+    tables, labels, groups = [], [], []
+    for row in listings.head(queries).itertuples():
+        found = feature_table(catalogue, str(row.name), exclude=str(row.product_id))
+        paths = [catalogue.category_paths[r] for r in found.rows]
+        tables.append(found.features)
+        labels.append(graded_relevance(str(row.category_path), paths))
+        groups.append(len(found.rows))
+    table = pd.concat(tables, ignore_index=True)
+    ranker = LGBMRanker(
+        objective="lambdarank", n_estimators=RANK_TREES, learning_rate=0.05, verbose=-1
+    )
+    ranker.fit(table.to_numpy(dtype=np.float64), np.concatenate(labels), group=groups)
+    return ranker.booster_, table.head(5)
+
+
+def register_bench_ranker(demo: DemoVersion, folder: Path) -> tuple[int, list[str]]:
+    """Fit, log and register a ranker for the demo version (``production``); its version
+    and the titles to query with (listings it was not fitted on)."""
+    import mlflow
+
+    from marketplace_models.kinds import RANKING
+    from marketplace_models.ranker import log_ranker
+    from registry.kinds import INPUT_TAG
+    from search.ranking import FEATURES
+
+    catalogue, listings = bench_catalogue(demo, folder / "ranker-cache")
+    booster, example = fit_bench_ranker(catalogue, listings, RANK_QUERIES)
+    with tracking_env(demo.tracking_uri, "bench-search"):
+        with mlflow.start_run(run_name="bench-ranker"):
+            info = log_ranker(booster, FEATURES, example)
+        version = mlflow.register_model(info.model_uri, RANKER_NAME, tags={INPUT_TAG: RANKING})
+        client = mlflow.MlflowClient()
+        client.set_registered_model_alias(RANKER_NAME, "production", version.version)
+    titles = [str(name) for name in listings["name"].iloc[RANK_QUERIES:] if str(name).strip()]
+    return int(version.version), titles or [str(name) for name in listings["name"]]
+
+
+def query_answer(service: Server, query: str) -> dict:
+    import urllib.parse
+    import urllib.request
+
+    url = f"{service.url}/search?{urllib.parse.urlencode({'q': query, 'k': 12})}"
+    with urllib.request.urlopen(url, timeout=60) as reply:
+        return json.loads(reply.read())
+
+
+def wait_ranking(service: Server, query: str, wanted: str) -> None:
+    """Poll GET /search until its answers say ``ranking: wanted``."""
+    deadline = time.monotonic() + 300.0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if query_answer(service, query).get("ranking") == wanted:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"{service.name} not ranking with {wanted}:\n{service.log_tail()}")
+
+
+async def drive_queries(service: Server, queries: list[str], concurrency: int, requests: int):
+    """``requests`` GET /search?q= of ``queries`` in turn, ``concurrency`` in flight."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+        url = service.url + "/search"
+
+        async def run(count: int) -> list[float]:
+            issued, latencies, errors = 0, [], []
+
+            async def worker() -> None:
+                nonlocal issued
+                while issued < count:
+                    query, issued = queries[issued % len(queries)], issued + 1
+                    started = time.perf_counter()
+                    reply = await client.get(url, params={"q": query, "k": 12})
+                    latencies.append(time.perf_counter() - started)
+                    if reply.status_code != 200:
+                        errors.append(f"{reply.status_code}: {reply.text[:300]}")
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            if errors:
+                raise RuntimeError(f"{len(errors)} failed queries, first: {errors[0]}")
+            return latencies
+
+        await run(max(20, concurrency))
+        cpu, started = service.cpu_seconds(), time.perf_counter()
+        latencies = np.array(await run(requests)) * 1000.0
+        seconds, cpu = time.perf_counter() - started, service.cpu_seconds() - cpu
+    return {
+        "requests_per_second": round(requests / seconds, 2),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        "server_cpu_ms_per_request": round(cpu / requests * 1000.0, 2),
+    }
+
+
+def start_rank_services(demo: DemoVersion, folder: Path) -> dict[str, Server]:
+    """Two services of the demo version: one ranks with the ranker, one has none."""
+    services = {}
+    for way, extra in (("learned", {}), ("blend", {"RANKER_URI": NO_RANKER_URI})):
+        (folder / way).mkdir(parents=True, exist_ok=True)
+        env = {
+            "MODEL_URI": f"models:/{MODEL_NAME}/{demo.version}",
+            "SERVE_CACHE_DIR": str(folder / way / "cache"),
+            **extra,
+        }
+        env = server_environment(demo.tracking_uri, env, SETTING_PREFIXES, ("MODEL_URI",))
+        services[way] = start_service(f"serve-{way}", env, folder / way)
+    return services
+
+
+def run_rank_part(demo: DemoVersion, folder: Path, args) -> dict:
+    """GET /search?q= ranked by the learned ranker and by the blend, over the same version
+    and queries, interleaved; the best run of each counts."""
+    version, queries = register_bench_ranker(demo, folder)
+    services = start_rank_services(demo, folder)
+    try:
+        for service in services.values():
+            wait_searchable(service)
+        wait_ranking(services["learned"], queries[0], f"learned v{version}")
+        wait_ranking(services["blend"], queries[0], "blend")
+        points: dict[str, dict[str, dict]] = {way: {} for way in services}
+        for concurrency in args.concurrency:
+            runs: dict[str, list[dict]] = {way: [] for way in services}
+            ways = list(services)
+            for attempt in range(args.repeat):
+                for way in ways if attempt % 2 == 0 else ways[::-1]:
+                    point = asyncio.run(
+                        drive_queries(services[way], queries, concurrency, args.requests)
+                    )
+                    runs[way].append(point)
+                    log.info("/search?q= %s c=%d run %d: %s", way, concurrency, attempt + 1, point)
+            for way, results in runs.items():
+                best = min(results, key=lambda r: r["p50_ms"])
+                best["all_p50_ms"] = [r["p50_ms"] for r in results]
+                points[way][str(concurrency)] = best
+    finally:
+        for service in services.values():
+            service.stop()
+    ratios = {
+        concurrency: {
+            "p50": round(points["learned"][concurrency]["p50_ms"] / blend["p50_ms"], 3),
+            "server_cpu": round(
+                points["learned"][concurrency]["server_cpu_ms_per_request"]
+                / blend["server_cpu_ms_per_request"],
+                3,
+            ),
+        }
+        for concurrency, blend in points["blend"].items()
+    }
+    return {
+        "ranker": f"models:/{RANKER_NAME}/{version}: LGBMRanker lambdarank, {RANK_TREES} "
+        f"trees, fitted on {RANK_QUERIES} listing titles of the demo catalogue",
+        "listings": len(queries) + RANK_QUERIES,
+        "queries": len(queries),
+        "requests_per_point": args.requests,
+        "repeat": args.repeat,
+        "points": points,
+        "learned_over_blend": ratios,
+    }
+
+
 # ---------------------------------------------------------------- targets and report
 
 
@@ -700,6 +907,9 @@ def check_targets(results: dict) -> dict:
     http = results.get("http")
     if http and "1" in http["search_over_predict"]:
         figures["search_over_predict_p50_c1"] = http["search_over_predict"]["1"]["p50"]
+    rank = results.get("rank")
+    if rank and "1" in rank["learned_over_blend"]:
+        figures["learned_over_blend_p50_c1"] = rank["learned_over_blend"]["1"]["p50"]
     checked = {}
     for name, value in figures.items():
         sense, bound = TARGETS[name]
@@ -781,9 +991,25 @@ def print_tables(results: dict) -> None:
                     f"{route:<10}{concurrency:>5}{p['requests_per_second']:>9.1f}"
                     f"{p['p50_ms']:>9.1f}{p['p99_ms']:>9.1f}{p['server_cpu_ms_per_request']:>12.1f}"
                 )
+    _print_rank(results.get("rank"))
     for name, target in results["targets"].items():
         verdict = "met" if target["met"] else "MISSED"
         print(f"  {name}: {target['value']} (target {target['target']}) {verdict}")
+
+
+def _print_rank(rank: dict | None) -> None:
+    if not rank:
+        return
+    print(f"\n/search?q= ({rank['ranker']})")
+    print(f"{'ranking':<10}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'srv CPU ms':>12}")
+    for way, points in rank["points"].items():
+        for concurrency, p in points.items():
+            print(
+                f"{way:<10}{concurrency:>5}{p['requests_per_second']:>9.1f}"
+                f"{p['p50_ms']:>9.2f}{p['p99_ms']:>9.2f}{p['server_cpu_ms_per_request']:>12.2f}"
+            )
+    for concurrency, ratio in rank["learned_over_blend"].items():
+        print(f"  learned / blend at {concurrency} in flight: p50 {ratio['p50']}x")
 
 
 def get_args_parser() -> ArgumentParser:
@@ -885,7 +1111,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["peak_rss_gib"] = round(peak_rss_bytes() / GIB, 2)
         write_results(results, args.results)
 
-    if "real" in args.parts or "http" in args.parts:
+    if {"real", "http", "rank"} & set(args.parts):
         with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
             work = Path(tmp)
             demo = make_demo_version(work / "store", args)
@@ -894,6 +1120,9 @@ def main(argv: list[str] | None = None) -> dict:
                 save()
             if "http" in args.parts:
                 results["http"] = run_http_part(demo, work / "service", args)
+                save()
+            if "rank" in args.parts:
+                results["rank"] = run_rank_part(demo, work / "rank", args)
                 save()
     if "index" in args.parts:
         results["index"] = []

@@ -477,6 +477,13 @@ class SearchIndex:
             return None
         return {**record, "image_ids": [str(self._image_ids[row]) for row in rows]}
 
+    def listing_table(self) -> pd.DataFrame:
+        """The indexed listings' metadata (:data:`LISTING_COLUMNS`), one row per listing,
+        with ``photo_count``: how many of its photos the index holds."""
+        table = self._listings.reset_index(drop=True)
+        counts = {pid: len(rows) for pid, rows in self._rows_of_product.items()}
+        return table.assign(photo_count=table["product_id"].map(counts).fillna(0).astype(int))
+
     def product_embeddings(self, product_id: str) -> np.ndarray | None:
         """The stored embeddings of a listing's photos, ``(P, D)`` float32; None if unknown.
 

@@ -35,11 +35,15 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from search.text import CATEGORY_BOOST, PHOTO_WEIGHT, TextSearch
+
+if TYPE_CHECKING:
+    from search.index import SearchIndex
 
 FEATURES: tuple[str, ...] = (
     "text_relevance",
@@ -117,6 +121,15 @@ class RankingCatalogue:
 
     def __len__(self) -> int:
         return len(self.product_ids)
+
+    @classmethod
+    def of_index(cls, text_search: TextSearch, index: SearchIndex) -> RankingCatalogue:
+        """The catalogue of a served version: the listings its photo index holds (their
+        ``category_path`` and how many of their photos it holds), in ``text_search``'s rows.
+
+        The service builds it this way; a step that ranks over a version's index should
+        too, so that ``photo_count`` means the same in training and serving."""
+        return cls(text_search, index.listing_table())
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from marketplace_models.kinds import IMAGE_TEXT, TEXT
+from marketplace_models.kinds import IMAGE_TEXT, RANKING, TEXT
 from search import index as search_index
 from serve.errors import add_error_handlers
 from serve.holder import ModelHolder
@@ -102,9 +102,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def _holders(
     settings: Settings, metrics: ServiceMetrics, index_cache: Path, downloads: Path
 ) -> dict[str, ModelHolder]:
-    """One slot per kind, the image model's first (it alone has a search index)."""
+    """One slot per kind, the image model's first (it alone has a search index), the
+    learned ranker's last."""
     image = ModelHolder(settings, metrics, index_cache=index_cache, downloads=downloads)
-    uris = {TEXT: settings.text_model_uri, IMAGE_TEXT: settings.listing_model_uri}
+    uris = {
+        TEXT: settings.text_model_uri,
+        IMAGE_TEXT: settings.listing_model_uri,
+        RANKING: settings.ranker_uri,
+    }
     others = {
         kind: ModelHolder(settings, metrics, kind=kind, model_uri=uri, downloads=downloads)
         for kind, uri in uris.items()

@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from marketplace_models.kinds import IMAGE_TEXT, TEXT
+from marketplace_models.kinds import IMAGE_TEXT, RANKING, TEXT
 from search.text import TextSearch
 from serve.holder import ModelHolder
 from serve.inference import Classifier
@@ -111,11 +111,17 @@ async def get_text_model_if_any(holders: HoldersDep) -> ServedModel | None:
     return holders[TEXT].current
 
 
+async def get_ranker_if_any(holders: HoldersDep) -> ServedModel | None:
+    """The learned ranker if one is served, else None (searches use the hand-set blend)."""
+    return holders[RANKING].current
+
+
 SearchableDep = Annotated[ServedModel, Depends(get_searchable_model)]
 TextModelDep = Annotated[ServedModel, Depends(get_text_model)]
 ListingModelDep = Annotated[ServedModel, Depends(get_listing_model)]
 MaybeListingModelDep = Annotated[ServedModel | None, Depends(get_listing_model_if_any)]
 MaybeTextModelDep = Annotated[ServedModel | None, Depends(get_text_model_if_any)]
+MaybeRankerDep = Annotated[ServedModel | None, Depends(get_ranker_if_any)]
 
 
 def text_search_of(model: ServedModel, settings: Settings) -> TextSearch:

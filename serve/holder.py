@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from cli import UserError
-from marketplace_models.kinds import IMAGE, IMAGE_TEXT, TEXT
-from registry.kinds import training_command
+from marketplace_models.kinds import IMAGE, IMAGE_TEXT, RANKING, TEXT
+from registry.kinds import TRAINED_BY, training_command
 from registry.resolve import ResolvedModel, resolve_model
 from registry.store import connect
 from registry.versions import NoSuchModel
@@ -50,6 +50,7 @@ from serve.loader import (
     ServedModel,
     load_search_index,
     load_served_model,
+    load_served_ranker,
     load_served_text_model,
     load_text_search,
 )
@@ -62,7 +63,13 @@ FIRST_RETRY_S = 1.0
 SHORTEST_SLEEP_S = 0.05
 T = TypeVar("T")
 # The setting that names each slot's model.
-URI_SETTING = {IMAGE: "model_uri", TEXT: "text_model_uri", IMAGE_TEXT: "listing_model_uri"}
+URI_SETTING = {
+    IMAGE: "model_uri",
+    TEXT: "text_model_uri",
+    IMAGE_TEXT: "listing_model_uri",
+    RANKING: "ranker_uri",
+}
+RANK_COMMAND = "mlflow run . -e rank --env-manager local"  # trains and registers a ranker
 
 Outcome = Literal["loaded", "unchanged", "failed", "skipped", "unreachable"]
 
@@ -251,6 +258,15 @@ class ModelHolder:
         if resolved.name is not None:
             with contextlib.suppress(UserError):
                 client = connect(self.settings.tracking_uri)
+        if self.kind == RANKING:
+            return load_served_ranker(
+                resolved,
+                tracking_uri=self.settings.tracking_uri,
+                client=client,
+                ui_url=self.settings.ui_url,
+                downloads=self.downloads,
+                cancelled=self._cancelled,
+            )
         if self.kind == TEXT:
             return load_served_text_model(
                 resolved,
@@ -261,19 +277,21 @@ class ModelHolder:
                 downloads=self.downloads,
                 cancelled=self._cancelled,
             )
-        return load_served_model(
-            resolved,
-            kind=self.kind,
-            tracking_uri=self.settings.tracking_uri,
-            engine=self.settings.engine,
-            max_pixels=self.settings.max_image_pixels,
-            batch_size=self.settings.batch_size,
-            client=client,
-            ui_url=self.settings.ui_url,
-            index_cache=self.index_cache,
-            downloads=self.downloads,
-            cancelled=self._cancelled,
-            rejected_indexes=self.rejected_indexes,
+        return _with_ranking_catalogue(
+            load_served_model(
+                resolved,
+                kind=self.kind,
+                tracking_uri=self.settings.tracking_uri,
+                engine=self.settings.engine,
+                max_pixels=self.settings.max_image_pixels,
+                batch_size=self.settings.batch_size,
+                client=client,
+                ui_url=self.settings.ui_url,
+                index_cache=self.index_cache,
+                downloads=self.downloads,
+                cancelled=self._cancelled,
+                rejected_indexes=self.rejected_indexes,
+            )
         )
 
     def _find_index(self, current: ServedModel, resolved: ResolvedModel) -> ServedModel | None:
@@ -286,19 +304,23 @@ class ModelHolder:
             current.index_problem = problem
             return None
         text_search, text_problem = load_text_search(resolved, client, self.index_cache)
-        return dataclasses.replace(
-            current,
-            index=index,
-            index_problem=None,
-            text_search=text_search,
-            text_search_problem=text_problem,
+        return _with_ranking_catalogue(
+            dataclasses.replace(
+                current,
+                index=index,
+                index_problem=None,
+                text_search=text_search,
+                text_search_problem=text_problem,
+            )
         )
 
     def _retry_text_search(self, current: ServedModel, resolved: ResolvedModel) -> ServedModel:
         """``current`` with its text search loaded again (it failed to load before)."""
         client = connect(self.settings.tracking_uri)
         text_search, problem = load_text_search(resolved, client, self.index_cache)
-        return dataclasses.replace(current, text_search=text_search, text_search_problem=problem)
+        return _with_ranking_catalogue(
+            dataclasses.replace(current, text_search=text_search, text_search_problem=problem)
+        )
 
     async def _complete(self, current: ServedModel, resolved: ResolvedModel) -> CheckResult:
         """The served version again: fetch its index if one was built since, retry its text
@@ -421,11 +443,25 @@ class ModelHolder:
         }
 
 
+def _with_ranking_catalogue(model: ServedModel) -> ServedModel:
+    """``model`` with the catalogue of its learned ranking built (when it has an index and
+    a text search), on the load's thread rather than in its first ranked search; a failure
+    only leaves the ranked searches to the blend (logged)."""
+    try:
+        model.ranking_catalogue()
+    except Exception:
+        log.exception("cannot build the ranking catalogue of %s", model.details.label)
+    return model
+
+
 def _missing_model(exc: NoSuchModel, kind: str) -> str:
     """What to do about a registered model that does not exist, in the service's terms:
     the entry point that trains one of the slot's kind, and the setting that names it."""
+    # registry.kinds names the entry point of each classifier kind (and of the ranker, once
+    # it knows the ranker's)
+    command = RANK_COMMAND if kind == RANKING and kind not in TRAINED_BY else training_command(kind)
     return (
-        f"{exc.missing}: train and register one with `{training_command(kind)}`, or point "
+        f"{exc.missing}: train and register one with `{command}`, or point "
         f"{variable_name(URI_SETTING[kind])} at another model"
     )
 

@@ -19,21 +19,29 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from marketplace_models.image import NotAClassifier, decode_image_value, read_logged_classifier
 from marketplace_models.imaging import load_normalized
-from marketplace_models.kinds import IMAGE, IMAGE_TEXT, TEXT, TEXT_COLUMN
+from marketplace_models.kinds import IMAGE, IMAGE_TEXT, RANKING, TEXT, TEXT_COLUMN
 from marketplace_models.listing import FusionParts, read_fusion_parts
-from marketplace_models.text import TextClassifier, input_kind_of, read_text_classifier
+from marketplace_models.ranker import RANKER_ARTIFACT, MarketplaceRanker
+from marketplace_models.text import (
+    TextClassifier,
+    input_kind_of,
+    logged_artifacts,
+    read_text_classifier,
+)
 from registry.quantize import INT8_GATE_TAG, INT8_TAG
 from registry.resolve import ResolvedModel
 from registry.smoke import (
@@ -51,6 +59,7 @@ from search.index import (
     download_index,
     index_run_for_version,
 )
+from search.ranking import FEATURES, RankingCatalogue
 from search.text import TEXT_DIR, TextSearch
 from serve.engines import INT8, Engine, EngineUnavailable, build_engine
 
@@ -128,6 +137,14 @@ class ServedModel:
     fusion: FusionParts | None = None  # a listing model's text half and head
     text_search: TextSearch | None = None  # search by query, logged with the photo index
     text_search_problem: str | None = None  # why the text search failed to load (retried)
+    ranker: MarketplaceRanker | None = None  # a ranker's booster and feature list
+    # (text search, its RankingCatalogue): built once per text search, see ranking_catalogue
+    _ranking: tuple[TextSearch, RankingCatalogue] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _ranking_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     @property
     def categories(self) -> list[str]:
@@ -148,6 +165,23 @@ class ServedModel:
     def classify_text(self, texts: list[str]) -> np.ndarray:
         """A text model's probabilities ``(N, C)`` for texts."""
         return self.text.predict_proba(texts)
+
+    def ranking_catalogue(self) -> RankingCatalogue | None:
+        """The per-listing columns the learned ranker's features need, over this version's
+        index and text search (None without both); built once per text search, so that a
+        ranked search computes only its query's part."""
+        search, index = self.text_search, self.index
+        if search is None or index is None:
+            return None
+        cached = self._ranking
+        if cached is not None and cached[0] is search:
+            return cached[1]
+        with self._ranking_lock:
+            cached = self._ranking
+            if cached is None or cached[0] is not search:
+                cached = (search, RankingCatalogue.of_index(search, index))
+                self._ranking = cached
+        return cached[1]
 
 
 def check_probabilities(probabilities: np.ndarray, rows: int, classes: int) -> None:
@@ -339,6 +373,104 @@ def load_served_text_model(
         key=resolved.load_uri,
         kind=TEXT,
         text=text,
+    )
+
+
+def feature_problem(features: tuple[str, ...]) -> str | None:
+    """Why a ranker that takes ``features`` cannot rank this service's candidates, or None.
+
+    The order does not matter (the ranker picks its columns by name); the names do."""
+    missing = [name for name in features if name not in FEATURES]
+    unused = [name for name in FEATURES if name not in features]
+    if not missing and not unused:
+        return None
+    parts = []
+    if missing:
+        parts.append(f"it wants {', '.join(missing)}, which this service does not compute")
+    if unused:
+        parts.append(f"it lacks {', '.join(unused)}, which this service computes")
+    return (
+        f"its feature list does not match this service's search.ranking.FEATURES: "
+        f"{'; '.join(parts)}: train it again with this code (`mlflow run . -e rank "
+        "--env-manager local`)"
+    )
+
+
+def _read_ranker(folder: Path) -> MarketplaceRanker:
+    """The ranker of the logged model in ``folder``, read with this service's code (its
+    booster file and feature list; never through mlflow.pyfunc, see the module)."""
+    artifacts = logged_artifacts(folder)
+    if RANKER_ARTIFACT not in artifacts:
+        raise LoadError(
+            f"takes {input_kind_of(folder)} input, but this slot serves {RANKING} models: "
+            f"point RANKER_URI at a version whose `input` tag is {RANKING}"
+        )
+    ranker = MarketplaceRanker()
+    context = SimpleNamespace(artifacts={RANKER_ARTIFACT: str(artifacts[RANKER_ARTIFACT])})
+    ranker.load_context(context)
+    problem = feature_problem(ranker.features)
+    if problem is not None:
+        raise LoadError(f"cannot be served: {problem}")
+    return ranker
+
+
+def _checked_scores(ranker: MarketplaceRanker, folder: Path) -> None:
+    """Score the version's input example (else a row of zeros); :class:`LoadError` unless
+    every row gets one finite score."""
+    import pandas as pd
+
+    example = input_example_rows(folder, ranker.features, 5)
+    if example is None:
+        example = pd.DataFrame({name: [0.0] for name in ranker.features})
+    scores = np.asarray(ranker.score(example.astype(float)))
+    if scores.shape != (len(example),):
+        raise LoadError(f"answered with scores of shape {scores.shape}, expected ({len(example)},)")
+    if not np.all(np.isfinite(scores)):
+        raise LoadError("answered with scores that are not finite")
+
+
+def load_served_ranker(
+    resolved: ResolvedModel,
+    *,
+    tracking_uri: str,
+    client=None,
+    ui_url: str | None = None,
+    downloads: Path | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> ServedModel:
+    """Download and check a learned ranker (input ``ranking``); :class:`LoadError` when it
+    is not one, when its feature list is not :data:`search.ranking.FEATURES`, or when it
+    does not score its input example. ``downloads`` and ``cancelled`` as for
+    :func:`load_served_model`."""
+    started = time.perf_counter()
+    what = f"version {resolved.version} of {resolved.name}" if resolved.name else resolved.uri
+    with _load_errors(what):
+        with tempfile.TemporaryDirectory(prefix="serve-ranker-", dir=downloads) as tmp:
+            folder = _download(resolved, tracking_uri, Path(tmp), client)
+            _stop_if_cancelled(cancelled)
+            ranker = _read_ranker(folder)  # the booster is in memory: the folder can go
+            _checked_scores(ranker, folder)
+        trees = ranker.booster.num_trees()
+        details = _details(
+            resolved,
+            client,
+            started,
+            tracking_uri,
+            ui_url,
+            categories=[],
+            arch=f"LightGBM ranker ({trees} trees, {len(ranker.features)} features)",
+            image_size=0,
+            embedding_dim=0,
+            engine="lightgbm",
+        )
+    log.info("loaded %s (%d trees) in %.1f s", what, trees, details.load_seconds)
+    return ServedModel(
+        details=details,
+        engine=None,
+        max_pixels=0,
+        key=resolved.load_uri,
+        kind=RANKING,
+        ranker=ranker,
     )
 
 

@@ -12,9 +12,14 @@
 - ``marketplace_reloads_total{kind}`` and ``marketplace_reload_failures_total{kind}``
 - ``marketplace_batcher_restarts_total`` (the batcher crashed and was restarted)
 - ``marketplace_dropped_images_total`` (images not run: their request timed out or left)
+- ``marketplace_searches_total{ranking}`` (searches answered, by the ranking they used:
+  ``learned``, ``blend`` or ``photo``)
+- ``marketplace_ranker_failures_total`` (ranked searches the learned ranker failed to
+  answer: they fell back to the blend)
 
-``kind`` is the slot: ``image``, ``text`` or ``image+text`` (``registry.kinds``), so one
-alert rule per slot works (``marketplace_model_loaded{kind="image"} == 0``).
+``kind`` is the slot: ``image``, ``text``, ``image+text`` or ``ranking`` (``registry.kinds``,
+``serve.ranking``), so one alert rule per slot works
+(``marketplace_model_loaded{kind="image"} == 0``).
 """
 
 from __future__ import annotations
@@ -89,6 +94,17 @@ class ServiceMetrics:
         self.dropped_images = Counter(
             "marketplace_dropped_images",
             "Images dropped before their forward pass (request timed out or client left)",
+            registry=r,
+        )
+        self.searches = Counter(
+            "marketplace_searches",
+            "Searches answered, by the ranking used (learned, blend, photo)",
+            ["ranking"],
+            registry=r,
+        )
+        self.ranker_failures = Counter(
+            "marketplace_ranker_failures",
+            "Ranked searches the learned ranker failed (answered by the blend)",
             registry=r,
         )
         self._info: dict[str, tuple[str, ...]] = {}  # kind -> its model_info labels

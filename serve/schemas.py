@@ -115,10 +115,14 @@ class Health(BaseModel):
 
 
 class SlotStatus(BaseModel):
-    """One model slot (image, text, image+text): what it serves, and its failed loads."""
+    """One model slot (image, text, image+text, ranking): what it serves, and its failed
+    loads."""
 
-    kind: str = Field(description="image, text or image+text.")
-    uri: str = Field(description="The URI the slot follows (MODEL_URI, TEXT_MODEL_URI, ...).")
+    kind: str = Field(description="image, text, image+text or ranking (the learned ranker).")
+    uri: str = Field(
+        description="The URI the slot follows (MODEL_URI, TEXT_MODEL_URI, LISTING_MODEL_URI, "
+        "RANKER_URI)."
+    )
     version: int | None = Field(description="The version it serves, None before one loads.")
     loaded: bool
     reason: str | None = Field(None, description="Why it serves nothing yet.")
@@ -128,6 +132,14 @@ class SlotStatus(BaseModel):
     last_check: datetime | None = None
     last_check_error: str | None = None
 
+
+RANKING_HELP = (
+    "Which ranking ordered `results`: `learned v<N>` (version N of the learned ranker, "
+    "RANKER_URI), `blend` (the hand-set blend of text relevance, photo similarity and the "
+    "category boost: no ranker is served, or it failed on this query) or `photo` (a photo "
+    "alone, by its cosine similarity)."
+)
+RANKING_PATTERN = r"^(blend|photo|learned \S.*)$"
 
 EXAMPLE_SLOT = {
     "kind": "image",
@@ -215,7 +227,8 @@ class ModelInfo(BaseModel):
     )
     index: IndexInfo
     slots: dict[str, SlotStatus] = Field(
-        default_factory=dict, description="Every model slot, by kind: image, text, image+text."
+        default_factory=dict,
+        description="Every model slot, by kind: image, text, image+text, ranking.",
     )
 
 
@@ -239,7 +252,11 @@ class Listing(BaseModel):
     price: float | None = Field(description="Pounds; None when the listing gave none.")
     location: str | None
     category: str
-    score: float = Field(description="Cosine similarity of the best photo (1 = identical).")
+    score: float = Field(
+        description="The ranking's score, higher first: the best photo's cosine similarity "
+        "(1 = identical) for a photo alone, the blend's score for a typed query, the "
+        "ranker's (any real number) when `ranking` is `learned v<N>`."
+    )
     thumbnail_url: str = Field(description="A small JPEG of that photo, served here.")
 
 
@@ -253,6 +270,7 @@ class SearchAnswer(BaseModel):
             "top_k": EXAMPLE_TOP_K,
             "model": EXAMPLE_MODEL,
             "results": [EXAMPLE_LISTING],
+            "ranking": "photo",
         }
     )
     category: str
@@ -260,6 +278,7 @@ class SearchAnswer(BaseModel):
     top_k: list[CategoryScore]
     model: ModelRef
     results: list[Listing]
+    ranking: str = Field(pattern=RANKING_PATTERN, description=RANKING_HELP)
 
 
 class QueryAnswer(BaseModel):
@@ -272,12 +291,14 @@ class QueryAnswer(BaseModel):
             "category": "Home & Garden",
             "probability": 0.81,
             "results": [EXAMPLE_LISTING],
+            "ranking": "learned v2",
         }
     )
     query: str
     category: str | None = None
     probability: float | None = Field(None, ge=0, le=1)
     results: list[Listing]
+    ranking: str = Field(pattern=RANKING_PATTERN, description=RANKING_HELP)
 
 
 class ListingDetail(BaseModel):

@@ -20,6 +20,8 @@ from registry.store import DEFAULT_MODEL_NAME, DEFAULT_TRACKING_URI, PRODUCTION
 DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{PRODUCTION}"
 DEFAULT_TEXT_MODEL_URI = f"models:/{TEXT_MODEL_NAME}@{PRODUCTION}"
 DEFAULT_LISTING_MODEL_URI = f"models:/{LISTING_MODEL_NAME}@{PRODUCTION}"
+RANKER_MODEL_NAME = "marketplace-ranker"  # the registered model of the `rank` entry point
+DEFAULT_RANKER_URI = f"models:/{RANKER_MODEL_NAME}@{PRODUCTION}"
 MIB = 1024 * 1024
 
 Engine = Literal["auto", "onnx-int8", "onnx", "torch"]
@@ -55,6 +57,20 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LISTING_MODEL_URI", "SERVE_LISTING_MODEL_URI"),
         description="The photo + text model (input `image` and `text`) that answers /predict "
         "with a text and /predict/combined; followed like MODEL_URI.",
+    )
+    ranker_uri: str = Field(
+        DEFAULT_RANKER_URI,
+        validation_alias=AliasChoices("RANKER_URI", "SERVE_RANKER_URI"),
+        description="The learned ranker (input `ranking`) that re-ranks /search?q= and POST "
+        "/search with a `q`; followed like MODEL_URI. Until one holds the alias (or when it "
+        "is refused), searches use the hand-set blend and say `ranking: blend`.",
+    )
+    rank_candidates: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Candidates the learned ranker re-ranks: the union of the text search's "
+        "and the photo search's top n (at least k).",
     )
     max_text_chars: int = Field(
         2000, ge=1, description="Longest `text` accepted (characters); longer is a 422."

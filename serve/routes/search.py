@@ -8,13 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Query
 from fastapi.responses import FileResponse
 
-from search.text import TextSearch
-from serve import answers
+from serve import answers, ranking
 from serve.checks import checked_category, checked_text
 from serve.classify import classify_one, query_category
 from serve.deps import (
     ClassifierDep,
+    MaybeRankerDep,
     MaybeTextModelDep,
+    MetricsDep,
     SearchableDep,
     SettingsDep,
     text_search_of,
@@ -41,8 +42,10 @@ QueryK = Annotated[int, Query(ge=1, le=MAX_RESULTS, description=K_HELP)]
 async def search(
     model: SearchableDep,
     text_model: MaybeTextModelDep,
+    ranker: MaybeRankerDep,
     classifier: ClassifierDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     image: Image,
     k: FormK = DEFAULT_RESULTS,
     category: Annotated[str | None, Form(description=CATEGORY_HELP)] = None,
@@ -54,51 +57,46 @@ async def search(
 ) -> SearchAnswer:
     """A photo's category and the most similar listings (a listing's photos count once).
 
-    With `q`, the query's text relevance (and its category boost) is blended with the
-    photo's similarity (`search.text`)."""
+    With `q`, the learned ranker (when one is served) re-ranks the query's text and photo
+    candidates; without one, the query's text relevance (and its category boost) is
+    blended with the photo's similarity (`search.text`). `ranking` says which did."""
     wanted = checked_category(model, category)
     query = checked_text(q, settings.max_text_chars)
-    text_search = text_search_of(model, settings) if query is not None else None  # 503 first
+    if query is not None:
+        text_search_of(model, settings)  # 503 before the photo is read
     result = await classify_one(classifier, model, image)
     answer = answers.prediction(model, result, len(model.categories))
-    if text_search is None:
-        [found] = await asyncio.get_running_loop().run_in_executor(
+    loop = asyncio.get_running_loop()
+    if query is None:
+        [found] = await loop.run_in_executor(
             None,
             lambda: model.index.search(
                 result.embedding[None, :], k, wanted, exclude_product or None
             ),
         )
-        return SearchAnswer(**dict(answer), results=answers.listings(found))
+        metrics.searches.labels(ranking.PHOTO).inc()
+        return SearchAnswer(**dict(answer), results=answers.listings(found), ranking=ranking.PHOTO)
     probabilities, _, _ = await query_category(text_model, query)
-    ranked = await asyncio.get_running_loop().run_in_executor(
-        None,
-        lambda: _blended(
-            model, text_search, result, query, k, wanted, probabilities, exclude_product
-        ),
-    )
-    return SearchAnswer(**dict(answer), results=answers.ranked_listings(model, ranked))
+
+    def ranked():
+        asked = ranking.Query(
+            query,
+            k,
+            category=wanted,
+            category_probabilities=probabilities,
+            photo_scores=_photo_scores(model, result, wanted),
+            exclude=exclude_product or None,
+        )
+        return ranking.rank(model, ranker, asked, settings.rank_candidates, metrics)
+
+    found, used = await loop.run_in_executor(None, ranked)
+    return SearchAnswer(**dict(answer), results=answers.ranked_listings(model, found), ranking=used)
 
 
-def _blended(
-    model: ServedModel,
-    search: TextSearch,
-    result: ImageResult,
-    query: str,
-    k: int,
-    wanted: str | None,
-    probabilities: dict[str, float] | None,
-    exclude_product: str | None,
-) -> list[tuple[str, float]]:
-    """The query's ranking with the photo's similarity to every listing blended in."""
+def _photo_scores(model: ServedModel, result: ImageResult, wanted: str | None) -> dict:
+    """The photo's similarity to every listing (of ``wanted`` only, when given)."""
     [similar] = model.index.search(result.embedding[None, :], model.index.num_products, wanted)
-    return search.rank(
-        query,
-        k,
-        category=wanted,
-        category_probabilities=probabilities,
-        photo_scores={r.product_id: r.score for r in similar},
-        exclude=exclude_product or None,
-    )
+    return {r.product_id: r.score for r in similar}
 
 
 @router.get(
@@ -112,26 +110,30 @@ def _blended(
 async def search_query(
     model: SearchableDep,
     text_model: MaybeTextModelDep,
+    ranker: MaybeRankerDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     q: Annotated[str, Query(min_length=1, pattern=NOT_BLANK, description=QUERY_HELP)],
     k: QueryK = DEFAULT_RESULTS,
     category: Annotated[str | None, Query(description=CATEGORY_HELP)] = None,
 ) -> QueryAnswer:
-    """Listings ranked for a typed query: TF-IDF relevance over names and descriptions,
-    boosted by the category the text model gives the query (when one is served)."""
+    """Listings ranked for a typed query: by the learned ranker when one is served, else
+    by TF-IDF relevance over names and descriptions, boosted by the category the text
+    model gives the query (when one is served). `ranking` says which ranked them."""
     query = checked_text(q, settings.max_text_chars)
     wanted = checked_category(model, category)
-    search = text_search_of(model, settings)
+    text_search_of(model, settings)  # 503 saying how to build it
     probabilities, best, probability = await query_category(text_model, query)
-    ranked = await asyncio.get_running_loop().run_in_executor(
-        None,
-        lambda: search.rank(query, k, category=wanted, category_probabilities=probabilities),
+    asked = ranking.Query(query, k, category=wanted, category_probabilities=probabilities)
+    found, used = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: ranking.rank(model, ranker, asked, settings.rank_candidates, metrics)
     )
     return QueryAnswer(
         query=query,
         category=best,
         probability=probability,
-        results=answers.ranked_listings(model, ranked),
+        results=answers.ranked_listings(model, found),
+        ranking=used,
     )
 
 

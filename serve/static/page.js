@@ -76,9 +76,26 @@ function price(value) {
     : `£${Number(value).toLocaleString("en-GB", { maximumFractionDigits: 2 })}`;
 }
 
-function showResults(title, results) {
+// What an answer's `ranking` says, in words: learned vN, blend or photo.
+function rankingText(ranking) {
+  if (!ranking) return "";
+  if (ranking.startsWith("learned ")) {
+    return `Ranked by the learned ranker (${ranking.slice("learned ".length)}).`;
+  }
+  if (ranking === "blend") {
+    return "Ranked by the hand-set blend of text relevance, photo similarity and category.";
+  }
+  if (ranking === "photo") return "Ranked by photo similarity.";
+  return `Ranked by ${ranking}.`;
+}
+
+function showResults(title, results, ranking = null) {
   $("results-panel").hidden = false;
   $("results-title").textContent = title;
+  const used = $("ranking");
+  used.textContent = rankingText(ranking);
+  used.hidden = !ranking;
+  used.dataset.ranking = ranking || "";
   const grid = $("results");
   grid.replaceChildren();
   if (!results.length) {
@@ -166,7 +183,7 @@ async function sendPhoto(file) {
   }
   const answer = await reply.json();
   showCategory(answer.category, answer.probability, answer.top_k);
-  showResults("Similar listings", answer.results);
+  showResults("Similar listings", answer.results, answer.ranking);
   setStatus("");
 }
 
@@ -182,7 +199,7 @@ async function sendQuery(query) {
   }
   const answer = await reply.json();
   $("category-panel").hidden = true;
-  showResults(`Listings for “${answer.query}”`, answer.results);
+  showResults(`Listings for “${answer.query}”`, answer.results, answer.ranking);
   setStatus(answer.category
     ? `Read as ${answer.category} (${(answer.probability * 100).toFixed(0)}% sure): ` +
       "listings of that category rank higher."

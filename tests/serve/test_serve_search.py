@@ -17,14 +17,22 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
+from search.ranking import FEATURES, feature_table
 from serve.app import create_app
 from tests.helpers.demo import DEMO_CLEAN_SIZE
+from tests.helpers.rankers import (
+    register_ranker,
+    served_catalogue,
+    set_ranker_alias,
+    train_price_ranker,
+)
 from tests.helpers.served_versions import (
     NAME,
     PHOTOS,
@@ -421,6 +429,131 @@ def test_a_text_search_that_failed_to_load_is_retried(store, tmp_path):
         )
 
 
+# ----------------------------------------------------------------------------- the ranker
+
+
+@pytest.fixture(scope="module")
+def ranker_catalogue(search_store, tmp_path_factory):
+    """The catalogue the service ranks version 1's candidates over, read the same way."""
+    uri, _ = search_store
+    return served_catalogue(uri, NAME, 1, tmp_path_factory.mktemp("ranker-cache"))
+
+
+@pytest.fixture(scope="module")
+def ranker_queries(demo_clean: Path) -> tuple[list[str], str]:
+    """Listing titles to train on, and another one to search for."""
+    names = pd.read_parquet(demo_clean / "products.parquet")["name"].astype(str)
+    names = list(dict.fromkeys(names))
+    return names[:30], names[40]
+
+
+@pytest.fixture(scope="module")
+def cheap_ranker(ranker_catalogue, ranker_queries):
+    return train_price_ranker(ranker_catalogue, ranker_queries[0], cheap_first=True)
+
+
+@pytest.fixture(scope="module")
+def dear_ranker(ranker_catalogue, ranker_queries):
+    return train_price_ranker(ranker_catalogue, ranker_queries[0], cheap_first=False)
+
+
+def _expected(catalogue, trained, query: str, k: int) -> list[str]:
+    """The ids a service ranking ``query`` with ``trained`` answers, computed here."""
+    found = feature_table(catalogue, query, n=100)
+    return [pid for pid, _ in found.ranked(trained.scores(found.features), k)]
+
+
+def _ranking_of(client: TestClient, query: str) -> str | None:
+    reply = client.get("/search", params={"q": query, "k": 10})
+    return reply.json().get("ranking") if reply.status_code == 200 else None
+
+
+def test_a_served_ranker_orders_the_query_s_candidates(
+    store, ranker_catalogue, ranker_queries, cheap_ranker, photos
+):
+    version = register_ranker(store, cheap_ranker)
+    set_ranker_alias(store, version)
+    query = ranker_queries[1]
+    with TestClient(create_app(settings_for(store))) as client:
+        wait_searchable(client)
+        wait_until(lambda: _ranking_of(client, query) == "learned v1", what="ranker v1 served")
+        body = client.get("/search", params={"q": query, "k": 10}).json()
+        slots = client.get("/model").json()["slots"]
+        both = client.post("/search", files=upload(photos.iloc[0]["data"]), data={"q": query})
+        alone = client.post("/search", files=upload(photos.iloc[0]["data"]))
+        metrics = client.get("/metrics").text
+    ids = [r["product_id"] for r in body["results"]]
+    assert ids == _expected(ranker_catalogue, cheap_ranker, query, 10)
+    blend = [pid for pid, _ in ranker_catalogue.text_search.rank(query, 10)]
+    assert ids != blend, "the ranker reorders the blend's listings"
+    candidates = feature_table(ranker_catalogue, query, n=100).features
+    median_price = float(np.nanmedian(np.expm1(candidates["log_price"])))
+    assert body["results"][0]["price"] <= median_price, "trained to prefer cheap listings"
+    ranking = slots["ranking"]
+    assert ranking["loaded"] and ranking["version"] == version
+    assert ranking["uri"] == "models:/marketplace-ranker@production"
+    assert both.status_code == 200 and both.json()["ranking"] == "learned v1"
+    assert alone.status_code == 200 and alone.json()["ranking"] == "photo"
+    assert 'marketplace_model_loaded{kind="ranking"} 1.0' in metrics.splitlines()
+    assert any(
+        row.startswith('marketplace_searches_total{ranking="learned"}')
+        for row in metrics.splitlines()
+    )
+
+
+def test_without_a_ranker_search_uses_the_blend_as_before(client, ranker_catalogue, ranker_queries):
+    query = ranker_queries[1]
+    body = client.get("/search", params={"q": query, "k": 10}).json()
+    assert body["ranking"] == "blend"
+    blend = ranker_catalogue.text_search.rank(query, 10)
+    assert [r["product_id"] for r in body["results"]] == [pid for pid, _ in blend]
+    assert [r["score"] for r in body["results"]] == [round(s, 6) for _, s in blend]
+    slot = client.get("/model").json()["slots"]["ranking"]
+    assert not slot["loaded"] and "RANKER_URI" in slot["reason"]
+    assert "marketplace-ranker" in slot["reason"]
+
+
+def test_a_ranker_with_other_features_is_refused_and_the_alias_is_followed(
+    store, cheap_ranker, dear_ranker, ranker_catalogue, ranker_queries
+):
+    other = (*FEATURES[:-1], "seller_rating")  # photo_count renamed: not what serve computes
+    cheap = register_ranker(store, cheap_ranker)
+    wrong = register_ranker(
+        store, train_price_ranker(ranker_catalogue, ranker_queries[0], features=other)
+    )
+    dear = register_ranker(store, dear_ranker)
+    assert (cheap, wrong, dear) == (1, 2, 3)
+    query = ranker_queries[1]
+    set_ranker_alias(store, wrong)
+    with TestClient(create_app(settings_for(store))) as client:
+        wait_searchable(client)
+
+        def refused():
+            slot = client.get("/model").json()["slots"]["ranking"]
+            return slot if slot["last_error"] else None
+
+        slot = wait_until(refused, what="the mismatched ranker refused")
+        assert not slot["loaded"] and slot["attempts"] >= 1
+        assert "seller_rating" in slot["last_error"] and "photo_count" in slot["last_error"]
+        assert "feature list" in slot["last_error"]
+        assert _ranking_of(client, query) == "blend"
+
+        set_ranker_alias(store, cheap)  # followed without a restart
+        wait_until(lambda: _ranking_of(client, query) == "learned v1", what="ranker v1 served")
+        set_ranker_alias(store, wrong)  # refused again: version 1 keeps ranking
+        wait_until(
+            lambda: client.get("/model").json()["slots"]["ranking"]["last_error"],
+            what="version 2 refused while version 1 serves",
+        )
+        assert _ranking_of(client, query) == "learned v1"
+        set_ranker_alias(store, dear)
+        wait_until(lambda: _ranking_of(client, query) == "learned v3", what="ranker v3 served")
+        body = client.get("/search", params={"q": query, "k": 10}).json()
+    assert [r["product_id"] for r in body["results"]] == _expected(
+        ranker_catalogue, dear_ranker, query, 10
+    )
+
+
 def test_the_page_and_its_files_are_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -463,6 +596,7 @@ def test_the_page_in_a_real_browser(store, photos, demo_clean, tmp_path):
             expect(page.locator("#bars li")).to_have_count(len(categories))
             cards = page.locator("#results .card")
             expect(cards.first).to_be_visible(timeout=60_000)
+            expect(page.locator("#ranking")).to_contain_text("photo similarity")
             first_image = cards.first.locator("img")
             expect(first_image).to_have_attribute("alt", re.compile(r"^Photo of .+"))
             wait_until(
@@ -482,13 +616,15 @@ def test_the_page_in_a_real_browser(store, photos, demo_clean, tmp_path):
             page.press("#q", "Enter")
             expect(page.locator("#results-title")).to_contain_text("Listings for", timeout=60_000)
             expect(cards.first.locator(".name")).to_have_text(name, timeout=60_000)
+            expect(page.locator("#ranking")).to_contain_text("hand-set blend")  # no ranker
         finally:
             browser.close()
 
 
 @pytest.fixture(scope="module")
-def live_service(search_store, tmp_path_factory) -> Iterator[str]:
-    """A real ``python -m serve`` with a version and its index: every route can answer."""
+def live_service(search_store, cheap_ranker, tmp_path_factory) -> Iterator[str]:
+    """A real ``python -m serve`` with a version and its index, a text, a photo + text
+    model and a learned ranker: every route can answer, ranked searches included."""
     import httpx
 
     _, source = search_store
@@ -500,6 +636,7 @@ def live_service(search_store, tmp_path_factory) -> Iterator[str]:
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     for name in (TEXT_MODEL_NAME, LISTING_MODEL_NAME):
         client.set_registered_model_alias(name, "production", "1")
+    set_ranker_alias(uri, register_ranker(uri, cheap_ranker))
     env = {"MLFLOW_TRACKING_URI": uri, "SERVE_ADMIN_TOKEN": "fuzz"}
     with running_service(folder / "service", env) as service:
         wait_until(
@@ -516,6 +653,13 @@ def live_service(search_store, tmp_path_factory) -> Iterator[str]:
                 ).is_success
             ),
             what="the service with its text and photo + text models",
+        )
+        wait_until(
+            lambda: (
+                httpx.get(service.url + "/search", params={"q": "sofa"}).json()["ranking"]
+                == "learned v1"
+            ),
+            what="the service with its learned ranker",
         )
         yield service.url
 
