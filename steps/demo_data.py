@@ -69,7 +69,7 @@ from tqdm import tqdm
 from cli import UserError
 from steps import runtime
 from steps.clean_tabular import IMAGE_COLUMNS, PRODUCT_COLUMNS
-from steps.raw_export import DEMO_MARKER, INGEST_MARKER
+from steps.raw_export import DEMO_LICENSE_NOTE, DEMO_MARKER, INGEST_MARKER
 from steps.runtime import (
     cli,
     file_sha256,
@@ -354,7 +354,7 @@ OPENMOJI_CREDIT = (
     "The photos in images/ are adapted from it (scaled, turned, tinted, blurred, composed "
     "on backgrounds) and shared under the same licence."
 )
-LICENSE_NOTE = "LICENSE-images.txt"  # written beside the export's images
+LICENSE_NOTE = DEMO_LICENSE_NOTE  # written beside the export's images
 GLYPH_PX = 320  # the artwork's size before it is scaled into a photo
 
 
