@@ -389,10 +389,11 @@ def glyph(emoji: str) -> Image.Image:
     return canvas.crop(box)
 
 
-def _hsv_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+def _hsv_colour(rng: np.random.Generator, hue: float | None = None) -> tuple[int, int, int]:
     import colorsys
 
-    r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.7), rng.uniform(0.45, 1.0))
+    h = rng.random() if hue is None else hue % 1.0
+    r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(0.1, 0.7), rng.uniform(0.45, 1.0))
     return int(r * 255), int(g * 255), int(b * 255)
 
 
@@ -450,12 +451,14 @@ def _paste_item(
     emoji: str,
     extent: float,
     corner: bool = False,
+    hue: float | None = None,
 ) -> None:
     """Paste ``emoji``'s artwork at ``extent`` of the photo's short side, turned, tinted and
     lit, anywhere in the photo (or near a corner). The art is lit and turned at its own
     size, then scaled once."""
     # the colour of the light (or a product in another colour), and how bright it is
-    art = _light(glyph(emoji), _hsv_colour(rng), rng.uniform(0.0, 0.45), rng.uniform(0.6, 1.15))
+    tint = _hsv_colour(rng, hue)
+    art = _light(glyph(emoji), tint, rng.uniform(0.0, 0.45), rng.uniform(0.6, 1.15))
     art = art.rotate(float(rng.normal(0, 12)), resample=Image.Resampling.BILINEAR, expand=True)
     width, height = image.size
     scale = max(8, int(min(width, height) * extent)) / max(art.size)
@@ -489,9 +492,11 @@ def draw_listing_image(
         _paste_item(image, rng, other.emoji[rng.integers(len(other.emoji))], extent, corner=True)
     roll = rng.random()
     count = 1 if roll < 0.8 else 2 if roll < 0.95 else 3  # a few photos show several
+    # a weak per-category preference in the light's colour, as a shop or seller has one
+    hue = category / len(CATEGORIES) + rng.normal(0, 0.04) if rng.random() < 0.5 else None
     for _ in range(count):
         extent = rng.uniform(0.3, 0.75) / math.sqrt(count)
-        _paste_item(image, rng, spec.emoji[item], extent)
+        _paste_item(image, rng, spec.emoji[item], extent, hue=hue)
         item = item if rng.random() < 0.6 else int(rng.integers(len(spec.emoji)))
     if rng.random() < 0.3:  # out of focus, or shaken
         image = _soften(image, int(rng.integers(2, 5)))
