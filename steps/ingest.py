@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 
 from cli import UserError
 from steps import runtime
-from steps.raw_export import DEMO_MARKER, INGEST_MARKER
+from steps.raw_export import DEMO_LICENSE_NOTE, DEMO_MARKER, INGEST_MARKER
 from steps.runtime import cli, file_sha256, log_params, positive_int, start_run
 
 log = logging.getLogger(__name__)
@@ -489,10 +489,12 @@ def mark_ingested(
     out: Path, source: str, files: Sequence[SourceFile], current: dict[str, str]
 ) -> None:
     """Before anything is written: mark ``out`` as ingested from ``source`` (what it holds
-    now, so a resumed S3 ingest still knows its files) and remove demo_data's marker, so
-    that no step takes the export for a synthetic one from here on."""
+    now, so a resumed S3 ingest still knows its files) and remove demo_data's marker (and
+    its photos' artwork credit), so that no step takes the export for a synthetic one from
+    here on."""
     write_marker(out, build_manifest(source, files, current, [], []))
     (out / DEMO_MARKER).unlink(missing_ok=True)
+    (out / DEMO_LICENSE_NOTE).unlink(missing_ok=True)
 
 
 def remove_leftover_parts(out: Path) -> None:

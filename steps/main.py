@@ -21,7 +21,9 @@ its output files, the version a training step registered, and an index step's in
 the one its version names, with its files); anything gone runs the step again. Relative
 paths are resolved against the project folder, where MLflow runs every step, whatever
 folder ``main`` was started from. Each step's run is tagged with its key
-(``pipeline.cache_key``) and nested under this run in the MLflow UI.
+(``pipeline.cache_key``) and nested under this run in the MLflow UI. This run is tagged
+``pipeline.role = main`` and logs which run each step used (``pipeline_runs.json``) and how
+long each step took (``pipeline_seconds.json``): ``python -m steps.step_times`` prints them.
 
 Each step runs with the environment manager this pipeline was given itself
 (``mlflow run . -e main`` with conda builds ``conda.yaml``'s environment for every step;
@@ -39,6 +41,7 @@ import logging
 import os
 import platform
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +60,7 @@ from steps.runtime import (
     str_to_bool,
     tracking_uri,
 )
+from steps.step_times import PIPELINE_ROLE, PIPELINE_TAG, RUNS_ARTIFACT, SECONDS_ARTIFACT
 
 log = logging.getLogger(__name__)
 
@@ -541,25 +545,32 @@ def main(argv: Sequence[str] | None = None) -> None:
         client = MlflowClient()
         env_manager = env_manager_of(client, parent)
         log.info("the steps run with --env-manager %s, as this pipeline does", env_manager)
+        mlflow.set_tag(PIPELINE_TAG, PIPELINE_ROLE)  # steps.step_times finds this run by it
         run_ids: dict[str, str] = {}
-        for step in plan(args):
+        seconds: dict[str, float] = {}
+
+        def timed(step: Step) -> None:
+            began = time.perf_counter()
             run_ids[step.entry_point] = run_step(step, parent, experiment, code, env_manager)
+            seconds[step.entry_point] = round(time.perf_counter() - began, 3)
+
+        for step in plan(args):
+            timed(step)
         version = registered_version(client, args.model_name, run_ids["train"])
         if version is not None:
-            index = index_step(args, version)
-            run_ids["index"] = run_step(index, parent, experiment, code, env_manager)
-        run_ids["train_text"] = run_step(text_step(args), parent, experiment, code, env_manager)
+            timed(index_step(args, version))
+        timed(text_step(args))
         trained = {
             args.model_name: version,
             TEXT_MODEL_NAME: registered_version(client, TEXT_MODEL_NAME, run_ids["train_text"]),
         }
         if version is not None:
-            combined = combined_step(args, version)
-            run_ids["train_combined"] = run_step(combined, parent, experiment, code, env_manager)
+            timed(combined_step(args, version))
             trained[LISTING_MODEL_NAME] = registered_version(
                 client, LISTING_MODEL_NAME, run_ids["train_combined"]
             )
-        mlflow.log_dict(run_ids, "pipeline_runs.json")
+        mlflow.log_dict(run_ids, RUNS_ARTIFACT)
+        mlflow.log_dict(seconds, SECONDS_ARTIFACT)  # read by steps.step_times
         trained_by = {
             args.model_name: run_ids["train"],
             TEXT_MODEL_NAME: run_ids["train_text"],

@@ -170,3 +170,45 @@ def test_demo_data_redraws_every_image_when_its_drawing_code_changes(
     after = {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
     assert after.keys() == stamps.keys()
     assert all(after[name] != stamps[name] for name in stamps), "every image redrawn"
+
+
+def test_every_item_has_its_own_openmoji_artwork() -> None:
+    from steps.demo_data import glyph
+
+    owners: dict[str, str] = {}
+    for category in CATEGORIES:
+        assert len(category.emoji) == len(category.nouns) >= 4, category.root
+        for emoji in category.emoji:
+            art = glyph(emoji)
+            assert art.getchannel("A").getbbox() is not None, f"no artwork for {emoji!r}"
+            assert art.convert("RGB").getcolors(4) is None, f"{emoji!r} drawn in colour"
+            assert owners.setdefault(emoji, category.root) == category.root, "one category each"
+
+
+def test_photos_show_the_item_the_listing_names() -> None:
+    products, images, specs = build_tables(600, seed=5)
+    titles = _titles(products.drop_duplicates("id")).set_axis(products.drop_duplicates("id")["id"])
+    named = specs[: len(images)]
+    assert [spec.image_id for spec in named] == list(images["id"])
+    item_named = [
+        CATEGORIES[spec.category].nouns[spec.item] in titles[product].lower()
+        for spec, product in zip(named, images["product_id"], strict=True)
+    ]
+    # vague and misleading titles name no item or another category's (a third or so)
+    assert 0.55 < sum(item_named) / len(item_named) < 0.75
+    shown: dict[str, set[tuple[int, int]]] = {}
+    for spec, product in zip(named, images["product_id"], strict=True):
+        shown.setdefault(product, set()).add((spec.category, spec.item))
+    assert all(len(items) == 1 for items in shown.values()), "a listing's photos show its item"
+
+
+def test_the_export_credits_openmoji(tmp_path: Path) -> None:
+    import json
+
+    from steps.demo_data import LICENSE_NOTE, MARKER
+
+    make_export(tmp_path / "raw", products=3, seed=0, workers=1)
+    note = (tmp_path / "raw" / LICENSE_NOTE).read_text()
+    assert "OpenMoji" in note and "CC BY-SA 4.0" in note
+    marker = json.loads((tmp_path / "raw" / MARKER).read_text())
+    assert "OpenMoji" in marker["artwork"]

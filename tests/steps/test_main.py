@@ -130,15 +130,32 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
     assert index_run.data.tags["model_version"] == str(production.version)
     assert index_run.info.end_time <= by_name["promote"].info.start_time
     assert index_run.data.metrics["vectors"] > 0
+    assert _step_statuses(tracking) == {
+        **dict.fromkeys(["demo_data", "clean_tabular", "clean_images", "train"], "ran"),
+        **dict.fromkeys(["index", "train_text", "train_combined", "promote"], "ran"),
+    }
 
     second = mlflow_run("main", params, cwd=tmp_path, env=env, check=False)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stderr.count("skipping") == 7, second.stderr[-3000:]
+    assert set(_step_statuses(tracking).values()) == {"skipped"}, "the newest pipeline run"
     after = client.search_runs([experiment.experiment_id])
     assert len(after) == len(runs) + 1, "only a new main run"
     assert len(client.search_model_versions("name = 'marketplace-classifier'")) == 1
     for name in ("marketplace-text-classifier", "marketplace-listing-classifier"):
         assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+
+def _step_statuses(tracking: str) -> dict[str, str]:
+    """step -> ran/skipped, as `python -m steps.step_times` prints them (each with a time);
+    ``tracking`` is the store MLFLOW_TRACKING_URI names (the fixture sets it)."""
+    import re
+
+    from steps.step_times import main as step_times
+
+    text = step_times(["--experiment", "pipeline"])
+    rows = re.findall(r"^\| (\w+) \| \d+\.\d \| (ran|skipped) \|$", text, flags=re.M)
+    return dict(rows)
 
 
 def _pipeline_env(tracking: str) -> dict[str, str]:
