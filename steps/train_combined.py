@@ -10,14 +10,31 @@ One row per photo, as the service receives a listing (a photo and its listing's 
 * the photo's embedding by the image model: ``unwrap_python_model().embed``, batched by
   the index step's own :func:`steps.index.embed_photos`;
 * the listing text's class probabilities by a text classifier fitted here on the train
-  listings (``steps.train_text``: the same encoder, ``C`` chosen on validation). For the
-  train rows these are *out of fold* (``--folds`` folds by listing: each listing's
-  probabilities come from a classifier that did not see it), so the head learns how far
-  to trust the text on listings the text model has not memorised;
+  listings (``steps.train_text``: the same encoder, ``C`` chosen on validation);
 * the head (``marketplace_models.listing.FusionHead``: the L2-normalised embedding and the
-  text probabilities side by side, one hidden layer) trained with AdamW on the train
-  photos, per-epoch metrics with ``step=epoch``, early-stopped on the validation loss
-  (``--patience``), the best epoch kept.
+  text probabilities side by side, one hidden layer) trained with AdamW, per-epoch metrics
+  with ``step=epoch`` (``train/...`` on the photos it fits on, ``val/...`` on those it
+  early-stops on), early-stopped on that loss (``--patience``), the best epoch kept.
+
+Which photos the head learns from (``--head-data``) is what decides how far it trusts each
+half. Its features must be as honest as the ones it will get on a new listing: from an
+image model and a text model that never fitted that listing. The train photos are not: the
+image model was fitted to them (it classifies them far better than new photos), so a head
+trained there learns to over-trust the photo. Hence the default, ``val``: the head fits on
+the validation photos, whose embeddings the image model never fitted (it only chose its
+epoch on them), and whose text probabilities come from the text model fitted on train;
+``--head-stop-fraction`` of the validation *listings* (all of a listing's photos on one
+side) are held back for the head's own early stopping. This is cheaper than cross-fitting
+K image models (K trainings of the network) and honest on both halves at once; what it
+costs is data (the head learns from a few hundred photos instead of a few thousand).
+``--train-weight`` adds the train photos at a lower weight (their text
+probabilities then out-of-fold: ``--folds`` folds by listing, each from a classifier that
+did not see it). ``--head-data train`` is the old way (fit on train, stop on all of
+validation), kept so the leak stays measurable. The head's photos are recorded: counts per
+split (``head_fit_photos/<split>``, ``head_stop_photos/<split>``), their ids
+(``head/photos.json``), the two tables as inputs (``head_fit``, ``head_stop``), the image
+model alone on them (``head_fit_image_only/...``) and the fit's time
+(``head_fit_seconds``).
 
 Reported on the test photos like the image model (steps.evaluation: accuracy, top-3,
 macro-F1, loss, confusion matrix, per-class report), and on the same photos, for the
