@@ -714,7 +714,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="with --head-data val: the train photos join the head's fit at this loss weight "
         "(0: left out; their image features are ones the image model fitted)",
     )
-    parser.add_argument("--epochs", type=runtime.positive_int, default=60)
+    parser.add_argument(
+        "--epochs",
+        type=runtime.positive_int,
+        default=200,
+        help="the most epochs (early stopping ends sooner: a validation-sized fit needs more)",
+    )
     parser.add_argument(
         "--patience",
         type=runtime.non_negative_int,
