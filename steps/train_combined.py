@@ -10,14 +10,31 @@ One row per photo, as the service receives a listing (a photo and its listing's 
 * the photo's embedding by the image model: ``unwrap_python_model().embed``, batched by
   the index step's own :func:`steps.index.embed_photos`;
 * the listing text's class probabilities by a text classifier fitted here on the train
-  listings (``steps.train_text``: the same encoder, ``C`` chosen on validation). For the
-  train rows these are *out of fold* (``--folds`` folds by listing: each listing's
-  probabilities come from a classifier that did not see it), so the head learns how far
-  to trust the text on listings the text model has not memorised;
+  listings (``steps.train_text``: the same encoder, ``C`` chosen on validation);
 * the head (``marketplace_models.listing.FusionHead``: the L2-normalised embedding and the
-  text probabilities side by side, one hidden layer) trained with AdamW on the train
-  photos, per-epoch metrics with ``step=epoch``, early-stopped on the validation loss
-  (``--patience``), the best epoch kept.
+  text probabilities side by side, one hidden layer) trained with AdamW, per-epoch metrics
+  with ``step=epoch`` (``train/...`` on the photos it fits on, ``val/...`` on those it
+  early-stops on), early-stopped on that loss (``--patience``), the best epoch kept.
+
+Which photos the head learns from (``--head-data``) is what decides how far it trusts each
+half. Its features must be as honest as the ones it will get on a new listing: from an
+image model and a text model that never fitted that listing. The train photos are not: the
+image model was fitted to them (it classifies them far better than new photos), so a head
+trained there learns to over-trust the photo. Hence the default, ``val``: the head fits on
+the validation photos, whose embeddings the image model never fitted (it only chose its
+epoch on them), and whose text probabilities come from the text model fitted on train;
+``--head-stop-fraction`` of the validation *listings* (all of a listing's photos on one
+side) are held back for the head's own early stopping. This is cheaper than cross-fitting
+K image models (K trainings of the network) and honest on both halves at once; what it
+costs is data (the head learns from a few hundred photos instead of a few thousand).
+``--train-weight`` adds the train photos at a lower weight (their text
+probabilities then out-of-fold: ``--folds`` folds by listing, each from a classifier that
+did not see it). ``--head-data train`` is the old way (fit on train, stop on all of
+validation), kept so the leak stays measurable. The head's photos are recorded: counts per
+split (``head_fit_photos/<split>``, ``head_stop_photos/<split>``), their ids
+(``head/photos.json``), the two tables as inputs (``head_fit``, ``head_stop``), the image
+model alone on them (``head_fit_image_only/...``) and the fit's time
+(``head_fit_seconds``).
 
 Reported on the test photos like the image model (steps.evaluation: accuracy, top-3,
 macro-F1, loss, confusion matrix, per-class report), and on the same photos, for the
@@ -95,6 +112,8 @@ log = logging.getLogger(__name__)
 RUN_NAME = "train_combined"
 EVALUATION_DIR = "evaluation"
 IMAGE_MODEL_TAG = "image_model"
+HEAD_DATA = ("val", "train")
+HEAD_PHOTOS_FILE = "head/photos.json"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -199,6 +218,51 @@ def out_of_fold_probabilities(
 # --------------------------------------------------------------------------- head
 
 
+@dataclass(frozen=True)
+class HeadRows:
+    """Which photos (masks over :attr:`Photos.frame`) the head fits on, with what weight
+    each, and which it early-stops on."""
+
+    fit: np.ndarray
+    stop: np.ndarray
+    weight: np.ndarray
+
+    def fit_weights(self) -> np.ndarray:
+        return self.weight[self.fit]
+
+
+def head_rows(
+    frame: pd.DataFrame, head_data: str, stop_fraction: float, train_weight: float, seed: int
+) -> HeadRows:
+    """The head's fit and early-stopping photos for ``--head-data``.
+
+    ``val``: the validation listings, ``stop_fraction`` of them (drawn by listing, so a
+    listing's photos stay on one side) held back for early stopping, the rest to fit on;
+    with ``train_weight`` > 0 the train photos join the fit rows at that weight.
+    ``train``: the train photos, early-stopped on all the validation photos.
+    """
+    split = frame["split"].to_numpy()
+    weight = np.ones(len(frame))
+    if head_data == "train":
+        return HeadRows(split == "train", split == "val", weight)
+    if head_data not in HEAD_DATA:
+        raise UserError(f"head_data must be one of {', '.join(HEAD_DATA)}, got {head_data!r}")
+    listings = np.sort(frame.loc[split == "val", "product_id"].unique())
+    if len(listings) < 2:
+        raise UserError(
+            f"head_data val needs at least 2 validation listings (to fit and to stop on), "
+            f"found {len(listings)}: use more data, or --head-data train"
+        )
+    held = max(1, min(len(listings) - 1, round(stop_fraction * len(listings))))
+    stop_ids = np.random.default_rng(seed).permutation(listings)[:held]
+    stop = (split == "val") & frame["product_id"].isin(stop_ids).to_numpy()
+    fit = (split == "val") & ~stop
+    if train_weight > 0:
+        fit = fit | (split == "train")
+        weight[split == "train"] = train_weight
+    return HeadRows(fit, stop, weight)
+
+
 @dataclass
 class HeadOutcome:
     head: FusionHead
@@ -220,17 +284,20 @@ def train_head(
     batch_size: int,
     seed: int,
     on_epoch=None,
+    sample_weight: np.ndarray | None = None,
 ) -> HeadOutcome:
     """Train the fusion head; keep the weights of the epoch with the best validation loss.
 
-    ``on_epoch(record, epoch)`` gets each epoch's train and validation metrics.
+    ``on_epoch(record, epoch)`` gets each epoch's train and validation metrics;
+    ``sample_weight`` (one per train row, default all 1) scales each row's loss.
     """
     torch.manual_seed(seed)
     head = FusionHead(config)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    criterion = torch.nn.CrossEntropyLoss()
+    criterion = torch.nn.CrossEntropyLoss(reduction="none")
     x = torch.from_numpy(train_x.astype(np.float32))
     y = torch.from_numpy(train_y.astype(np.int64))
+    w = torch.ones(len(x)) if sample_weight is None else torch.from_numpy(sample_weight).float()
     generator = torch.Generator().manual_seed(seed)
     stopper = EarlyStopping(patience)
     best_state, records = None, []
@@ -239,7 +306,9 @@ def train_head(
         head.train()
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(head(x[batch]), y[batch])
+            weight = w[batch]
+            losses = criterion(head(x[batch]), y[batch]) * weight
+            loss = losses.sum() / weight.sum().clamp_min(1e-12)
             loss.backward()
             optimizer.step()
         record = classification_metrics(head_probabilities(head, train_x), train_y, "train")
@@ -346,7 +415,14 @@ def train_combined(args: argparse.Namespace) -> CombinedOutcome:
         log.info("embedding %d photos with %s", len(photos.frame), image.load_uri)
         embeddings = embed_photos(embedder, list(photos.frame["path"]), args.batch_size)
         by_split = {s: (photos.frame["split"] == s).to_numpy() for s in SPLITS}
-        text, text_probabilities = fit_text_side(args, listings, photos, by_split["train"])
+        if not by_split["val"].any():
+            raise UserError("the validation split has no photos: early stopping needs some")
+        rows = head_rows(
+            photos.frame, args.head_data, args.head_stop_fraction, args.train_weight, args.seed
+        )
+        text, text_probabilities = fit_text_side(
+            args, listings, photos, rows.fit & by_split["train"]
+        )
         features = fusion_features(embeddings, text_probabilities)
         labels = photos.frame["label"].to_numpy()
 
@@ -357,23 +433,10 @@ def train_combined(args: argparse.Namespace) -> CombinedOutcome:
             hidden=args.hidden,
             dropout=args.dropout,
             image_model_uri=image.load_uri,
+            extra={"head_data": args.head_data},
         )
-        if not by_split["val"].any():
-            raise UserError("the validation split has no photos: early stopping needs some")
-        outcome = train_head(
-            config,
-            features[by_split["train"]],
-            labels[by_split["train"]],
-            features[by_split["val"]],
-            labels[by_split["val"]],
-            epochs=args.epochs,
-            patience=args.patience,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            on_epoch=lambda record, epoch: mlflow.log_metrics(record, step=epoch),
-        )
+        outcome = fit_fusion_head(args, config, features, labels, rows, photos)
+        log_head_fit_image_accuracy(embedder, embeddings, labels, rows)
         mlflow.log_metric("best_epoch", outcome.best_epoch)
 
         test = by_split["test"]
@@ -393,17 +456,99 @@ def train_combined(args: argparse.Namespace) -> CombinedOutcome:
     return result
 
 
-def fit_text_side(args: argparse.Namespace, listings, photos, train: np.ndarray):
-    """The text classifier (C chosen on validation) and each photo's text probabilities,
-    out-of-fold for the training photos, so the head never learns from the text model's fit
-    to the very listings it was trained on."""
+def fit_fusion_head(args, config, features, labels, rows: HeadRows, photos: Photos):
+    """Train the head on ``rows`` (per-epoch ``train/...`` on its fit photos, ``val/...`` on
+    its early-stopping photos), log what it saw and how long it took."""
     import mlflow
 
-    log.info("text classifier: C chosen on validation, then out-of-fold train probabilities")
+    log.info(
+        "fusion head on %s photos: %d to fit (%d of them train-split), %d to stop on",
+        args.head_data,
+        int(rows.fit.sum()),
+        int((rows.fit & (photos.frame["split"] == "train").to_numpy()).sum()),
+        int(rows.stop.sum()),
+    )
+    started = time.perf_counter()
+    outcome = train_head(
+        config,
+        features[rows.fit],
+        labels[rows.fit],
+        features[rows.stop],
+        labels[rows.stop],
+        epochs=args.epochs,
+        patience=args.patience,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        on_epoch=lambda record, epoch: mlflow.log_metrics(record, step=epoch),
+        sample_weight=rows.fit_weights(),
+    )
+    mlflow.log_metric("head_fit_seconds", time.perf_counter() - started)
+    _log_head_photos(photos, rows, str((Path(args.clean) / IMAGES_FILE).resolve()))
+    return outcome
+
+
+def _log_head_photos(photos: Photos, rows: HeadRows, source: str) -> None:
+    """The head's photos: counts by split as metrics, ``head/photos.json`` (image ids by
+    role) and the two tables as inputs (contexts ``head_fit``, ``head_stop``)."""
+    import mlflow
+
+    split = photos.frame["split"].to_numpy()
+    for role, mask in (("fit", rows.fit), ("stop", rows.stop)):
+        for name in SPLITS:
+            mlflow.log_metric(f"head_{role}_photos/{name}", int((mask & (split == name)).sum()))
+    mlflow.log_dict(
+        {
+            role: {
+                "image_id": photos.frame.loc[mask, "image_id"].astype(str).tolist(),
+                "weight": rows.weight[mask].tolist(),
+            }
+            for role, mask in (("fit", rows.fit), ("stop", rows.stop))
+        },
+        HEAD_PHOTOS_FILE,
+    )
+    frame = photos.frame.drop(columns=["path"])
+    for role, mask in (("head_fit", rows.fit), ("head_stop", rows.stop)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(
+                frame[mask], source=source, name="photos", targets="label"
+            )
+            mlflow.log_input(dataset, context=role)
+
+
+def log_head_fit_image_accuracy(embedder, embeddings, labels, rows: HeadRows) -> None:
+    """``head_fit_image_only/...``: the image model alone on the head's fit photos; far
+    above its test figure, it says the head learns from photos the image model fitted."""
+    import mlflow
+
+    mlflow.log_metrics(
+        classification_metrics(
+            _image_probabilities(embedder, embeddings[rows.fit]),
+            labels[rows.fit],
+            "head_fit_image_only",
+        )
+    )
+
+
+def fit_text_side(args: argparse.Namespace, listings, photos, train: np.ndarray):
+    """The text classifier (C chosen on validation) and each photo's text probabilities,
+    out-of-fold for the ``train`` photos (the train-split photos the head fits on), so the
+    head never learns from the text model's fit to the very listings it was trained on.
+    Without such photos (``--head-data val``) no out-of-fold model is fitted."""
+    import mlflow
+
+    log.info("text classifier: C chosen on validation")
     text = select_and_fit(
         listings, args.text_encoder, parse_c_values(args.c_values), args.min_df, args.seed
     )
     mlflow.log_params({"text_C": text.c, "text_encoder_kind": text.classifier.config.encoder})
+    probabilities = text.classifier.predict_proba(photos.frame["text"].tolist())
+    if not train.any():
+        return text, probabilities
+    log.info("out-of-fold text probabilities for the %d train photos", int(train.sum()))
+    started = time.perf_counter()
     train_listings = listings.split("train")
     oof = out_of_fold_probabilities(
         train_listings,
@@ -414,12 +559,12 @@ def fit_text_side(args: argparse.Namespace, listings, photos, train: np.ndarray)
         args.folds,
         args.seed,
     )
-    probabilities = text.classifier.predict_proba(photos.frame["text"].tolist())
     row_of = {pid: i for i, pid in enumerate(train_listings["product_id"])}
     train_rows = np.flatnonzero(train)
     probabilities[train_rows] = oof[
         [row_of[pid] for pid in photos.frame["product_id"].iloc[train_rows]]
     ]
+    mlflow.log_metric("text_oof_seconds", time.perf_counter() - started)
     return text, probabilities
 
 
@@ -486,6 +631,35 @@ def log_and_register(args, result, embedder, text, outcome, config, photos, imag
     log.info("registered %s version %s", args.model_name, version.version)
 
 
+def head_data(value: str) -> str:
+    """argparse type: ``val`` or ``train``."""
+    text = str(value).strip().lower()
+    if text not in HEAD_DATA:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(HEAD_DATA)} (the photos the head fits on), got {value!r}"
+        )
+    return text
+
+
+def open_fraction(value: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    number = runtime.fraction(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {value}")
+    return number
+
+
+def weight(value: str) -> float:
+    """argparse type: a loss weight in [0, 1]."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"expected a weight in [0, 1], got {value}")
+    return number
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = runtime.ArgumentParser(
         prog="python -m steps.train_combined",
@@ -519,7 +693,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--folds", type=runtime.positive_int, default=5, help="out-of-fold text probabilities"
     )
-    parser.add_argument("--epochs", type=runtime.positive_int, default=60)
+    parser.add_argument(
+        "--head-data",
+        type=head_data,
+        default="val",
+        help="the photos the head fits on: val (the validation photos, which the image model "
+        "never fitted; --head-stop-fraction of their listings held back to early-stop on) or "
+        "train (the train photos, early-stopped on validation: the image side leaks)",
+    )
+    parser.add_argument(
+        "--head-stop-fraction",
+        type=open_fraction,
+        default=0.25,
+        help="with --head-data val: the share of validation listings held back to early-stop on",
+    )
+    parser.add_argument(
+        "--train-weight",
+        type=weight,
+        default=0.0,
+        help="with --head-data val: the train photos join the head's fit at this loss weight "
+        "(0: left out; their image features are ones the image model fitted)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=runtime.positive_int,
+        default=200,
+        help="the most epochs (early stopping ends sooner: a validation-sized fit needs more)",
+    )
     parser.add_argument(
         "--patience",
         type=runtime.non_negative_int,
