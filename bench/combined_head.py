@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "combined_head.json"
 sys.path.insert(0, str(REPO))
 
+from cli import ArgumentParser, UserError, cli  # noqa: E402
+
 KEYS = {
     "combined": "test/accuracy",
     "text_alone": "test_text_only/accuracy",
@@ -64,15 +66,19 @@ def summary(runs: list[dict[str, float]]) -> dict[str, float]:
     return means
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(
+        prog="python bench/combined_head.py", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--clean", type=Path, required=True)
     parser.add_argument("--image-model-uri", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--train-weights", type=float, nargs="*", default=[0.1])
     parser.add_argument("--results", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not (args.clean / "images.parquet").is_file():
+        raise UserError(f"{args.clean} holds no clean data: pass the --clean of a store's run")
     os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "bench-combined-head")
     load_before = round(os.getloadavg()[0], 2)
@@ -96,5 +102,7 @@ def main() -> None:
     print(json.dumps(result["figures"], indent=2))
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    main()
+    run()
