@@ -70,9 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(
         prog="python bench/combined_head.py", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--tracking-uri", required=True)
-    parser.add_argument("--clean", type=Path, required=True)
-    parser.add_argument("--image-model-uri", required=True)
+    parser.add_argument(
+        "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    )
+    parser.add_argument("--clean", type=Path, default=REPO / "data" / "clean")
+    parser.add_argument("--image-model-uri", default="models:/marketplace-classifier@production")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--train-weights", type=float, nargs="*", default=[0.1])
     parser.add_argument("--results", type=Path, default=RESULTS)
