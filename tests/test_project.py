@@ -260,6 +260,23 @@ def test_the_service_imports_without_the_train_extra(tmp_path: Path) -> None:
     assert result.stdout.strip() == ""
 
 
+def test_every_file_the_packages_need_is_in_a_non_editable_install() -> None:
+    """Each non-Python file inside a package (the service's web page, ...) is named by
+    ``[tool.setuptools.package-data]``: a wheel (``pip install '.[serve]'``, the Docker
+    image) would leave it out otherwise, and the service would not start."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = data.get("package-data", {})
+    missing = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*")):
+            if path.is_dir() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+                continue
+            inside = path.relative_to(ROOT / package)
+            if not any(inside.match(glob) for glob in patterns.get(package, [])):
+                missing.append(str(path.relative_to(ROOT)))
+    assert missing == []
+
+
 def test_no_test_module_imports_another() -> None:
     """What tests share lives in tests/helpers/; a test module imports no other test module
     (nor conftest), so each can be read, moved and run on its own."""
