@@ -89,6 +89,7 @@ bench: $(STAMP) ## run the benchmarks in bench/ (figures to bench/results/)
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/install_size.py
 
 clean: ## remove the demo data, the local store, the built docs and the venv
 	rm -rf data mlruns mlartifacts mlflow.db .stack site $(VENV)

@@ -3,7 +3,8 @@
 This module is what a registered ``marketplace-classifier`` version *is*. Training builds the
 network (:mod:`marketplace_models.network`), then calls :func:`log_classifier`; the registry
 registers it. The service reads a downloaded version with :func:`read_logged_classifier` and
-its own code, never with ``mlflow.pyfunc.load_model``.
+its own code, never with ``mlflow.pyfunc.load_model`` (that reading lives in
+:mod:`marketplace_models.logged`, which needs no torch).
 
 What a logged model holds (no pickled training objects):
 
@@ -24,11 +25,8 @@ returns the embeddings as an ``(N, D)`` array.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,17 @@ import pandas as pd
 import torch
 from torch import nn
 
+from marketplace_models.logged import (  # re-exported: reading a version needs no torch
+    CONFIG_ARTIFACT,
+    CONFIG_FILE,
+    INPUT_COLUMN,
+    WEIGHTS_ARTIFACT,
+    WEIGHTS_FILE,
+    LoggedClassifier,
+    NotAClassifier,
+    decode_image_value,
+    read_logged_classifier,
+)
 from marketplace_models.network import (
     ClassifierConfig,
     build_network,
@@ -50,11 +59,21 @@ from marketplace_models.network import (
 from marketplace_models.onnx import ONNX_ARTIFACT, ONNX_FILE, export_onnx
 from marketplace_models.pyfunc import entry_code, installed_lower_bounds, log_from_code
 
-INPUT_COLUMN = "image"
-WEIGHTS_ARTIFACT = "weights"
-CONFIG_ARTIFACT = "config"
-WEIGHTS_FILE = "classifier.pt"
-CONFIG_FILE = "classifier.json"
+__all__ = [
+    "CONFIG_ARTIFACT",
+    "CONFIG_FILE",
+    "INPUT_COLUMN",
+    "WEIGHTS_ARTIFACT",
+    "WEIGHTS_FILE",
+    "LoggedClassifier",
+    "MarketplaceClassifier",
+    "NotAClassifier",
+    "decode_image_value",
+    "load_network",
+    "log_classifier",
+    "read_logged_classifier",
+]
+
 PREDICT_BATCH_SIZE = 32
 
 # The "models from code" entry file written next to the model at log time (see .pyfunc).
@@ -62,20 +81,6 @@ ENTRY_CODE = entry_code(
     "marketplace_models.image", "MarketplaceClassifier", "marketplace classifier"
 )
 ENTRY_FILE = "marketplace_classifier.py"
-
-
-def decode_image_value(value: Any, row: int) -> bytes:
-    """One cell of the ``image`` column as raw bytes (bytes, or base64 text)."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, np.bytes_):
-        return bytes(value)
-    if isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=False)
-        except (binascii.Error, ValueError):
-            raise ValueError(f"row {row}: image text is not valid base64") from None
-    raise ValueError(f"row {row}: expected image bytes or base64 text, got {type(value).__name__}")
 
 
 class MarketplaceClassifier(mlflow.pyfunc.PythonModel):
@@ -266,59 +271,6 @@ def _export_onnx(
     if mlflow.active_run() is not None:
         mlflow.log_metric("onnx_max_abs_diff", report.max_abs_diff)
     return {ONNX_ARTIFACT: str(folder / ONNX_FILE)} if report.passed else {}
-
-
-@dataclass(frozen=True)
-class LoggedClassifier:
-    """The files of a logged classifier, found through its MLmodel file."""
-
-    folder: Path
-    config: ClassifierConfig
-    weights: Path
-    onnx: Path | None
-
-
-class NotAClassifier(ValueError):
-    """The folder is an MLflow model, but not a marketplace classifier this code can serve."""
-
-
-def read_logged_classifier(folder: Path) -> LoggedClassifier:
-    """Find the config, state dict and (optional) ONNX file of the model in ``folder``.
-
-    Raises :class:`NotAClassifier` naming what is missing.
-    """
-    import yaml
-
-    mlmodel = folder / "MLmodel"
-    if not mlmodel.is_file():
-        raise NotAClassifier(f"{folder} has no MLmodel file")
-    spec = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
-    pyfunc = (spec.get("flavors") or {}).get("python_function") or {}
-    artifacts = pyfunc.get("artifacts") or {}
-
-    def artifact(key: str) -> Path | None:
-        entry = artifacts.get(key)
-        path = entry.get("path") if isinstance(entry, dict) else None
-        return folder / path if path else None
-
-    config_path, weights_path = artifact(CONFIG_ARTIFACT), artifact(WEIGHTS_ARTIFACT)
-    if config_path is None or weights_path is None:
-        flavors = ", ".join(sorted(spec.get("flavors") or {})) or "none"
-        raise NotAClassifier(
-            "the model is not a marketplace image classifier (no classifier config and "
-            f"weights among its artifacts; flavors: {flavors})"
-        )
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise NotAClassifier(f"the model lacks its artifact {path.name}")
-    config = ClassifierConfig.from_json(config_path.read_text(encoding="utf-8"))
-    onnx = artifact(ONNX_ARTIFACT)
-    return LoggedClassifier(
-        folder=folder,
-        config=config,
-        weights=weights_path,
-        onnx=onnx if onnx is not None and onnx.is_file() else None,
-    )
 
 
 def load_network(logged: LoggedClassifier) -> nn.Module:

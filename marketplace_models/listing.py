@@ -14,8 +14,10 @@ three parts and runs them in one call:
 Training (``steps/train_combined.py``) builds the head and calls
 :func:`log_listing_classifier`. What a logged model holds (no pickles):
 ``artifacts/classifier.pt`` + ``classifier.json`` (the image network),
-``artifacts/text/`` (the text classifier), ``artifacts/fusion.pt`` (the head's state dict)
-+ ``fusion.json`` (its sizes, categories and where the image network came from),
+``artifacts/text/`` (the text classifier), ``artifacts/fusion.pt`` (the head's state dict),
+``fusion.npz`` (the same weights as plain arrays, what the service reads without torch:
+:mod:`marketplace_models.fusion`) + ``fusion.json`` (its sizes, categories and where the
+image network came from),
 ``code/marketplace_models/`` and the entry file ``marketplace_listing_classifier.py``.
 
 Input: a DataFrame with columns ``image`` (bytes, or base64 text) and ``text``, one row
@@ -24,10 +26,8 @@ per photo. Output: ``category``, ``probability``, ``probabilities`` (category or
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,55 +40,25 @@ from torch import nn
 from marketplace_models import image as image_model
 from marketplace_models import network
 from marketplace_models import text as text_model
+from marketplace_models.fusion import (
+    FUSION_ARRAYS_ARTIFACT,
+    FUSION_ARRAYS_FILE,
+    FUSION_ARTIFACT,
+    FUSION_CONFIG_ARTIFACT,
+    FUSION_CONFIG_FILE,
+    FUSION_FILE,
+    FusionConfig,
+    HeadWeights,
+    fusion_features,
+)
 from marketplace_models.kinds import IMAGE_COLUMN, TEXT_COLUMN
 from marketplace_models.pyfunc import entry_code, log_from_code
 from marketplace_models.text import TextClassifier, answer_frame, column_values
-
-FUSION_ARTIFACT = "fusion"
-FUSION_CONFIG_ARTIFACT = "fusion_config"
-FUSION_FILE = "fusion.pt"
-FUSION_CONFIG_FILE = "fusion.json"
-FORMAT_VERSION = 1
 
 ENTRY_CODE = entry_code(
     "marketplace_models.listing", "MarketplaceListingClassifier", "listing classifier"
 )
 ENTRY_FILE = "marketplace_listing_classifier.py"
-
-
-@dataclass(frozen=True)
-class FusionConfig:
-    """The fusion head's sizes and the provenance of its parts, stored as JSON."""
-
-    categories: list[str]
-    image_dim: int
-    text_dim: int
-    hidden: int = 128
-    dropout: float = 0.3
-    image_model_uri: str = ""
-    format_version: int = FORMAT_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.categories)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> FusionConfig:
-        data = json.loads(text)
-        return cls(
-            categories=list(data["categories"]),
-            image_dim=int(data["image_dim"]),
-            text_dim=int(data["text_dim"]),
-            hidden=int(data.get("hidden", 128)),
-            dropout=float(data.get("dropout", 0.3)),
-            image_model_uri=str(data.get("image_model_uri", "")),
-            format_version=int(data.get("format_version", FORMAT_VERSION)),
-            extra=dict(data.get("extra", {})),
-        )
 
 
 class FusionHead(nn.Module):
@@ -107,66 +77,15 @@ class FusionHead(nn.Module):
         return self.net(features)  # (B, D + C) -> (B, C)
 
 
-def fusion_features(image_embeddings: np.ndarray, text_probabilities: np.ndarray) -> np.ndarray:
-    """The head's input ``(N, D + C)``: the L2-normalised embedding, then the text's
-    probabilities."""
-    embeddings = np.asarray(image_embeddings, dtype=np.float32)
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    embeddings = embeddings / np.maximum(norms, 1e-12)
-    if len(embeddings) != len(text_probabilities):
-        raise ValueError(f"{len(embeddings)} image embeddings but {len(text_probabilities)} texts")
-    return np.hstack([embeddings, np.asarray(text_probabilities, dtype=np.float32)])
+def head_weights(head: FusionHead) -> HeadWeights:
+    """The head's two linear layers as numpy arrays (what the service runs)."""
+    return HeadWeights.from_state(head.state_dict())
 
 
 def head_probabilities(head: FusionHead, features: np.ndarray) -> np.ndarray:
     """Class probabilities ``(N, C)`` of the head (as in eval mode: no dropout) for fused
-    features.
-
-    Computed with numpy from the head's weights: for the few rows a request brings, a torch
-    call costs more than the two small matrix products.
-    """
-    first, second = (layer for layer in head.net if isinstance(layer, nn.Linear))
-    x = np.asarray(features, dtype=np.float32)  # (N, D + C)
-    hidden = np.maximum(x @ _array(first.weight).T + _array(first.bias), 0.0)  # (N, H)
-    logits = hidden @ _array(second.weight).T + _array(second.bias)  # (N, C)
-    return text_model.softmax(logits.astype(np.float64))
-
-
-def _array(parameter: torch.Tensor) -> np.ndarray:
-    return parameter.detach().cpu().numpy()
-
-
-@dataclass
-class FusionParts:
-    """The text half and the head of a listing model (its image network is served apart)."""
-
-    text: TextClassifier
-    head: FusionHead
-    config: FusionConfig
-
-    def predict_proba(self, embeddings: np.ndarray, texts: Sequence[Any]) -> np.ndarray:
-        """Class probabilities ``(N, C)`` from the image network's embeddings and the texts."""
-        return self.combine(embeddings, self.text.predict_proba(list(texts)))
-
-    def combine(self, embeddings: np.ndarray, text_probabilities: np.ndarray) -> np.ndarray:
-        """The head's probabilities from the embeddings and the text half's probabilities
-        (which a caller may compute at the same time as the embeddings)."""
-        return head_probabilities(self.head, fusion_features(embeddings, text_probabilities))
-
-
-def read_fusion_parts(folder: Path) -> FusionParts:
-    """The text classifier, the head and its config of the logged listing model in ``folder``."""
-    artifacts = text_model.logged_artifacts(folder)
-    missing = [k for k in (FUSION_ARTIFACT, FUSION_CONFIG_ARTIFACT) if k not in artifacts]
-    if missing:
-        raise ValueError(f"the model is not a listing classifier (no {', '.join(missing)})")
-    config = FusionConfig.from_json(artifacts[FUSION_CONFIG_ARTIFACT].read_text(encoding="utf-8"))
-    head = FusionHead(config)
-    head.load_state_dict(
-        torch.load(artifacts[FUSION_ARTIFACT], map_location="cpu", weights_only=True)
-    )
-    head.eval()
-    return FusionParts(text_model.read_text_classifier(folder), head, config)
+    features, computed with numpy from its weights (:class:`HeadWeights`)."""
+    return head_weights(head).probabilities(features)
 
 
 class MarketplaceListingClassifier(mlflow.pyfunc.PythonModel):
@@ -274,6 +193,8 @@ def log_listing_classifier(
             {k: v.detach().to("cpu") for k, v in head.state_dict().items()},
             folder / "files" / FUSION_FILE,
         )
+        head_weights(head).save(folder / "files" / FUSION_ARRAYS_FILE)
+        artifacts[FUSION_ARRAYS_ARTIFACT] = str(folder / "files" / FUSION_ARRAYS_FILE)
         (folder / "files" / FUSION_CONFIG_FILE).write_text(config.to_json(), encoding="utf-8")
         artifacts[FUSION_ARTIFACT] = str(folder / "files" / FUSION_FILE)
         artifacts[FUSION_CONFIG_ARTIFACT] = str(folder / "files" / FUSION_CONFIG_FILE)

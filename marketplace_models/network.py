@@ -2,7 +2,8 @@
 
 :func:`build_network` makes the image network (a torchvision ResNet, or :class:`SimpleCNN`, the
 small network trained from scratch); :func:`forward_features` is its embedding;
-:class:`ClassifierConfig` is what a logged classifier stores beside the weights. The
+:class:`ClassifierConfig` (from :mod:`.config`, readable without torch) is what a logged
+classifier stores beside the weights; :class:`ServingNetwork` is the served graph. The
 evaluation preset (:func:`preprocess_image` then :func:`normalize_batch`, one image at a time
 :func:`eval_transform`) is what training evaluates with and what every logged model and the
 service predict with.
@@ -10,24 +11,44 @@ service predict with.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from marketplace_models.config import (  # re-exported: the config is readable without torch
+    ARCHS,
+    FORMAT_VERSION,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RESNETS,
+    SIMPLE_CNN,
+    ClassifierConfig,
+)
 from marketplace_models.imaging import load_normalized
 
-SIMPLE_CNN = "simplecnn"
-RESNETS = ("resnet18", "resnet34", "resnet50")
-ARCHS = (SIMPLE_CNN, *RESNETS)
+__all__ = [
+    "ARCHS",
+    "FORMAT_VERSION",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RESNETS",
+    "SIMPLE_CNN",
+    "ClassifierConfig",
+    "ServingNetwork",
+    "SimpleCNN",
+    "build_network",
+    "embedding_dim",
+    "eval_transform",
+    "forward_features",
+    "normalize_batch",
+    "preprocess_image",
+    "stack_images",
+]
+
 SIMPLE_CNN_WIDTHS = (32, 64, 128, 256)  # channels of each conv-batchnorm-relu-pool block
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-FORMAT_VERSION = 1
 
 
 class SimpleCNN(nn.Module):
@@ -130,32 +151,21 @@ def eval_transform(
     return transform
 
 
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """Everything besides the weights that a logged classifier needs, stored as JSON."""
+class ServingNetwork(nn.Module):
+    """A classifier network as served: uint8 pixels in, probabilities and embedding out.
 
-    arch: str
-    categories: list[str]
-    image_size: int
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    format_version: int = FORMAT_VERSION
+    The one inference graph of a logged classifier (the evaluation preset's mean/std
+    inside); :mod:`marketplace_models.onnx` exports it, the service's torch engine runs it.
+    """
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.categories)
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("scale", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("shift", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
 
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "num_classes": self.num_classes}, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> ClassifierConfig:
-        data = json.loads(text)
-        return cls(
-            arch=data["arch"],
-            categories=list(data["categories"]),
-            image_size=int(data["image_size"]),
-            mean=[float(v) for v in data["mean"]],
-            std=[float(v) for v in data["std"]],
-            format_version=int(data.get("format_version", FORMAT_VERSION)),
-        )
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (images.float() / 255.0 - self.shift) / self.scale  # (B, 3, S, S)
+        features = forward_features(self.net, x)  # (B, D)
+        logits = self.net.fc(features)  # (B, C)
+        return torch.softmax(logits.float(), dim=1), features.float()

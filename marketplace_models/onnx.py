@@ -1,8 +1,9 @@
 """The served network, and its ONNX export checked against torch.
 
-:class:`ServingNetwork` is the one inference graph of a logged classifier: uint8 images
-``(B, 3, S, S)`` in, ``probabilities (B, C)`` and the ``embedding (B, D)`` out, with the
-evaluation preset's mean/std inside. The service runs it with torch, or, exported by
+:class:`~marketplace_models.network.ServingNetwork` is the one inference graph of a logged
+classifier: uint8 images ``(B, 3, S, S)`` in, ``probabilities (B, C)`` and the
+``embedding (B, D)`` out, with the evaluation preset's mean/std inside. The service runs it
+with torch, or, exported by
 :func:`export_onnx` at logging time, with ONNX Runtime; both see the same pixels because
 both are fed by :func:`marketplace_models.network.preprocess_image`.
 
@@ -14,6 +15,9 @@ difference between the two models' probabilities is at most :data:`PARITY_ATOL`.
 per-channel weights) calibrated on uint8 photos prepared as the service prepares them;
 :func:`onnx_probabilities` and :func:`images_per_second` are what the accuracy gate and the
 speed figures run (the gate itself lives with whoever decides: training and the registry).
+
+Only the export needs torch, and imports it when called: the service runs the exports in an
+environment without it (``pip install '.[serve]'``).
 """
 
 from __future__ import annotations
@@ -21,15 +25,19 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from marketplace_models.network import ClassifierConfig, forward_features
+from marketplace_models.config import ClassifierConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from marketplace_models.network import ServingNetwork
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +55,10 @@ CALIBRATION_BATCH = 16
 SPEED_BATCH = 16
 
 
-class ServingNetwork(nn.Module):
-    """A classifier network as served: uint8 pixels in, probabilities and embedding out."""
-
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.net = net
-        self.register_buffer("scale", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("shift", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (images.float() / 255.0 - self.shift) / self.scale  # (B, 3, S, S)
-        features = forward_features(self.net, x)  # (B, D)
-        logits = self.net.fc(features)  # (B, C)
-        return torch.softmax(logits.float(), dim=1), features.float()
-
-
 def serving_network(net: nn.Module, config: ClassifierConfig) -> ServingNetwork:
     """Wrap ``net`` (in eval mode) with ``config``'s mean and std."""
+    from marketplace_models.network import ServingNetwork
+
     return ServingNetwork(net.eval(), config.mean, config.std).eval()
 
 
@@ -86,6 +80,7 @@ def export_onnx(
     removed again when the check fails; the report says by how much.
     """
     import onnxruntime
+    import torch
 
     module = serving_network(net.cpu(), config)
     size = config.image_size

@@ -222,8 +222,9 @@ def _transformers():
         import transformers
     except ImportError:
         raise UserError(
-            "a transformer text encoder needs the transformers package: "
-            "`pip install transformers`, or leave text_encoder empty for TF-IDF"
+            "a transformer text encoder needs torch and transformers, the transformers extra: "
+            "pip install 'marketplace-search[transformers]' (from a checkout: pip install "
+            "'.[transformers]'), or leave text_encoder empty for TF-IDF"
         ) from None
     return transformers
 

@@ -12,6 +12,10 @@ serves a version (:func:`build_engine`), and its ``reason``:
   503 saying so) rather than quietly serving another engine than the one asked for.
 - ``onnx``: the fp32 ONNX export; a version without one fails to load.
 - ``torch``: torch on the GPU if there is one, else the CPU.
+
+torch is imported only when a torch engine is built (or ``auto`` asks whether a GPU is
+there), so a service installed with ``pip install '.[serve]'`` (no torch) serves every
+version that has an ONNX export; one without answers 503 naming the extra to install.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
 
-from marketplace_models.image import LoggedClassifier, load_network
-from marketplace_models.onnx import ONNX_INPUT, serving_network
+from marketplace_models.errors import NeedsTorch, import_torch
+from marketplace_models.logged import LoggedClassifier
+from marketplace_models.onnx import ONNX_INPUT
 
 INT8 = "onnx-int8"
 
@@ -68,16 +72,23 @@ class OnnxEngine:
 class TorchEngine:
     """The network in eager torch under ``inference_mode`` (fp16 autocast on CUDA)."""
 
-    def __init__(self, logged: LoggedClassifier, device: torch.device, reason: str = "") -> None:
-        self.device = device
-        module = serving_network(load_network(logged), logged.config).to(device)
-        if device.type == "cuda":
+    def __init__(self, logged: LoggedClassifier, device: str, reason: str = "") -> None:
+        import torch
+
+        from marketplace_models.image import load_network
+        from marketplace_models.onnx import serving_network
+
+        self.device = torch.device(device)
+        module = serving_network(load_network(logged), logged.config).to(self.device)
+        if self.device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
         self.module = module.eval()
-        self.name = f"torch-{device.type}"
+        self.name = f"torch-{self.device.type}"
         self.reason = reason
 
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
         images = batch.permute(0, 3, 1, 2)  # (B, 3, S, S)
         autocast = (
@@ -101,11 +112,11 @@ def build_engine(
     ``int8`` is the version's int8 export when it has one that passed its gate;
     ``int8_problem`` why it has none (said in the reason ``auto`` gives).
     """
-    cuda = torch.cuda.is_available()
     if choice == "torch":
-        return TorchEngine(logged, torch.device("cuda" if cuda else "cpu"), "SERVE_ENGINE=torch")
-    if choice == "auto" and cuda:
-        return TorchEngine(logged, torch.device("cuda"), "auto: a GPU is here (torch, fp16)")
+        cuda = _torch("SERVE_ENGINE=torch").cuda.is_available()
+        return TorchEngine(logged, "cuda" if cuda else "cpu", "SERVE_ENGINE=torch")
+    if choice == "auto" and _cuda():
+        return TorchEngine(logged, "cuda", "auto: a GPU is here (torch, fp16)")
     if choice in (INT8, "auto") and int8 is not None:
         why = "SERVE_ENGINE=onnx-int8" if choice == INT8 else "auto: int8 export passed its gate"
         engine = _onnx(str(int8), INT8, why, required=choice == INT8)
@@ -128,7 +139,25 @@ def build_engine(
             "the version has no ONNX export (registered before exports existed, or its "
             "export failed the parity check): serve it with SERVE_ENGINE=auto or torch"
         )
-    return TorchEngine(logged, torch.device("cpu"), "auto: the version has no usable ONNX export")
+    _torch("this version has no usable ONNX export")
+    return TorchEngine(logged, "cpu", "auto: the version has no usable ONNX export")
+
+
+def _torch(why: str):
+    """torch, or :class:`EngineUnavailable` saying ``why`` it is needed and how to get it."""
+    try:
+        return import_torch(why)
+    except NeedsTorch as exc:
+        raise EngineUnavailable(str(exc)) from None
+
+
+def _cuda() -> bool:
+    """Whether torch is installed and sees a GPU."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def _onnx(path: str, name: str, reason: str, *, required: bool) -> OnnxEngine | None:

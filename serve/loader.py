@@ -11,7 +11,10 @@ any of this raises :class:`LoadError` and is never served.
 The version is read with this service's own ``registry`` code (``read_logged_classifier``),
 never with ``mlflow.pyfunc.load_model``: loading a pyfunc puts the model's copy of
 ``registry/`` first on ``sys.path`` and evicts the service's modules, so a long-lived
-service that loads versions logged by older code would end up running a mix of both.
+service that loads versions logged by older code would end up running a mix of both. It
+also keeps torch out: a version with an ONNX export is read from its config JSON and ONNX
+file (:mod:`marketplace_models.logged`, :mod:`marketplace_models.fusion`), so the service
+runs from ``pip install '.[serve]'``.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from marketplace_models.image import NotAClassifier, decode_image_value, read_logged_classifier
+from marketplace_models.errors import NeedsTorch
+from marketplace_models.fusion import FusionParts, read_fusion_parts
 from marketplace_models.imaging import load_normalized
 from marketplace_models.kinds import IMAGE, IMAGE_TEXT, RANKING, TEXT, TEXT_COLUMN
-from marketplace_models.listing import FusionParts, read_fusion_parts
+from marketplace_models.logged import NotAClassifier, decode_image_value, read_logged_classifier
 from marketplace_models.ranker import RANKER_ARTIFACT, MarketplaceRanker
 from marketplace_models.text import (
     TextClassifier,
@@ -291,7 +295,7 @@ def _load_errors(what: str) -> Iterator[None]:
         yield
     except LoadError as exc:
         raise LoadError(f"{what} {exc}") from exc
-    except (NotAClassifier, EngineUnavailable) as exc:
+    except (NotAClassifier, EngineUnavailable, NeedsTorch) as exc:
         raise LoadError(f"{what} cannot be served: {exc}") from exc
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""

@@ -26,11 +26,39 @@ def _names(requirements: list[str]) -> dict[str, str]:
     return out
 
 
+# The extras that, with the base dependencies, make the full install (conda.yaml's).
+FULL_INSTALL_EXTRAS = ("train", "transformers")
+# What the service never imports: the train and transformers extras' packages (by module).
+TRAIN_ONLY_MODULES = (
+    "torch",
+    "torchvision",
+    "onnx",
+    "skops",
+    "matplotlib",
+    "tqdm",
+    "psutil",
+    "pynvml",
+    "optuna",
+    "transformers",
+)
+
+
+def _full_install(project: dict) -> dict[str, str]:
+    """The base dependencies and those of :data:`FULL_INSTALL_EXTRAS`, by name."""
+    names = _names(project["dependencies"])
+    for extra in FULL_INSTALL_EXTRAS:
+        for name, text in _names(project["optional-dependencies"][extra]).items():
+            names.setdefault(name, text)
+    return names
+
+
 def test_conda_yaml_lists_the_same_dependencies_as_pyproject() -> None:
+    """conda.yaml is the full install: the base dependencies plus the train and transformers
+    extras."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
     pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
-    assert _names(pip_section) == _names(project["dependencies"])
+    assert _names(pip_section) == _full_install(project)
     python = next(d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python"))
     assert _version(python.split("=")[-1]) >= _version(project["requires-python"].lstrip(">="))
 
@@ -72,24 +100,26 @@ def _imported_modules_of(nodes: list[ast.stmt]) -> set[str]:
 
 
 def _optional_names(project: dict) -> set[str]:
-    """The distributions of the optional engines' extras (postgres, scale), dev aside."""
+    """The distributions of the optional engines' extras (postgres, scale): dev and the
+    full install's extras aside."""
     extras = project.get("optional-dependencies", {})
     return {
         name
         for extra, requirements in extras.items()
-        if extra != "dev"
+        if extra not in ("dev", "serve", *FULL_INSTALL_EXTRAS)
         for name in _names([r for r in requirements if not r.startswith(project["name"])])
     }
 
 
 @pytest.mark.parametrize("folders", [PACKAGES, ("tests", "bench")])
 def test_every_imported_package_is_declared(folders: tuple[str, ...]) -> None:
-    """What the code imports is in pyproject's dependencies (tests and benchmarks, which
-    run in `make install`'s environment: or in the dev extra). An optional engine's package
-    (an extra such as ``scale``'s ray) may be imported only inside a function, so the code
-    imports without it."""
+    """What the code imports is in the full install (pyproject's dependencies and its train
+    and transformers extras; tests and benchmarks, which run in `make install`'s
+    environment: or in the dev extra). An optional engine's package (an extra such as
+    ``scale``'s ray) may be imported only inside a function, so the code imports without
+    it."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = set(_names(project["dependencies"]))
+    declared = set(_full_install(project))
     optional = _optional_names(project)
     if folders == ("tests", "bench"):
         declared |= set(_names(project["optional-dependencies"]["dev"])) | optional
@@ -181,6 +211,70 @@ def test_nothing_happens_at_import_time(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# Modules that are torch by design: the networks, and the pyfuncs that training logs.
+TORCH_MODULES = (
+    "marketplace_models.network",
+    "marketplace_models.image",
+    "marketplace_models.listing",
+)
+
+
+def test_the_service_imports_without_the_train_extra(tmp_path: Path) -> None:
+    """Every module of the service and what it stands on (the registry, search, the
+    models' torch-free reading code) imports with the train and transformers extras'
+    packages missing: ``pip install '.[serve]'`` is enough (tests/serve/test_serve_extra.py
+    runs it for real)."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        f"BLOCKED = {TRAIN_ONLY_MODULES!r}\n"
+        "class Blocker:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ImportError(f'No module named {name!r} (blocked)')\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+        "failed = []\n"
+        "for root in ('serve', 'registry', 'search', 'clean_data', 'cli', 'stack',"
+        " 'marketplace_models'):\n"
+        "    package = importlib.import_module(root)\n"
+        "    for m in pkgutil.walk_packages(package.__path__, root + '.'):\n"
+        f"        if m.name in {TORCH_MODULES!r}:\n"
+        "            continue\n"
+        "        if m.name.endswith('.__main__') and m.name != 'serve.__main__':\n"
+        "            continue\n"
+        "        try:\n"
+        "            importlib.import_module(m.name)\n"
+        "        except ImportError as exc:\n"
+        "            failed.append(f'{m.name}: {exc}')\n"
+        "print('\\n'.join(failed))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_every_file_the_packages_need_is_in_a_non_editable_install() -> None:
+    """Each non-Python file inside a package (the service's web page, ...) is named by
+    ``[tool.setuptools.package-data]``: a wheel (``pip install '.[serve]'``, the Docker
+    image) would leave it out otherwise, and the service would not start."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = data.get("package-data", {})
+    missing = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*")):
+            if path.is_dir() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+                continue
+            inside = path.relative_to(ROOT / package)
+            if not any(inside.match(glob) for glob in patterns.get(package, [])):
+                missing.append(str(path.relative_to(ROOT)))
+    assert missing == []
 
 
 def test_no_test_module_imports_another() -> None:

@@ -245,20 +245,22 @@ class Service:
         return log_tail(self.log, 60)
 
 
-def start_service(workdir: Path, env: dict[str, str]) -> Service:
-    """Run ``python -m serve`` with ``env`` added; return once ``/health`` answers."""
+def start_service(workdir: Path, env: dict[str, str], python: str | None = None) -> Service:
+    """Run ``python -m serve`` with ``env`` added; return once ``/health`` answers.
+
+    With ``python`` (another environment's interpreter) the service runs the project as
+    installed there, not this checkout."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / f"serve-{port}.log"
     root = Path(__file__).resolve().parents[2]
-    full_env = {
-        **os.environ,
-        "SERVE_HOST": LOOPBACK,
-        "SERVE_PORT": str(port),
-        "PYTHONPATH": str(root),
-        **env,
-    }
-    process = start_in_group([sys.executable, "-m", "serve"], log=log, env=full_env, cwd=workdir)
+    full_env = {**os.environ, "SERVE_HOST": LOOPBACK, "SERVE_PORT": str(port)}
+    full_env.pop("PYTHONPATH", None)
+    if python is None:
+        full_env["PYTHONPATH"] = str(root)
+    full_env.update(env)
+    command = [python or sys.executable, "-m", "serve"]
+    process = start_in_group(command, log=log, env=full_env, cwd=workdir)
     service = Service(url=f"http://{LOOPBACK}:{port}", process=process, log=log)
     try:
         wait_for_http(
@@ -271,8 +273,10 @@ def start_service(workdir: Path, env: dict[str, str]) -> Service:
 
 
 @contextlib.contextmanager
-def running_service(workdir: Path, env: dict[str, str]) -> Iterator[Service]:
-    service = start_service(workdir, env)
+def running_service(
+    workdir: Path, env: dict[str, str], python: str | None = None
+) -> Iterator[Service]:
+    service = start_service(workdir, env, python)
     try:
         yield service
     finally:

@@ -35,6 +35,46 @@ def test_fusion_features_are_the_normalised_embedding_then_the_text_probabilitie
         fusion_features(embeddings, text[:1])
 
 
+def test_the_head_reads_from_its_arrays_without_torch_and_from_its_state_dict_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fusion.npz`` gives the head's probabilities with numpy alone; a version logged
+    before it (``fusion.pt`` only) is read with torch, and without torch is refused with
+    the extra to install."""
+    import sys
+
+    import torch
+
+    from marketplace_models.errors import NeedsTorch
+    from marketplace_models.fusion import (
+        FUSION_ARRAYS_ARTIFACT,
+        FUSION_ARTIFACT,
+        HeadWeights,
+        read_head_weights,
+    )
+    from marketplace_models.listing import FusionHead, head_weights
+
+    config = FusionConfig(categories=list("abc"), image_dim=6, text_dim=3, hidden=5)
+    torch.manual_seed(0)
+    head = FusionHead(config).eval()
+    features = np.random.default_rng(0).normal(size=(4, 9)).astype(np.float32)
+    with torch.inference_mode():
+        expected = torch.softmax(head(torch.from_numpy(features)), dim=1).numpy()
+    torch.save(head.state_dict(), tmp_path / "fusion.pt")
+    arrays = head_weights(head).save(tmp_path / "fusion.npz")
+    np.testing.assert_allclose(head_probabilities(head, features), expected, atol=1e-6)
+
+    old = {FUSION_ARTIFACT: tmp_path / "fusion.pt"}
+    new = {**old, FUSION_ARRAYS_ARTIFACT: arrays}
+    np.testing.assert_allclose(read_head_weights(old).probabilities(features), expected, atol=1e-6)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails from here on
+    loaded = read_head_weights(new)
+    assert isinstance(loaded, HeadWeights)
+    np.testing.assert_allclose(loaded.probabilities(features), expected, atol=1e-6)
+    with pytest.raises(NeedsTorch, match=r"logged before fusion.npz.*marketplace-search\[train\]"):
+        read_head_weights(old)
+
+
 def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels in 4 classes; the "image" half tells the pair {0,1} from {2,3}, the "text"
     half tells the class within a pair, so only both together tell the class."""

@@ -628,8 +628,13 @@ def test_the_service_ships_as_a_non_root_image_beside_the_mlflow_server():
     assert serve["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert serve["depends_on"]["mlflow"]["condition"] == "service_healthy"
     dockerfile = (root / serve["build"]["context"] / serve["build"]["dockerfile"]).read_text()
-    assert "download.pytorch.org/whl/cpu" in dockerfile
+    # The service's own install: no torch wheels, and every package the service imports.
+    assert "pip install '.[serve]'" in dockerfile
+    assert "download.pytorch.org" not in dockerfile and "torchvision" not in dockerfile
+    for package in ("marketplace_models", "search", "clean_data", "cli", "registry", "serve"):
+        assert f"COPY {package} ./{package}" in dockerfile
     assert "USER serve" in dockerfile and "HEALTHCHECK" in dockerfile
+    assert "8000/ready" in dockerfile
     assert 'CMD ["python", "-m", "serve"]' in dockerfile
 
 
