@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,14 +12,9 @@ from pathlib import Path
 import pytest
 
 from stack.ui import WARM_UP, request
+from tests.helpers.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_the_warm_up_imports_the_auth_models_before_the_first_orm_query():

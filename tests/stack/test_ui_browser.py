@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.test_ui import REPO, free_port
+from tests.helpers.mlflow_run import REPO
+from tests.helpers.servers import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 RUN_NAME = "train resnet18 e3 32px"
