@@ -186,10 +186,23 @@ def load_clean_listings(clean: Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------- queries
 
 
-def fit_part(product_id: str, seed: int, fit_share: float) -> str:
-    """``fit`` or ``early_stop`` for a validation listing: a seeded hash, stable per listing."""
+def share_point(product_id: str, seed: int) -> float:
+    """A listing's seeded point in [0, 1): below ``--fit-share`` it is fitted on."""
     digest = hashlib.sha256(f"{seed}:{product_id}".encode()).digest()
-    return FIT if int.from_bytes(digest[:8], "big") / 2**64 < fit_share else EARLY_STOP
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def validation_parts(product_ids: Sequence[str], seed: int, fit_share: float) -> dict[str, str]:
+    """``fit`` or ``early_stop`` for each validation listing, by :func:`share_point`; with
+    two listings or more, neither part is left empty (the extreme listing moves over)."""
+    points = {pid: share_point(pid, seed) for pid in product_ids}
+    parts = {pid: FIT if point < fit_share else EARLY_STOP for pid, point in points.items()}
+    if len(parts) >= 2 and len(set(parts.values())) == 1:
+        if FIT in parts.values():
+            parts[max(points, key=points.__getitem__)] = EARLY_STOP
+        else:
+            parts[min(points, key=points.__getitem__)] = FIT
+    return parts
 
 
 def query_table(
@@ -197,22 +210,26 @@ def query_table(
 ) -> pd.DataFrame:
     """One row per query: query_id, product_id, split, part, mode, name, category_path.
 
-    Validation listings are split into fit and early_stop by :func:`fit_part`, test
+    Validation listings are split into fit and early_stop (:func:`validation_parts`), test
     listings are ``test``, train listings join ``fit`` only with ``--train-queries``."""
     indexed = set(catalogue.product_ids)
     listings = clean[clean["product_id"].isin(indexed) & clean["name"].notna()]
-    parts = []
-    for row in listings.itertuples(index=False):
-        if row.split == "val":
-            part = fit_part(row.product_id, args.seed, args.fit_share)
-        elif row.split == "test":
-            part = TEST
-        elif row.split == "train" and args.train_queries:
-            part = FIT
-        else:
-            continue
-        parts.append((row.product_id, row.split, part, str(row.name), str(row.category_path)))
-    frame = pd.DataFrame(parts, columns=["product_id", "split", "part", "name", "category_path"])
+    wanted = {"val", "test", "train"} if args.train_queries else {"val", "test"}
+    listings = listings[listings["split"].isin(wanted)]
+    val = listings.loc[listings["split"] == "val", "product_id"].tolist()
+    parts = validation_parts(val, args.seed, args.fit_share)
+    frame = pd.DataFrame(
+        {
+            "product_id": listings["product_id"].to_numpy(),
+            "split": listings["split"].to_numpy(),
+            "part": [
+                parts.get(pid, TEST if split == "test" else FIT)
+                for pid, split in zip(listings["product_id"], listings["split"], strict=True)
+            ],
+            "name": listings["name"].astype(str).to_numpy(),
+            "category_path": listings["category_path"].astype(str).to_numpy(),
+        }
+    )
     frame = frame.merge(pd.DataFrame({"mode": list(MODES)}), how="cross")
     frame.insert(0, "query_id", frame["product_id"] + ":" + frame["mode"])
     return frame
@@ -486,7 +503,7 @@ def register(info, args, run, metrics: dict[str, float], sources: Sources, diges
         run_id=run.info.run_id,
         run_name=RUN_NAME,
         data_digest=digest,
-        metrics={k: v for k, v in metrics.items() if k.count("_") <= 3 and "queries" not in k},
+        metrics={k: v for k, v in metrics.items() if k.count("_") <= 3 and "quer" not in k},
         details=[
             gate_line(metrics),
             f"Candidates: text and photo top {args.candidates} of {sources.image.load_uri}'s "

@@ -126,6 +126,7 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
         "promote": f"promote v{production.version} -> production",
         "train_text": "train_text",
         "train_combined": "train_combined",
+        "rank": "rank",
     }
     for step, name in named.items():
         assert by_name[name].data.tags["mlflow.project.entryPoint"] == step
@@ -157,15 +158,28 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
     assert index_run.data.tags["model_version"] == str(production.version)
     assert index_run.info.end_time <= by_name["promote"].info.start_time
     assert index_run.data.metrics["vectors"] > 0
+    rank = by_name["rank"]  # the ranker, over the production versions just promoted
+    assert rank.data.tags["mlflow.parentRunId"] == parent
+    assert (
+        rank.data.params["image_model_uri"]
+        == f"models:/marketplace-classifier/{production.version}"
+    )
+    assert rank.info.start_time >= by_name["promote"].info.end_time
+    [ranker] = client.search_model_versions("name = 'marketplace-ranker'")
+    assert ranker.tags["input"] == "ranking" and ranker.run_id == rank.info.run_id
+    assert "Blend gate:" in ranker.description
+    proposed = [r for r in runs if r.info.run_name.startswith("promote ranker")]
+    assert len(proposed) == 1, "main proposes the ranker it trained (the gate decides)"
 
     second = _mlflow_run(root, params, env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stderr.count("skipping") == 7, second.stderr[-3000:]
+    assert second.stderr.count("skipping") == 8, second.stderr[-3000:]
     after = client.search_runs([experiment.experiment_id])
     assert len(after) == len(runs) + 1, "only a new main run"
     assert len(client.search_model_versions("name = 'marketplace-classifier'")) == 1
     for name in ("marketplace-text-classifier", "marketplace-listing-classifier"):
         assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    assert len(client.search_model_versions("name = 'marketplace-ranker'")) == 1
 
 
 REPO = Path(__file__).resolve().parents[2]
