@@ -204,7 +204,7 @@ def test_registry_lists_the_ranker_by_its_metric(store: mlflow.MlflowClient, cap
     from registry.__main__ import main as registry
 
     registry(["list", "--model-name", RANKER_NAME])
-    header = capsys.readouterr().out.splitlines()[0].split()
+    header = capsys.readouterr().out.splitlines()[1].split()
     assert header[:4] == ["version", "aliases", "stage", "test/ndcg_at_10"]
     registry(["show", "--model-name", RANKER_NAME, "1"])
     assert "input  ranking" in capsys.readouterr().out
