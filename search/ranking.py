@@ -21,12 +21,6 @@ step trains on and the service scores with, so the two cannot drift apart:
     listing_terms               distinct TF-IDF terms of the listing's name and description
     log_price                   log(1 + price) (NaN: no price)
     photo_count                 how many photos the listing has
-    text_top_category_share     share of the text search's top 10 in the listing's root
-                                category (what the query's best text matches vote for)
-    photo_top_category_share    share of the photo search's top 10 in the listing's root
-                                category (NaN: no photo)
-    top_subcategory_share       share of the two searches' top 10s in the listing's
-                                sub-category (the first two levels of its category path)
 
 The relevance label of a candidate (:func:`graded_relevance`) is the depth of the category
 path it shares with the query's own listing, at most :data:`MAX_GRADE` (docs/ranking.md
@@ -60,11 +54,7 @@ FEATURES: tuple[str, ...] = (
     "listing_terms",
     "log_price",
     "photo_count",
-    "text_top_category_share",
-    "photo_top_category_share",
-    "top_subcategory_share",
 )
-VOTE_K = 10  # how many of each search's best listings vote for a category
 DEFAULT_CANDIDATES = 100
 MAX_GRADE = 3  # the real export's category paths have three levels below the root
 PATH_SEPARATOR = " / "
@@ -121,10 +111,6 @@ class RankingCatalogue:
             table["category_path"].fillna("").astype(str).to_numpy()
             if "category_path" in table
             else self.categories.astype(str)
-        )
-        self.subcategories = np.array(
-            [PATH_SEPARATOR.join(str(p).split(PATH_SEPARATOR)[:2]) for p in self.category_paths],
-            dtype=object,
         )
         self.listing_terms = np.diff(text_search.matrix.indptr).astype(float)
         self.row_of = {pid: row for row, pid in enumerate(self.product_ids)}
@@ -262,34 +248,8 @@ def _features(
         "listing_terms": catalogue.listing_terms[rows],
         "log_price": catalogue.log_price[rows],
         "photo_count": catalogue.photo_count[rows],
-        **_votes(catalogue, places, rows),
     }
     return pd.DataFrame({name: columns[name] for name in FEATURES})
-
-
-def _shares(labels: np.ndarray, voters: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """For each of ``rows``, the share of ``voters`` (rows) that carry its label."""
-    if len(voters) == 0:
-        return np.zeros(len(rows))
-    values, counts = np.unique(labels[voters].astype(str), return_counts=True)
-    share = dict(zip(values.tolist(), (counts / len(voters)).tolist(), strict=True))
-    return np.array([share.get(str(label), 0.0) for label in labels[rows]], dtype=float)
-
-
-def _votes(catalogue: RankingCatalogue, places: _Places, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The category votes of the two searches' top :data:`VOTE_K` (see the module)."""
-    text_top = places.text_top[:VOTE_K]
-    photo_top = places.photo_top[:VOTE_K] if places.photo_top is not None else None
-    both = text_top if photo_top is None else np.concatenate([text_top, photo_top])
-    return {
-        "text_top_category_share": _shares(catalogue.categories, text_top, rows),
-        "photo_top_category_share": (
-            np.full(len(rows), np.nan)
-            if photo_top is None
-            else _shares(catalogue.categories, photo_top, rows)
-        ),
-        "top_subcategory_share": _shares(catalogue.subcategories, both, rows),
-    }
 
 
 def ndcg_graded(grades_in_order: Sequence[float], all_grades: Sequence[float], k: int) -> float:

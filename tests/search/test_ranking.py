@@ -1,8 +1,7 @@
-"""search.ranking: candidates, their features (the category votes among them), labels."""
+"""search.ranking: a query's candidates, their features, their graded labels."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -37,18 +36,6 @@ def test_features_are_the_documented_columns_and_leave_the_query_listing_out(cat
     assert list(candidates.features.columns) == list(FEATURES)
     assert "a" not in set(candidates.product_ids)
     assert candidates.features["photo_similarity"].isna().all(), "no photo: NaN"
-    assert candidates.features["photo_top_category_share"].isna().all()
-
-
-def test_the_category_votes_of_the_top_listings(catalogue) -> None:
-    photos = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.9, "e": 0.8}
-    candidates = feature_table(catalogue, "sofa", n=5, photo_scores=photos)
-    features = candidates.features.set_index(pd.Index(candidates.product_ids))
-    # text top: the three sofas first; every listing is among the top 10 of both searches
-    assert features.loc["a", "text_top_category_share"] == pytest.approx(3 / 5)
-    assert features.loc["d", "photo_top_category_share"] == pytest.approx(1 / 5)
-    assert features.loc["b", "top_subcategory_share"] == pytest.approx(4 / 10), "Home / Sofas"
-    assert np.isfinite(features.to_numpy(dtype=float)[:, 0]).all()
 
 
 def test_graded_relevance_is_the_shared_path_depth_capped_at_three() -> None:
