@@ -8,6 +8,8 @@ A page holds a marker where a table belongs, and the hook renders it at build ti
   continue the one above); a meaning for a parameter MLproject lacks is an error;
 - ``<!-- serve-settings -->``: every setting of the service, from ``serve.settings``;
 - ``<!-- import-contracts -->``: the import-linter contracts in ``pyproject.toml``;
+- ``<!-- ranking-features -->``: the learned ranker's features, in their order, from the
+  table of ``search.ranking``'s docstring (a feature it does not describe is an error);
 - ``<!-- include: PATH -->``: a Markdown file of the repository (``bench/README.md``), its
   headings one level down.
 """
@@ -23,7 +25,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(
-    r"<!--\s*(entry-points|entry-point:|serve-settings|import-contracts|include:)(.*?)-->", re.S
+    r"<!--\s*(entry-points|entry-point:|serve-settings|import-contracts|ranking-features|include:)"
+    r"(.*?)-->",
+    re.S,
 )
 
 
@@ -145,6 +149,32 @@ def contracts_table() -> str:
     return "\n".join(lines)
 
 
+def ranking_features_table() -> str:
+    """``search.ranking.FEATURES`` in order, each with what the module's docstring says."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import search.ranking as ranking
+
+    meanings: dict[str, str] = {}
+    name = None
+    for line in (ranking.__doc__ or "").splitlines():
+        words = line.split(maxsplit=1)
+        if line.startswith("    ") and words and words[0] in ranking.FEATURES:
+            name = words[0]
+            meanings[name] = words[1].strip() if len(words) > 1 else ""
+        elif line.startswith("      ") and name is not None:
+            meanings[name] += " " + line.strip()
+        elif not line.strip():
+            name = None
+    missing = [feature for feature in ranking.FEATURES if not meanings.get(feature)]
+    if missing:
+        raise DocsError(f"search/ranking.py's docstring does not describe {', '.join(missing)}")
+    lines = ["| # | feature | what it is (NaN where it does not apply) |", "|---|---|---|"]
+    for number, feature in enumerate(ranking.FEATURES, 1):
+        lines.append(f"| {number} | `{feature}` | {_cell(meanings[feature])} |")
+    return "\n".join(lines)
+
+
 def include(path: str) -> str:
     """A repository Markdown file without its title, its headings one level down, so it sits
     under the page's."""
@@ -166,6 +196,8 @@ def render(markdown: str) -> str:
             return settings_table()
         if kind == "import-contracts":
             return contracts_table()
+        if kind == "ranking-features":
+            return ranking_features_table()
         return include(body)
 
     return MARKER.sub(replace, markdown)

@@ -4,9 +4,12 @@ kind          input columns
 image         image        (photo bytes)
 text          text         (a listing's title/description)
 image+text    image, text  (a photo and its listing's text)
+ranking       the feature table of search.ranking.FEATURES (a query's candidates)
 
-A learned ranker (``marketplace_models.ranker``) is no classifier: its input is a query's
-feature table, and its versions' ``input`` tag is :data:`RANKING`.
+:data:`KINDS` are the classifiers (each answers a category); :data:`RANKING` is the learned
+ranker, which scores a query's candidates instead, so code that iterates the classifiers
+keeps iterating :data:`KINDS` and code that reads any version's ``input`` tag checks
+:data:`ALL_KINDS`.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from __future__ import annotations
 IMAGE = "image"
 TEXT = "text"
 IMAGE_TEXT = "image+text"
-KINDS = (IMAGE, TEXT, IMAGE_TEXT)
-RANKING = "ranking"  # a ranker's input: a query's candidates and their features
+RANKING = "ranking"
+KINDS = (IMAGE, TEXT, IMAGE_TEXT)  # the classifiers
+ALL_KINDS = (*KINDS, RANKING)
 IMAGE_COLUMN = "image"
 TEXT_COLUMN = "text"
 COLUMNS: dict[str, tuple[str, ...]] = {

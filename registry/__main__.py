@@ -17,8 +17,13 @@ from cli import ArgumentParser, UserError, cli
 from registry.store import DEFAULT_MODEL_NAME, PRODUCTION
 
 DEFAULT_CLEAN = "data/clean"
-DEFAULT_METRIC = "test/accuracy"  # registry.promotion.DEFAULT_METRIC, kept here to stay light
-METRIC_HELP = "(test/accuracy and the older spelling test_accuracy are the same metric)"
+# auto: the model's kind's metric (registry.kinds.default_metric): test/accuracy for the
+# classifiers, test/ndcg_at_10 for the ranker.
+DEFAULT_METRIC = "auto"
+METRIC_HELP = (
+    "(default auto: test/accuracy, or test/ndcg_at_10 for marketplace-ranker; test/accuracy "
+    "and the older spelling test_accuracy are the same metric)"
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -135,7 +140,7 @@ def run_command(args: argparse.Namespace) -> None:
     client = store.connect(args.tracking_uri)
     name = args.model_name
     if args.command == "list":
-        print(tables.versions_table(client, name, args.metric))
+        print(tables.versions_table(client, name, promotion.resolve_metric(name, args.metric)))
     elif args.command == "show":
         print(tables.version_report(client, name, args.version))
     elif args.command == "compare":

@@ -5,14 +5,16 @@ number, or ``best`` by a metric) when
 
 1. the version loads and predicts well-formed answers on a few images (the smoke check);
 2. unless forced, its metric is at least as good as the current production version's;
-3. for a ``proposal`` (a pipeline's rule, not a person's choice), it was never rolled back,
+3. for a ranker (``input=ranking``), unless forced, its ``test/ndcg_at_10`` is at least the
+   hand blend's ``test/blend_ndcg_at_10`` on the same test queries (the blend gate);
+4. for a ``proposal`` (a pipeline's rule, not a person's choice), it was never rolled back,
    refused, or replaced in production by a person: those versions carry
    ``promotion.blocked`` (why) and only an explicit promotion can put them back (and clears
    the tag).
 
 The version that held production keeps ``previous-production``; ``rollback`` swaps the two
 back. Each decision is written as ``promotion.*`` tags on the version (when, by whom, why,
-the metric values compared), as a line in the version's description (and in the
+the metric values compared, the blend gate), as a line in the version's description (and in the
 description of the version that left production), and, with ``legacy_stage``, mirrored in
 the deprecated ``Production`` stage. A refused candidate (the metric rule or the smoke
 check) is tagged ``promotion.refused`` with the reason, and its description says so.
@@ -58,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from cli import UserError
 from registry.descriptions import append_to_version, decision_note
+from registry.kinds import BLEND_GATE, RANKING, default_metric, input_of
 from registry.smoke import SmokeCheckError, check_version
 from registry.store import (
     DEFAULT_MODEL_NAME,
@@ -135,6 +138,7 @@ class Decision:
     legacy_stage: bool = False
     run_id: str | None = None
     proposal: bool = False  # a pipeline's rule proposed it, not a person
+    gate: str = ""  # a ranker's blend gate, as checked (or skipped when forced)
 
     @property
     def why(self) -> str:
@@ -171,6 +175,8 @@ class Decision:
             "run_id": self.run_id or NONE,
             "proposal": str(self.proposal).lower(),
         }
+        if self.gate:
+            tags["gate"] = self.gate
         return {TAG_PREFIX + key: value for key, value in tags.items()}
 
     def blocks_previous(self) -> str | None:
@@ -196,6 +202,8 @@ class Decision:
             compared += f" vs {_fmt(self.previous_value)} of version {self.previous}"
         given = f" Reason: {self.reason}." if self.reason else ""
         smoke = f"; smoke check {self.smoke_check}" if self.smoke_check else ""
+        if self.gate:
+            smoke = f"; {self.gate}{smoke}"
         run = f" (promote run {self.run_id[:8]})" if self.run_id else ""
         # Status lines lead with the verdict: the versions table shows their first words.
         if self.action == "rollback":
@@ -325,6 +333,47 @@ def check_rule(
     return value, current_value
 
 
+def check_gate(candidate: VersionInfo, force: bool) -> str:
+    """A ranker's blend gate: its ``test/ndcg_at_10`` at least the hand blend's
+    ``test/blend_ndcg_at_10`` on the same test queries. Returns what the description says
+    ('' for a classifier); raises :class:`PromotionRefused` when, unforced, it fails."""
+    if input_of(candidate.tags) != RANKING:
+        return ""
+    mine, blend = (candidate.metric(name) for name in BLEND_GATE)
+    if force:
+        return "blend gate skipped (forced)"
+    if mine is None or blend is None:
+        pairs = zip(BLEND_GATE, (mine, blend), strict=True)
+        absent = " and ".join(name for name, value in pairs if value is None)
+        why = f"version {candidate.version} has no {absent} for the blend gate"
+        raise PromotionRefused(
+            f"refused: {why}; train it again with `mlflow run . -e rank`, or pass --force "
+            "with a --reason",
+            why,
+        )
+    if mine < blend:
+        why = (
+            f"version {candidate.version} has {BLEND_GATE[0]} {mine:.4f}, below the hand "
+            f"blend's {BLEND_GATE[1]} {blend:.4f} on the same test queries (the blend gate)"
+        )
+        raise PromotionRefused(
+            f"refused: {why}; train a better ranker, or pass --force with a --reason", why
+        )
+    return (
+        f"blend gate passed: {BLEND_GATE[0]} {mine:.4f} >= {BLEND_GATE[1]} {blend:.4f} "
+        "on the same test queries"
+    )
+
+
+def resolve_metric(name: str, metric: str | None) -> str:
+    """``metric`` in its canonical spelling; unset or ``auto``: the model's kind's default
+    (``test/accuracy`` for a classifier, ``test/ndcg_at_10`` for the ranker)."""
+    text = (metric or "").strip()
+    if text.lower() in ("", "auto"):
+        text = default_metric(name)
+    return canonical_metric(text)
+
+
 def decision_options(args) -> dict[str, Any]:
     """The keyword arguments that :func:`promote` and :func:`rollback` share, from parsed
     command-line ``args`` (``python -m registry`` and the ``promote`` step parse the same
@@ -342,7 +391,7 @@ def promote(
     name: str = DEFAULT_MODEL_NAME,
     version: str | int = BEST,
     *,
-    metric: str = DEFAULT_METRIC,
+    metric: str | None = None,
     force: bool = False,
     reason: str = "",
     by: str | None = None,
@@ -356,7 +405,8 @@ def promote(
     """Move ``production`` to ``version`` of ``name`` if it passes the smoke check and the rule.
 
     ``version`` is a number, an alias, ``latest`` or ``best`` (the best by ``metric`` among
-    versions that have it). ``force`` skips the metric rule, never the smoke check.
+    versions that have it; unset: the kind's default, :func:`resolve_metric`). ``force``
+    skips the metric rule and a ranker's blend gate, never the smoke check.
     ``legacy_stage`` True also moves the ``Production`` stage; None (the default) moves it
     only when some version is in that stage already, so the two never disagree.
     ``run_id`` (the promote step's run) is recorded in the tags. ``proposal`` True (the
@@ -369,7 +419,7 @@ def promote(
     """
     client = client or connect()
     by = by or current_user()
-    metric = canonical_metric(metric)  # `test_accuracy` and `test/accuracy` are one metric
+    metric = resolve_metric(name, metric)  # `test_accuracy` and `test/accuracy` are one metric
     candidate = choose_candidate(client, name, version, metric)
     current = _holder_info(client, name, PRODUCTION)
     if current is not None and current.version == candidate.version:
@@ -383,6 +433,7 @@ def promote(
         check_proposable(client, name, candidate.version)
     with _refusal_recorded(client, candidate, by, reason):
         check_rule(candidate, current, metric, force)  # fail before the slow smoke check
+        check_gate(candidate, force)
         smoke = check_version(client, name, candidate.version, clean)
     with promotion_lock(client, name, timeout=lock_timeout):
         complete_interrupted_move(client, name)
@@ -393,6 +444,7 @@ def promote(
             check_proposable(client, name, candidate.version)  # a rollback may have run
         with _refusal_recorded(client, candidate, by, reason):
             value, current_value = check_rule(candidate, current, metric, force)
+            gate = check_gate(candidate, force)
         stage = _use_legacy_stage(client, name, legacy_stage)
         decision = Decision(
             action="promote",
@@ -410,6 +462,7 @@ def promote(
             legacy_stage=stage,
             run_id=run_id,
             proposal=proposal,
+            gate=gate,
         )
         _move_production(client, decision)
     log.debug("%s", decision.summary())
@@ -419,7 +472,7 @@ def promote(
 def rollback(
     name: str = DEFAULT_MODEL_NAME,
     *,
-    metric: str = DEFAULT_METRIC,
+    metric: str | None = None,
     reason: str = "",
     by: str | None = None,
     clean: Path | None = None,
@@ -438,7 +491,7 @@ def rollback(
     """
     client = client or connect()
     by = by or current_user()
-    metric = canonical_metric(metric)
+    metric = resolve_metric(name, metric)
     current, target = _rollback_pair(client, name)
     smoke = check_version(client, name, target.version, clean)
     with promotion_lock(client, name, timeout=lock_timeout):

@@ -8,7 +8,10 @@ there (``images.parquet`` plus ``images/<size>/<image_id>.jpg``, or the raw file
 ``products.parquet`` for the texts), else the input example logged with the model, else a
 few generated images and texts. Its answer must
 follow the classifier contract: one row per image, ``category`` a string, ``probability``
-in [0, 1], ``probabilities`` in [0, 1] summing to 1. Reads the model (downloaded into a
+in [0, 1], ``probabilities`` in [0, 1] summing to 1. A ranker (``input=ranking``) must take
+exactly the features the search computes (``search.ranking.FEATURES``, in that order) and
+score the feature table of its logged input example (else a few generated rows) to one
+finite number per row. Reads the model (downloaded into a
 temporary folder, removed afterwards) and the data; leaves nothing behind.
 """
 
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from clean_data import cleaned_sizes, image_folder, load_clean
 from cli import UserError
-from marketplace_models.kinds import COLUMNS, IMAGE, IMAGE_COLUMN, TEXT, TEXT_COLUMN
+from marketplace_models.kinds import COLUMNS, IMAGE, IMAGE_COLUMN, RANKING, TEXT, TEXT_COLUMN
 from registry.kinds import input_of
 from registry.legacy import own_code_layout
 
@@ -47,7 +50,12 @@ SYNTHETIC_TEXTS = (
     "Mountain bike\nCollection only.",
 )
 # What a smoke check's rows are called in its summary, by the model's input kind.
-UNITS = {IMAGE: ("image", "images"), TEXT: ("text", "texts"), "image+text": ("listing", "listings")}
+UNITS = {
+    IMAGE: ("image", "images"),
+    TEXT: ("text", "texts"),
+    "image+text": ("listing", "listings"),
+    RANKING: ("candidate", "candidates"),
+}
 
 
 class SmokeCheckError(UserError):
@@ -338,10 +346,65 @@ def check_version(
     """
     kind = version_kind(client, name, version)
     with load_version(client, name, version) as (model, local):
-        rows, source = smoke_rows(local, clean, kind)
         try:
-            result = smoke_check_frame(model, rows, source, kind)
+            if kind == RANKING:
+                result = smoke_check_ranker(model, local)
+            else:
+                rows, source = smoke_rows(local, clean, kind)
+                result = smoke_check_frame(model, rows, source, kind)
         except SmokeCheckError as exc:
             raise SmokeCheckError(f"version {version} failed the smoke check: {exc}") from exc
     log.info("smoke check of %s version %s %s", name, version, result.summary())
     return result
+
+
+def ranker_rows(model_dir: Path, features: Sequence[str], count: int = SMOKE_IMAGES):
+    """The feature table to score: the logged input example's rows, else generated ones."""
+    import numpy as np
+    import pandas as pd
+
+    example = input_example_rows(model_dir, features, count)
+    if example is not None:
+        return example.apply(pd.to_numeric, errors="coerce"), "the model's input example"
+    generated = np.linspace(0.0, 1.0, count * len(features)).reshape(count, len(features))
+    return pd.DataFrame(generated, columns=list(features)), "generated candidates"
+
+
+def smoke_check_ranker(model: Any, model_dir: Path) -> SmokeResult:
+    """A loaded ranker takes exactly ``search.ranking.FEATURES`` and scores a feature table
+    to one finite ``score`` per row; :class:`SmokeCheckError` names the broken rule."""
+    import numpy as np
+    import pandas as pd
+
+    from search.ranking import FEATURES
+
+    try:
+        features = tuple(model.unwrap_python_model().features)
+    except (AttributeError, TypeError):
+        raise SmokeCheckError("the model is not a ranker: it names no feature list") from None
+    if features != FEATURES:
+        raise SmokeCheckError(
+            f"the ranker takes the features {', '.join(features) or 'none'}, but the search "
+            f"computes {', '.join(FEATURES)}: train it again with `mlflow run . -e rank`"
+        )
+    rows, source = ranker_rows(model_dir, features)
+    started = time.perf_counter()
+    try:
+        output = model.predict(rows)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise SmokeCheckError(f"predict raised {type(exc).__name__}: {first}") from exc
+    if not isinstance(output, pd.DataFrame) or "score" not in output.columns:
+        raise SmokeCheckError("predict did not return a DataFrame with a `score` column")
+    scores = pd.to_numeric(output["score"], errors="coerce").to_numpy(dtype=float)
+    if len(scores) != len(rows):
+        raise SmokeCheckError(f"predict returned {len(scores)} scores for {len(rows)} candidates")
+    if not np.isfinite(scores).all():
+        raise SmokeCheckError("predict returned scores that are not finite numbers")
+    return SmokeResult(
+        images=len(rows),
+        source=source,
+        categories=[],
+        seconds=time.perf_counter() - started,
+        kind=RANKING,
+    )

@@ -6,7 +6,10 @@ one) -> ``clean_tabular`` -> ``clean_images`` -> ``baselines`` -> ``train`` ->
 ``index`` (the search index of the version this pipeline trained) -> ``train_text`` ->
 ``train_combined`` (over the image version this pipeline trained) -> ``promote``, once per
 kind (the image version, so a promoted version always has its index; then the text and
-the combined versions), each through the same rules. Only a version trained by this
+the combined versions), each through the same rules -> ``rank`` (the learned ranker, over
+the index of the image version in production and the text version in production, both
+pinned, so a change of either retrains it) -> ``promote`` of the ranker (by
+``test/ndcg_at_10`` and the blend gate). Only a version trained by this
 pipeline run is proposed: a skipped training proposes nothing (production stays where a
 person or an earlier rule put it), and the promote step is told it is a proposal, so a
 version once rolled back, refused or replaced by a person is never put back by ``main``.
@@ -48,7 +51,7 @@ from pathlib import Path
 
 from clean_data import TABLE_FILES, image_folder
 from cli import UserError
-from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
+from registry.kinds import LISTING_MODEL_NAME, RANKER_MODEL_NAME, TEXT_MODEL_NAME
 from steps import runtime
 from steps.runtime import (
     cli,
@@ -447,6 +450,48 @@ def combined_step(args: argparse.Namespace, image_version: str) -> Step:
     )
 
 
+def rank_step(client, args: argparse.Namespace) -> Step | None:
+    """The learned ranker over the production image version's index and the production
+    text version (pinned); None, with a warning, when no image version with an index is in
+    production."""
+    from search.index import INDEX_RUN_TAG
+
+    image = _production_version(client, args.model_name)
+    if image is None or not (image.tags or {}).get(INDEX_RUN_TAG):
+        log.warning(
+            "no version of %s with a search index holds production: the ranker is not trained",
+            args.model_name,
+        )
+        return None
+    text = _production_version(client, TEXT_MODEL_NAME)
+    clean = project_path(args.clean)
+    return Step(
+        "rank",
+        {
+            "clean": str(Path(args.clean)),
+            "image_model_uri": f"models:/{args.model_name}/{image.version}",
+            "image_model_name": args.model_name,
+            "text_model_uri": "none"
+            if text is None
+            else f"models:/{TEXT_MODEL_NAME}/{text.version}",
+            "text_model_name": TEXT_MODEL_NAME,
+            "seed": str(args.seed),
+            "model_name": RANKER_MODEL_NAME,
+        },
+        inputs=[clean / name for name in TABLE_FILES],
+        registers=RANKER_MODEL_NAME,
+    )
+
+
+def _production_version(client, model_name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, "production")
+    except MlflowException:
+        return None
+
+
 def wants_demo_data(raw: Path) -> bool:
     """True when ``raw`` has no export yet, or holds one demo_data wrote (so demo_data may
     refresh it). An ingested export, or any export demo_data did not write, is never
@@ -569,33 +614,56 @@ def main(argv: Sequence[str] | None = None) -> None:
             trained[LISTING_MODEL_NAME] = registered_version(
                 client, LISTING_MODEL_NAME, run_ids["train_combined"]
             )
-        mlflow.log_dict(run_ids, RUNS_ARTIFACT)
-        mlflow.log_dict(seconds, SECONDS_ARTIFACT)  # read by steps.step_times
         trained_by = {
             args.model_name: run_ids["train"],
             TEXT_MODEL_NAME: run_ids["train_text"],
             LISTING_MODEL_NAME: run_ids.get("train_combined"),
         }
-        for model_name, trained_version in trained.items():
-            if trained_version is None:
-                log.warning("training registered no version of %s: nothing to promote", model_name)
-            elif not ran_here(client, trained_by[model_name], parent):
-                log.info(
-                    "%s version %s comes from a skipped training: not proposed for promotion "
-                    "(only a version this run trained is)",
-                    model_name,
-                    trained_version,
-                )
-            elif not args.promote:
-                log.info(
-                    "trained %s version %s (not promoted: --promote false)",
-                    model_name,
-                    trained_version,
-                )
-            else:
-                promote_trained(
-                    client, model_name, trained_version, args, parent, experiment, code, env_manager
-                )
+        context = (parent, experiment, code, env_manager)
+        propose_trained(client, args, trained, trained_by, context)
+        ranker = rank_step(client, args)
+        if ranker is not None:
+            timed(ranker)
+            version = registered_version(client, RANKER_MODEL_NAME, run_ids["rank"])
+            propose_trained(
+                client,
+                args,
+                {RANKER_MODEL_NAME: version},
+                {RANKER_MODEL_NAME: run_ids["rank"]},
+                context,
+            )
+        mlflow.log_dict(run_ids, RUNS_ARTIFACT)
+        mlflow.log_dict(seconds, SECONDS_ARTIFACT)  # read by steps.step_times
+
+
+def propose_trained(
+    client,
+    args: argparse.Namespace,
+    trained: dict[str, str | None],
+    trained_by: dict[str, str | None],
+    context: tuple[str, str, str, str],
+) -> None:
+    """Propose each version this pipeline run trained for promotion (see the module
+    docstring); ``context`` is (parent run, experiment, code digest, env manager)."""
+    parent = context[0]
+    for model_name, trained_version in trained.items():
+        if trained_version is None:
+            log.warning("training registered no version of %s: nothing to promote", model_name)
+        elif not ran_here(client, trained_by[model_name], parent):
+            log.info(
+                "%s version %s comes from a skipped training: not proposed for promotion "
+                "(only a version this run trained is)",
+                model_name,
+                trained_version,
+            )
+        elif not args.promote:
+            log.info(
+                "trained %s version %s (not promoted: --promote false)",
+                model_name,
+                trained_version,
+            )
+        else:
+            promote_trained(client, model_name, trained_version, args, *context)
 
 
 def promote_trained(

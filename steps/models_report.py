@@ -5,7 +5,10 @@ registered model that holds ``production`` (else the newest), with the test accu
 top-3 accuracy and macro-F1 of the run that trained it, and what those were measured on
 (the image and the combined models on test photos, the text model on test listings).
 Then, from the combined version's run, the three on exactly the same test photos: the
-image model alone, the text alone, and both (``train_combined`` logs all three).
+image model alone, the text alone, and both (``train_combined`` logs all three). Last, the
+search ranking on the test queries and candidates of the ranker's run (``rank``): the
+learned ranker, the hand blend, the text relevance alone and the photo similarity alone
+(photo queries only), by graded NDCG@10 and @5 and precision@10.
 
 Reads: the tracking store (MLFLOW_TRACKING_URI, default ``sqlite:///mlflow.db``). Writes:
 the tables (markdown) to stdout. ``make demo`` ends with it; ``make results`` prints it
@@ -19,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from cli import UserError
-from marketplace_models.kinds import IMAGE, IMAGE_TEXT, KINDS, TEXT
+from marketplace_models.kinds import IMAGE, IMAGE_TEXT, KINDS, RANKING, TEXT
 from registry.kinds import MODEL_NAMES
 from registry.store import PRODUCTION, connect
 from registry.versions import alias_holder, get_version
@@ -29,6 +32,17 @@ log = logging.getLogger(__name__)
 
 FIGURES = (("accuracy", "accuracy"), ("top3_accuracy", "top-3"), ("macro_f1", "macro-F1"))
 UNITS = {IMAGE: "photos", TEXT: "listings", IMAGE_TEXT: "photos + their text"}
+RANKINGS = (
+    ("", "learned ranker"),
+    ("blend_", "hand blend"),
+    ("text_", "text relevance alone"),
+    ("photo_", "photo similarity alone (photo queries)"),
+)
+RANKING_FIGURES = (
+    ("ndcg_at_10", "NDCG@10"),
+    ("ndcg_at_5", "NDCG@5"),
+    ("precision_at_10", "precision@10"),
+)
 SAME_PHOTOS = (
     ("test_image_only", "image alone"),
     ("test_text_only", "text alone"),
@@ -89,7 +103,30 @@ def report(client) -> str:
         for prefix, label in SAME_PHOTOS:
             figures = " | ".join(_fmt(metric(combined_metrics, prefix, key)) for key, _ in FIGURES)
             lines.append(f"| {label} | {figures} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ranking_report(client))
+
+
+def ranking_report(client) -> list[str]:
+    """The ranking table of the ranker version holding production (else the newest)."""
+    name = MODEL_NAMES[RANKING]
+    version = chosen_version(client, name)
+    if version is None or not version.run_id:
+        return ["", f"No {name} version yet: `mlflow run . -e rank --env-manager local`."]
+    metrics = client.get_run(version.run_id).data.metrics
+    held = " (production)" if PRODUCTION in (version.aliases or []) else ""
+    queries = int(metrics.get("test/queries", 0))
+    lines = [
+        "",
+        f"Search ranking on the same {queries} test queries and candidates ({name} version "
+        f"{version.version}{held}; graded relevance, docs/ranking.md):",
+        "",
+        "| ranking | " + " | ".join(label for _, label in RANKING_FIGURES) + " |",
+        "|---|" + "---|" * len(RANKING_FIGURES),
+    ]
+    for prefix, label in RANKINGS:
+        figures = " | ".join(_fmt(metrics.get(f"test/{prefix}{key}")) for key, _ in RANKING_FIGURES)
+        lines.append(f"| {label} | {figures} |")
+    return lines
 
 
 def get_args_parser() -> argparse.ArgumentParser:

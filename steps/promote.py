@@ -27,12 +27,12 @@ from pathlib import Path
 
 from cli import UserError
 from registry.promotion import (
-    DEFAULT_METRIC,
     TAG_PREFIX,
     Decision,
     choose_candidate,
     decision_options,
     promote,
+    resolve_metric,
 )
 from registry.store import DEFAULT_MODEL_NAME, PRODUCTION, connect
 from registry.versions import canonical_metric
@@ -69,8 +69,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metric",
         type=canonical_metric,
-        default=DEFAULT_METRIC,
-        help="metric that picks best and sets the rule (test_accuracy, the older spelling of "
+        default="auto",
+        help="metric that picks best and sets the rule (auto: test/accuracy for a classifier, "
+        "test/ndcg_at_10 for marketplace-ranker; test_accuracy, the older spelling of "
         "test/accuracy, is the same metric)",
     )
     parser.add_argument(
@@ -167,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> Decision:
     args = get_args_parser().parse_args(argv)
     import mlflow
 
+    args.metric = resolve_metric(args.model_name, args.metric)
     with start_run(f"promote {args.version}") as run:
         params = step_params(args)
         log_params(params)

@@ -99,6 +99,7 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
         "promote": f"promote v{production.version} -> production",
         "train_text": "train_text",
         "train_combined": "train_combined",
+        "rank": "rank",
     }
     for step, name in named.items():
         assert by_name[name].data.tags["mlflow.project.entryPoint"] == step
@@ -132,18 +133,31 @@ def test_main_runs_every_step_then_skips_them_all(tmp_path: Path, tracking: str)
     assert index_run.data.metrics["vectors"] > 0
     assert _step_statuses(tracking) == {
         **dict.fromkeys(["demo_data", "clean_tabular", "clean_images", "train"], "ran"),
-        **dict.fromkeys(["index", "train_text", "train_combined", "promote"], "ran"),
+        **dict.fromkeys(["index", "train_text", "train_combined", "rank", "promote"], "ran"),
     }
+    rank = by_name["rank"]  # the ranker, over the production versions just promoted
+    assert rank.data.tags["mlflow.parentRunId"] == parent
+    assert (
+        rank.data.params["image_model_uri"]
+        == f"models:/marketplace-classifier/{production.version}"
+    )
+    assert rank.info.start_time >= by_name["promote"].info.end_time
+    [ranker] = client.search_model_versions("name = 'marketplace-ranker'")
+    assert ranker.tags["input"] == "ranking" and ranker.run_id == rank.info.run_id
+    assert "Blend gate:" in ranker.description
+    proposed = [r for r in runs if r.info.run_name.startswith("promote ranker")]
+    assert len(proposed) == 1, "main proposes the ranker it trained (the gate decides)"
 
     second = mlflow_run("main", params, cwd=tmp_path, env=env, check=False)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stderr.count("skipping") == 7, second.stderr[-3000:]
+    assert second.stderr.count("skipping") == 8, second.stderr[-3000:]
     assert set(_step_statuses(tracking).values()) == {"skipped"}, "the newest pipeline run"
     after = client.search_runs([experiment.experiment_id])
     assert len(after) == len(runs) + 1, "only a new main run"
     assert len(client.search_model_versions("name = 'marketplace-classifier'")) == 1
     for name in ("marketplace-text-classifier", "marketplace-listing-classifier"):
         assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    assert len(client.search_model_versions("name = 'marketplace-ranker'")) == 1
 
 
 def _step_statuses(tracking: str) -> dict[str, str]:
