@@ -31,6 +31,7 @@ Nothing here runs at import time.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -132,23 +133,35 @@ class RankingCatalogue:
         return cls(text_search, index.listing_table())
 
 
+_BLEND_COLUMN = FEATURES.index("blend_score")
+
+
 @dataclass(frozen=True)
 class Candidates:
-    """One query's candidates: their rows in the catalogue, ids, features and blend score."""
+    """One query's candidates: their rows in the catalogue, ids, and features.
+
+    ``matrix`` holds the features as one float array (columns :data:`FEATURES`, what a
+    ranker's booster reads); :attr:`features` is the same as a table, made when asked for
+    (the service scores the matrix and never needs it)."""
 
     rows: np.ndarray
     product_ids: np.ndarray
-    features: pd.DataFrame  # columns FEATURES, one row per candidate
+    matrix: np.ndarray  # (candidates, len(FEATURES)) float64
+
+    @functools.cached_property
+    def features(self) -> pd.DataFrame:
+        """The features as a table: columns :data:`FEATURES`, one row per candidate."""
+        return pd.DataFrame(self.matrix, columns=list(FEATURES))
 
     def ranked(self, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
         """The ``k`` best ``(product_id, score)`` by ``scores``, best first (ties: blend)."""
-        blend = self.features["blend_score"].to_numpy()
+        blend = self.matrix[:, _BLEND_COLUMN]
         order = np.lexsort((-blend, -np.asarray(scores, dtype=float)))[:k]
         return [(str(self.product_ids[i]), float(scores[i])) for i in order]
 
     def by_blend(self, k: int) -> list[tuple[str, float]]:
         """The hand-set blend's ranking of these candidates."""
-        return self.ranked(self.features["blend_score"].to_numpy(), k)
+        return self.ranked(self.matrix[:, _BLEND_COLUMN], k)
 
 
 def _top(scores: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:
@@ -201,9 +214,7 @@ def feature_table(
     return Candidates(
         rows=rows,
         product_ids=catalogue.product_ids[rows],
-        features=_features(
-            catalogue, query, rows, relevance, photo, category_probabilities, places
-        ),
+        matrix=_features(catalogue, query, rows, relevance, photo, category_probabilities, places),
     )
 
 
@@ -225,7 +236,7 @@ def _features(
     photo: np.ndarray | None,
     category_probabilities: Mapping[str, float] | None,
     places: _Places,
-) -> pd.DataFrame:
+) -> np.ndarray:
     n = places.n
     text_rank = _places(places.text_top, places.size, n)[rows]
     nan = np.full(len(rows), np.nan)
@@ -262,7 +273,10 @@ def _features(
         "log_price": catalogue.log_price[rows],
         "photo_count": catalogue.photo_count[rows],
     }
-    return pd.DataFrame({name: columns[name] for name in FEATURES})
+    matrix = np.empty((len(rows), len(FEATURES)), dtype=np.float64)
+    for column, name in enumerate(FEATURES):
+        matrix[:, column] = columns[name]
+    return matrix
 
 
 def ndcg_graded(grades_in_order: Sequence[float], all_grades: Sequence[float], k: int) -> float:

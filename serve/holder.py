@@ -40,7 +40,7 @@ from typing import Any, Literal, TypeVar
 
 from cli import UserError
 from marketplace_models.kinds import IMAGE, IMAGE_TEXT, RANKING, TEXT
-from registry.kinds import TRAINED_BY, training_command
+from registry.kinds import training_command
 from registry.resolve import ResolvedModel, resolve_model
 from registry.store import connect
 from registry.versions import NoSuchModel
@@ -69,7 +69,6 @@ URI_SETTING = {
     IMAGE_TEXT: "listing_model_uri",
     RANKING: "ranker_uri",
 }
-RANK_COMMAND = "mlflow run . -e rank --env-manager local"  # trains and registers a ranker
 
 Outcome = Literal["loaded", "unchanged", "failed", "skipped", "unreachable"]
 
@@ -457,9 +456,7 @@ def _with_ranking_catalogue(model: ServedModel) -> ServedModel:
 def _missing_model(exc: NoSuchModel, kind: str) -> str:
     """What to do about a registered model that does not exist, in the service's terms:
     the entry point that trains one of the slot's kind, and the setting that names it."""
-    # registry.kinds names the entry point of each classifier kind (and of the ranker, once
-    # it knows the ranker's)
-    command = RANK_COMMAND if kind == RANKING and kind not in TRAINED_BY else training_command(kind)
+    command = training_command(kind)  # registry.kinds: the entry point of each kind
     return (
         f"{exc.missing}: train and register one with `{command}`, or point "
         f"{variable_name(URI_SETTING[kind])} at another model"

@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from search.ranking import FEATURES, feature_table
 from serve.loader import ServedModel
@@ -66,24 +65,21 @@ def learned(model: ServedModel, ranker: ServedModel, query: Query, candidates: i
         category=query.category,
         exclude=query.exclude,
     )
-    return found.ranked(scores(ranker, found.features), query.k)
+    return found.ranked(scores(ranker, found.matrix), query.k)
 
 
-def scores(ranker: ServedModel, table: pd.DataFrame) -> np.ndarray:
-    """The ranker's score of each row of a :func:`feature_table` table.
+def scores(ranker: ServedModel, matrix: np.ndarray) -> np.ndarray:
+    """The ranker's score of each row of a :func:`feature_table` matrix.
 
-    The same numbers as ``MarketplaceRanker.score``, without its per-query pandas column
-    selection: the table's columns are :data:`FEATURES` in order (one float block), the
-    ranker's booster gets them in its own order, on this request's thread alone."""
+    The same numbers as ``MarketplaceRanker.score``, without its pandas table: the matrix's
+    columns are :data:`FEATURES` in order, the ranker's booster gets them in its own order,
+    on this request's thread alone."""
     model = ranker.ranker
-    if len(table) == 0:
+    if len(matrix) == 0:
         return np.zeros(0)
-    if tuple(table.columns) != FEATURES:
-        table = table.loc[:, list(FEATURES)]
-    values = table.to_numpy(dtype=np.float64)
     if model.features != FEATURES:
-        values = values[:, [FEATURES.index(name) for name in model.features]]
-    return np.asarray(model.booster.predict(values, num_threads=1), dtype=np.float64)
+        matrix = matrix[:, [FEATURES.index(name) for name in model.features]]
+    return np.asarray(model.booster.predict(matrix, num_threads=1), dtype=np.float64)
 
 
 def blend(model: ServedModel, query: Query) -> list[tuple[str, float]]:

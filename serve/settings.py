@@ -14,13 +14,12 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from registry.kinds import LISTING_MODEL_NAME, TEXT_MODEL_NAME
+from registry.kinds import LISTING_MODEL_NAME, RANKER_MODEL_NAME, TEXT_MODEL_NAME
 from registry.store import DEFAULT_MODEL_NAME, DEFAULT_TRACKING_URI, PRODUCTION
 
 DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{PRODUCTION}"
 DEFAULT_TEXT_MODEL_URI = f"models:/{TEXT_MODEL_NAME}@{PRODUCTION}"
 DEFAULT_LISTING_MODEL_URI = f"models:/{LISTING_MODEL_NAME}@{PRODUCTION}"
-RANKER_MODEL_NAME = "marketplace-ranker"  # the registered model of the `rank` entry point
 DEFAULT_RANKER_URI = f"models:/{RANKER_MODEL_NAME}@{PRODUCTION}"
 MIB = 1024 * 1024
 
