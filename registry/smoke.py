@@ -96,11 +96,7 @@ def smoke_check_frame(model: Any, rows: Any, source: str, kind: str) -> SmokeRes
     if len(rows) == 0:
         raise SmokeCheckError(f"the smoke check has no {UNITS[kind][1]} to predict on")
     started = time.perf_counter()
-    try:
-        output = model.predict(rows)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise SmokeCheckError(f"predict raised {type(exc).__name__}: {first}") from exc
+    output = _predicted(model, rows)
     _check_output(output, len(rows), UNITS[kind][1])
     return SmokeResult(
         images=len(rows),
@@ -389,11 +385,7 @@ def smoke_check_ranker(model: Any, model_dir: Path) -> SmokeResult:
         )
     rows, source = ranker_rows(model_dir, features)
     started = time.perf_counter()
-    try:
-        output = model.predict(rows)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise SmokeCheckError(f"predict raised {type(exc).__name__}: {first}") from exc
+    output = _predicted(model, rows)
     if not isinstance(output, pd.DataFrame) or "score" not in output.columns:
         raise SmokeCheckError("predict did not return a DataFrame with a `score` column")
     scores = pd.to_numeric(output["score"], errors="coerce").to_numpy(dtype=float)
@@ -408,3 +400,12 @@ def smoke_check_ranker(model: Any, model_dir: Path) -> SmokeResult:
         seconds=time.perf_counter() - started,
         kind=RANKING,
     )
+
+
+def _predicted(model, rows):
+    """``model.predict(rows)``; what it raised as a one-line :class:`SmokeCheckError`."""
+    try:
+        return model.predict(rows)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise SmokeCheckError(f"predict raised {type(exc).__name__}: {first}") from exc
