@@ -159,16 +159,20 @@ def code_files() -> list[Path]:
 
 
 def dependency_names() -> list[str]:
-    """The distributions pyproject.toml's ``[project] dependencies`` name."""
+    """The distributions pyproject.toml names for running the project: its ``dependencies``
+    and every extra but ``dev`` (the steps run with ``train``'s torch, for one)."""
     import tomllib
 
     try:
         project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
     except (OSError, KeyError, ValueError):
         return []
-    return sorted(
-        re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0] for spec in project["dependencies"]
-    )
+    specs = list(project.get("dependencies", []))
+    for extra, extra_specs in project.get("optional-dependencies", {}).items():
+        if extra != "dev":
+            specs += extra_specs
+    names = {re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0] for spec in specs}
+    return sorted(names - {project.get("name", "")})
 
 
 def installed_versions() -> dict[str, str]:
