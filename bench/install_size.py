@@ -14,7 +14,6 @@ made with ``python -m venv`` and ``pip install '<copy of this checkout>[serve]'`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -26,6 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "install_size.json"
+sys.path.insert(0, str(ROOT))
+
+from cli import ArgumentParser, cli  # noqa: E402
+
 IMPORT_COST = (
     "import resource, time; t = time.perf_counter(); import {module}; "
     "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
@@ -102,13 +105,15 @@ def measure(venv: Path, repeats: int, checkout: bool) -> dict:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(
+        prog="python bench/install_size.py", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--serve-venv", type=Path, help="a .[serve] venv (built when missing)")
     parser.add_argument("--full-venv", type=Path, default=ROOT / ".venv")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--results", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="serve-extra-venv-") as tmp:
         serve_venv = args.serve_venv or Path(tmp) / "venv"
         if not (serve_venv / "bin" / "python").exists():
@@ -140,5 +145,7 @@ def main() -> None:
     print(f"full / serve: {rows['ratio_site_packages']}x  ({args.results})")
 
 
+run = cli(main)
+
 if __name__ == "__main__":
-    main()
+    run()

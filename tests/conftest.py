@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter is not None:
             reporter.write_line(f"FAILED checkout state: {message}", red=True, bold=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def no_run_left_behind() -> Iterator[None]:
+    """No test hands the next one an MLflow run or experiment id: ``mlflow.set_experiment``
+    and ``mlflow.start_run`` set MLFLOW_EXPERIMENT_ID and MLFLOW_RUN_ID in this process, and
+    a later test (or a module fixture) would attach to an id its own store does not hold."""
+    yield
+    for variable in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        os.environ.pop(variable, None)
 
 
 @pytest.fixture
