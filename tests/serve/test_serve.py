@@ -643,7 +643,7 @@ def test_try_it_sends_a_photo_to_a_real_service_and_prints_the_answer(store, tmp
     photo.write_bytes(PHOTOS[1])
     set_alias(store, GOOD)
     done = subprocess.run(
-        [sys.executable, "-m", "serve.try_it", "--photo", str(photo)],
+        [sys.executable, "-m", "serve.try_it", "--photo", str(photo), "--text", "a grey sofa"],
         cwd=Path(__file__).resolve().parents[2],
         env={**os.environ, "MLFLOW_TRACKING_URI": store},
         capture_output=True,
@@ -653,6 +653,9 @@ def test_try_it_sends_a_photo_to_a_real_service_and_prints_the_answer(store, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"curl -F image=@{photo}" in done.stdout
     assert '"category"' in done.stdout and "make serve" in done.stdout
+    # the photo with its text: this store has no listing model, and the answer says why
+    assert '-F text="a grey sofa"' in done.stdout and "/predict/combined" in done.stdout
+    assert "no photo + text answer:" in done.stdout
 
 
 def test_try_it_without_demo_data_is_a_one_line_error(tmp_path):

@@ -178,3 +178,28 @@ def test_a_kind_never_registered_says_which_entry_point_trains_it_and_which_sett
             assert f"`mlflow run . {entry_point}`" in detail, detail
             assert f"point {setting} at another model" in detail, detail
             assert "--model-name" not in detail, detail
+
+
+@pytest.mark.slow
+def test_try_it_sends_the_photo_with_its_text_and_says_which_model_answered(
+    listing_store: str, tmp_path
+) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _promote_listing_models(listing_store)
+    picture = tmp_path / "sofa.jpg"
+    picture.write_bytes(PHOTOS[1])
+    done = subprocess.run(
+        [sys.executable, "-m", "serve.try_it", "--photo", str(picture), "--text", "Corner sofa"],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "MLFLOW_TRACKING_URI": listing_store},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '-F text="Corner sofa"' in done.stdout
+    assert f"answered by {LISTING_MODEL_NAME} version 1 (input image+text)" in done.stdout
