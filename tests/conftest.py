@@ -69,11 +69,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def no_run_left_behind() -> Iterator[None]:
-    """No test hands the next one an MLflow run or experiment id: ``mlflow.set_experiment``
-    and ``mlflow.start_run`` set MLFLOW_EXPERIMENT_ID and MLFLOW_RUN_ID in this process, and
-    a later test (or a module fixture) would attach to an id its own store does not hold."""
+    """No test module hands the next one an MLflow run or experiment id:
+    ``mlflow.set_experiment`` and ``mlflow.start_run`` set MLFLOW_EXPERIMENT_ID and
+    MLFLOW_RUN_ID in this process, and a later module's fixture would attach to an id its
+    own store does not hold. Within a module they stay, as its fixtures may rely on them."""
     yield
     for variable in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         os.environ.pop(variable, None)
