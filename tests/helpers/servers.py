@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,3 +296,52 @@ class StallingProxy:
         for sock in self._sockets:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+UI_READY_LINE = "The MLflow UI is ready"  # what stack.ui prints once warmed up
+
+
+@dataclass
+class RunningUI:
+    """A ``python -m stack.ui`` started by :func:`running_ui`: its address, its output so far
+    and its process (its return code is set once stopped)."""
+
+    url: str
+    lines: list[str]
+    process: subprocess.Popen
+
+
+@contextlib.contextmanager
+def running_ui(backend_uri: str, cwd: Path, *, merge_stderr: bool = False) -> Iterator[RunningUI]:
+    """``python -m stack.ui`` (make ui's command) on a free loopback port over
+    ``backend_uri``, yielded once it says it is ready; stopped by SIGINT to its process
+    group, as Ctrl-C in make ui's terminal would."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-m", "stack.ui", "--port", str(port)]
+    command += ["--backend-store-uri", backend_uri]
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else None,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if UI_READY_LINE in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(timeout=300), "".join(lines)[-3000:]
+        yield RunningUI(f"http://{LOOPBACK}:{port}", lines, process)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=120)

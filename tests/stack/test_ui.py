@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from stack.ui import WARM_UP, request
-from tests.helpers.servers import free_port
+from tests.helpers.servers import UI_READY_LINE, running_ui
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,30 +20,9 @@ def test_the_warm_up_imports_the_auth_models_before_the_first_orm_query():
 
 @pytest.mark.slow
 def test_make_ui_prints_its_address_after_the_warm_up_and_answers_the_registry(tmp_path):
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "stack.ui", "--port", str(port)]
-    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            if "The MLflow UI is ready" in line:
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        assert ready.wait(timeout=300), "".join(lines)[-3000:]
-        text = "".join(lines)
-        assert text.index("POST /graphql") < text.index("The MLflow UI is ready")  # warmed up
-        base = f"http://127.0.0.1:{port}"
+    with running_ui(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path) as ui:
+        text = "".join(ui.lines)
+        assert text.index("POST /graphql") < text.index(UI_READY_LINE)  # warmed up
         path = "/ajax-api/2.0/mlflow/registered-models/search?max_results=5"
-        assert request(base + path) == 200
-    finally:
-        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal reaches the group
-        assert process.wait(timeout=120) == 0
+        assert request(ui.url + path) == 200
+    assert ui.process.returncode == 0, "Ctrl-C in the terminal reaches the group"

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.mlflow_run import REPO
-from tests.helpers.servers import free_port
+from tests.helpers.servers import running_ui
 
 CHROMIUM = Path("/usr/bin/chromium")
 RUN_NAME = "train resnet18 e3 32px"
@@ -67,36 +62,9 @@ def _make_store(folder: Path) -> Store:
 def fresh_ui(tmp_path: Path) -> Iterator[tuple[str, Store]]:
     """``python -m stack.ui`` (make ui's command) on a free port over a new store."""
     store = _make_store(tmp_path / "store")
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "stack.ui", "--port", str(port)]
-    command += ["--backend-store-uri", store.uri]
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            if "The MLflow UI is ready" in line:
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        assert ready.wait(timeout=300), "".join(lines)[-3000:]
-        yield f"http://127.0.0.1:{port}", store
-    finally:
-        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in make ui's terminal
-        process.wait(timeout=120)
-    server_log = "".join(lines)
+    with running_ui(store.uri, tmp_path, merge_stderr=True) as ui:
+        yield ui.url, store
+    server_log = "".join(ui.lines)
     assert "NameError" not in server_log, server_log[-3000:]
 
 
