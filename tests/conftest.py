@@ -71,13 +71,46 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(autouse=True, scope="module")
 def no_run_left_behind() -> Iterator[None]:
-    """No test module hands the next one an MLflow run or experiment id:
-    ``mlflow.set_experiment`` and ``mlflow.start_run`` set MLFLOW_EXPERIMENT_ID and
-    MLFLOW_RUN_ID in this process, and a later module's fixture would attach to an id its
-    own store does not hold. Within a module they stay, as its fixtures may rely on them."""
+    """No test module hands the next one an MLflow store, run or experiment:
+    ``mlflow.set_tracking_uri``, ``set_experiment`` and ``start_run`` set process-wide
+    state (the last two through MLFLOW_EXPERIMENT_ID and MLFLOW_RUN_ID), and a later module
+    would log into a store it did not choose (one whose artifacts may land in ./mlruns) or
+    attach to an id its own store does not hold. Within a module they stay, as its
+    fixtures may rely on them."""
+    import mlflow
+
     yield
+    while mlflow.active_run():
+        mlflow.end_run()
     for variable in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         os.environ.pop(variable, None)
+    mlflow.set_tracking_uri(None)  # back to MLFLOW_TRACKING_URI: the session's store
+    mlflow.set_registry_uri(None)
+    mlflow.tracking.fluent._active_experiment_id = None
+
+
+def _top_level_state() -> dict[str, object]:
+    """Whether each of the checkout's state paths exists, and its own mtime: cheap enough
+    to take around every test, and it changes when a test creates one or adds to its top."""
+    return {
+        name: (path.stat().st_mtime_ns if path.exists() else None)
+        for name in USER_STATE
+        for path in [CHECKOUT / name]
+    }
+
+
+@pytest.fixture(autouse=True)
+def no_write_into_the_checkout() -> Iterator[None]:
+    """Fails the test that wrote into the checkout's own store or data, by name (the
+    session's end check catches deeper writes, but cannot say which test made them)."""
+    before = _top_level_state()
+    yield
+    after = _top_level_state()
+    changed = [name for name in USER_STATE if after[name] != before[name]]
+    assert not changed, (
+        f"this test changed the checkout's own {', '.join(changed)}: it must log to a "
+        "temporary store with its artifacts beside it (see the tracking fixture)"
+    )
 
 
 @pytest.fixture
