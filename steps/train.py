@@ -82,6 +82,7 @@ from steps.training.loop import (
     softmax_numpy,
 )
 from steps.training.model import (
+    auto_trainable_layers,
     build_model,
     check_arch,
     fit_to_arch,
@@ -181,8 +182,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument(
         "--trainable-layers",
-        default=str(d.trainable_layers),
-        help="0 = the new head only, 1 = also layer4, ... 5 or all = everything",
+        default=AUTO if d.trainable_layers is None else str(d.trainable_layers),
+        help="auto (the default) = layer4 and the head over pretrained weights, everything "
+        "over random ones; 0 = the new head only, 1 = also layer4, ... 5 or all = everything",
     )
     p.add_argument("--label-smoothing", type=runtime.fraction, default=d.label_smoothing)
     p.add_argument(
@@ -368,6 +370,10 @@ def _prepare(cfg: TrainConfig, ctx: Context):
         net, _ = build_model(cfg.arch, len(data.categories), "none")
         net.load_state_dict(checkpoint["model"])
         weights_used = str(checkpoint.get("weights_used", cfg.weights))
+    if cfg.trainable_layers is None:
+        layers, reason = auto_trainable_layers(weights_used)
+        log.info("trainable layers auto: %s", reason)
+        cfg = replace(cfg, trainable_layers=layers)
     freeze(net, cfg.trainable_layers)
     net.to(ctx.device)
     broadcast_module(ctx, net)
@@ -543,7 +549,10 @@ def register_outcome(cfg: TrainConfig, outcome: TrainOutcome) -> None:
     """Register a finished run's logged model as a new version (what ``--register true``
     does at the end of training; ``steps.tune`` calls it for the best trial)."""
     data = load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size)
-    _register(replace(cfg, clean_size=data.size), data, outcome, data_digest(cfg.clean))
+    cfg = fit_to_arch(replace(cfg, clean_size=data.size))[0]
+    if cfg.trainable_layers is None:  # auto: what the run resolved it to
+        cfg = replace(cfg, trainable_layers=auto_trainable_layers(outcome.weights_used)[0])
+    _register(cfg, data, outcome, data_digest(cfg.clean))
 
 
 def _register(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: str) -> None:
@@ -629,10 +638,30 @@ def _epoch_callbacks(*callbacks: EpochCallback | None) -> EpochCallback | None:
     return each
 
 
+def _run_params(
+    cfg: TrainConfig, asked_for: dict[str, Any], arch_note: str | None, weights_used: str
+) -> dict[str, Any]:
+    """The run's params: the settings as asked (``auto`` where auto), what was used for
+    each auto setting, and why. Under ``mlflow run`` the params as given are already
+    logged, so an asked value is never replaced by the one used."""
+    params = {**cfg.as_params(), "clean_size": asked_for["clean_size"]}
+    params.update({CLEAN_SIZE_USED: cfg.clean_size, "weights_used": weights_used})
+    if arch_note:
+        params.update(arch_note=arch_note, trainable_layers_used=cfg.trainable_layers)
+    elif asked_for["trainable_layers"] is None:
+        params.update(
+            trainable_layers=AUTO,
+            trainable_layers_used=cfg.trainable_layers,
+            trainable_layers_reason=auto_trainable_layers(weights_used)[1],
+        )
+    return params
+
+
 def _train(
     cfg: TrainConfig, ctx: Context, signals: StopSignals, hooks: TrainHooks
 ) -> TrainOutcome | None:
     asked = AUTO if cfg.clean_size is None else cfg.clean_size
+    layers_asked = cfg.trainable_layers
     cfg, data, net, weights_used, checkpoint = _prepare(fit_to_arch(cfg)[0], ctx)
     cfg, arch_note = fit_to_arch(cfg)  # a resume's arch is the checkpoint's
     digest = data_digest(cfg.clean)
@@ -648,10 +677,8 @@ def _train(
         if ctx.is_main:
             import mlflow
 
-            params = {**cfg.as_params(), "clean_size": asked, CLEAN_SIZE_USED: cfg.clean_size}
-            if arch_note:  # under `mlflow run` the params as given are already logged
-                params.update(arch_note=arch_note, trainable_layers_used=cfg.trainable_layers)
-            runtime.log_params({**params, "weights_used": weights_used})
+            asked_for = {"clean_size": asked, "trainable_layers": layers_asked}
+            runtime.log_params(_run_params(cfg, asked_for, arch_note, weights_used))
             mlflow.set_tags({DATA_DIGEST_TAG: digest, "device": str(ctx.device), **resume_tags})
             mlflow.set_tags({"world_size": ctx.world_size})
             if checkpoint is None:

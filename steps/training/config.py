@@ -47,7 +47,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    trainable_layers: int = 1
+    trainable_layers: int | None = None  # None: auto (see training.model.auto_trainable_layers)
     label_smoothing: float = 0.1
     patience: int = 5
     seed: int = 0
@@ -65,6 +65,8 @@ class TrainConfig:
         """Plain values (``clean`` as text), for ``mlflow.log_params`` and checkpoints."""
         params = asdict(self)
         params["clean"] = str(self.clean)
+        if self.trainable_layers is None:
+            params["trainable_layers"] = "auto"
         return params
 
     def resumed_with(

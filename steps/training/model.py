@@ -40,9 +40,12 @@ FROM_SCRATCH_NOTE = (
 )
 
 
-def parse_trainable_layers(value: str) -> int:
-    """``0`` (head only) .. ``5``, or ``all`` (= 5); larger numbers mean all."""
+def parse_trainable_layers(value: str) -> int | None:
+    """``0`` (head only) .. ``5``, ``all`` (= 5; larger numbers mean all), or ``auto``
+    (None: decided by the starting weights, see ``auto_trainable_layers``)."""
     text = str(value).strip().lower()
+    if text == "auto":
+        return None
     if text == "all":
         return ALL_LAYERS
     try:
@@ -51,7 +54,8 @@ def parse_trainable_layers(value: str) -> int:
         number = -1.0
     if number < 0 or not number.is_integer():
         raise UserError(
-            f"--trainable-layers must be 0 (head only), 1 (+layer4) .. 5, or all; got {value!r}"
+            f"--trainable-layers must be auto, 0 (head only), 1 (+layer4) .. 5, or all; "
+            f"got {value!r}"
         )
     return min(int(number), ALL_LAYERS)
 
@@ -199,6 +203,15 @@ def build_model(arch: str, num_classes: int, weights: str) -> tuple[nn.Module, s
 
 
 # ------------------------------------------------------------------------- freezing
+
+
+def auto_trainable_layers(weights_used: str) -> tuple[int, str]:
+    """What ``--trainable-layers auto`` trains, and why (logged with it): layer4 and the head
+    over pretrained weights (their lower layers already see), everything over random ones
+    (frozen random layers would only add noise)."""
+    if weights_used.startswith(("imagenet:", "file:")):
+        return 1, f"layer4 and the head: the other layers keep the pretrained {weights_used}"
+    return ALL_LAYERS, f"all layers: the weights are random ({weights_used}), none worth freezing"
 
 
 def blocks(net: nn.Module, trainable_layers: int) -> Iterator[tuple[nn.Module, bool]]:

@@ -37,7 +37,7 @@ from steps.training.model import (
     set_train_mode,
 )
 from steps.training.transforms import eval_batch, train_transform
-from tests.helpers.mlflow_run import mlflow_run, project_env
+from tests.helpers.mlflow_run import REPO, mlflow_run, project_env
 from tests.helpers.training import (
     CATEGORIES,
     SIZE,
@@ -90,7 +90,10 @@ def test_mlproject_style_numbers_parse():
     assert (cfg.epochs, cfg.trainable_layers, cfg.register) == (15, 2, False)
 
 
-@pytest.mark.parametrize(("text", "expected"), [("0", 0), ("1", 1), ("4", 4), ("all", 5), ("9", 5)])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0", 0), ("1", 1), ("4", 4), ("all", 5), ("9", 5), ("auto", None), ("Auto", None)],
+)
 def test_trainable_layers_parse(text, expected):
     assert parse_trainable_layers(text) == expected
 
@@ -241,6 +244,29 @@ def test_early_stopping_waits_patience_epochs():
 
 
 # ---------------------------------------------------------------------- the step
+
+
+def test_the_default_trainable_layers_is_auto():
+    assert parse_config([]).trainable_layers is None
+    assert "trainable_layers: {type: string, default: auto}" in (REPO / "MLproject").read_text()
+
+
+@pytest.mark.parametrize("pretrained", [True, False], ids=["pretrained", "random"])
+def test_auto_trains_layer4_over_pretrained_weights_and_everything_over_random_ones(
+    tiny_clean, resnet18_weights, tracking, pretrained
+):
+    weights = str(resnet18_weights) if pretrained else "none"
+    args = ["--epochs", "1", "--register", "false", "--weights", weights]
+    main(tiny_args(tiny_clean, *args, "--trainable-layers", "auto"))
+
+    [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+    params = run.data.params
+    assert params["trainable_layers"] == "auto"
+    assert params["trainable_layers_used"] == ("1" if pretrained else "5")
+    reason = params["trainable_layers_reason"]
+    assert ("pretrained" in reason) if pretrained else ("random" in reason)
+    note = run.data.tags["mlflow.note.content"]
+    assert ("trainable layers 1" in note) if pretrained else ("all layers" in note)
 
 
 @pytest.mark.slow
