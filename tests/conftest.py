@@ -23,6 +23,7 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 USER_STATE = ("mlflow.db", "mlruns", "mlartifacts", "data")
 SESSION_EXPERIMENTS = ("tests", "marketplace-search")
 _STATE_BEFORE = pytest.StashKey[dict]()
+_SESSION_STORE = pytest.StashKey[str]()
 
 
 def _fingerprint(path: Path) -> object:
@@ -49,7 +50,7 @@ def _session_store() -> str:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_STATE_BEFORE] = {n: _fingerprint(CHECKOUT / n) for n in USER_STATE}
-    os.environ["MLFLOW_TRACKING_URI"] = _session_store()
+    os.environ["MLFLOW_TRACKING_URI"] = session.config.stash[_SESSION_STORE] = _session_store()
     os.environ.pop("MLFLOW_RUN_ID", None)
 
 
@@ -70,7 +71,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def no_run_left_behind() -> Iterator[None]:
+def no_run_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     """No test module hands the next one an MLflow store, run or experiment:
     ``mlflow.set_tracking_uri``, ``set_experiment`` and ``start_run`` set process-wide
     state (the last two through MLFLOW_EXPERIMENT_ID and MLFLOW_RUN_ID), and a later module
@@ -79,14 +80,20 @@ def no_run_left_behind() -> Iterator[None]:
     fixtures may rely on them."""
     import mlflow
 
+    before = _top_level_state()
     yield
     while mlflow.active_run():
         mlflow.end_run()
     for variable in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         os.environ.pop(variable, None)
-    mlflow.set_tracking_uri(None)  # back to MLFLOW_TRACKING_URI: the session's store
+    mlflow.set_tracking_uri(request.config.stash[_SESSION_STORE])  # it sets the variable too
     mlflow.set_registry_uri(None)
     mlflow.tracking.fluent._active_experiment_id = None
+    changed = [name for name, state in _top_level_state().items() if state != before[name]]
+    assert not changed, (
+        f"this module's fixtures changed the checkout's own {', '.join(changed)}: they must "
+        "log to a temporary store with its artifacts beside it"
+    )
 
 
 def _top_level_state() -> dict[str, object]:

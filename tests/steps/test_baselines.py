@@ -326,8 +326,13 @@ def baselines_clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("baselines")
     make_export(root / "raw", products=BASELINE_PRODUCTS, seed=0)
-    clean_tabular(root / "raw", root / "clean")
-    clean_images(root / "raw", root / "clean", size=IMAGE_SIZE)
+    with pytest.MonkeyPatch.context() as patch:  # a store of its own, its artifacts beside it
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        for variable in INHERITED_RUN:
+            patch.delenv(variable, raising=False)
+        clean_tabular(root / "raw", root / "clean")
+        clean_images(root / "raw", root / "clean", size=IMAGE_SIZE)
     return root / "clean"
 
 
