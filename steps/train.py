@@ -60,7 +60,7 @@ from registry.register import register_described, version_of_run
 from steps import runtime
 from steps.evaluation import log_classification_report
 from steps.training import checkpoint as ckpt
-from steps.training.config import ALL_LAYERS, TrainConfig
+from steps.training.config import ALL_LAYERS, AUTO, TrainConfig
 from steps.training.data import CleanData, decode_images, labels_of, load_clean_data
 from steps.training.distributed import (
     Context,
@@ -94,7 +94,6 @@ from steps.training.stages import build_stage, eval_source
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
 CLEAN_SIZE_USED = "clean_size_used"
 EVALUATION_DIR = "evaluation"
 CLEAN_PATH = "clean_path"  # the checkpoint's absolute clean folder, for a resume anywhere
@@ -229,6 +228,7 @@ class TrainOutcome:
     records: list[EpochRecord]
     best_epoch: int
     weights_used: str
+    trainable_layers_used: int
     test_metrics: dict[str, float] = field(default_factory=dict)
     model_uri: str | None = None
     model_version: str | None = None
@@ -549,10 +549,8 @@ def register_outcome(cfg: TrainConfig, outcome: TrainOutcome) -> None:
     """Register a finished run's logged model as a new version (what ``--register true``
     does at the end of training; ``steps.tune`` calls it for the best trial)."""
     data = load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size)
-    cfg = fit_to_arch(replace(cfg, clean_size=data.size))[0]
-    if cfg.trainable_layers is None:  # auto: what the run resolved it to
-        cfg = replace(cfg, trainable_layers=auto_trainable_layers(outcome.weights_used)[0])
-    _register(cfg, data, outcome, data_digest(cfg.clean))
+    used = replace(cfg, clean_size=data.size, trainable_layers=outcome.trainable_layers_used)
+    _register(used, data, outcome, data_digest(cfg.clean))
 
 
 def _register(cfg: TrainConfig, data: CleanData, outcome: TrainOutcome, digest: str) -> None:
@@ -723,7 +721,7 @@ def _train(
             return None
         run_id = run.info.run_id
         best_epoch = _load_best(net, epoch_logger, run_id, stopper.best_epoch)
-        outcome = TrainOutcome(run_id, records, best_epoch, weights_used)
+        outcome = TrainOutcome(run_id, records, best_epoch, weights_used, cfg.trainable_layers)
         mlflow.log_metric("best_epoch", best_epoch)
         scored = _predict_test(net, data, cfg, ctx)
         model_id = _logged_model(net, data, cfg, outcome)

@@ -89,7 +89,7 @@ def no_run_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     mlflow.set_tracking_uri(request.config.stash[_SESSION_STORE])  # it sets the variable too
     mlflow.set_registry_uri(None)
     mlflow.tracking.fluent._active_experiment_id = None
-    changed = [name for name, state in _top_level_state().items() if state != before[name]]
+    changed = _changed_since(before)
     assert not changed, (
         f"this module's fixtures changed the checkout's own {', '.join(changed)}: they must "
         "log to a temporary store with its artifacts beside it"
@@ -106,14 +106,18 @@ def _top_level_state() -> dict[str, object]:
     }
 
 
+def _changed_since(before: dict[str, object]) -> list[str]:
+    """The checkout's state paths whose ``_top_level_state`` is no longer ``before``'s."""
+    return [name for name, state in _top_level_state().items() if state != before[name]]
+
+
 @pytest.fixture(autouse=True)
 def no_write_into_the_checkout() -> Iterator[None]:
     """Fails the test that wrote into the checkout's own store or data, by name (the
     session's end check catches deeper writes, but cannot say which test made them)."""
     before = _top_level_state()
     yield
-    after = _top_level_state()
-    changed = [name for name in USER_STATE if after[name] != before[name]]
+    changed = _changed_since(before)
     assert not changed, (
         f"this test changed the checkout's own {', '.join(changed)}: it must log to a "
         "temporary store with its artifacts beside it (see the tracking fixture)"

@@ -10,6 +10,7 @@ from registry.kinds import MODEL_NAME
 
 ALL_LAYERS = 5  # stem + layer1..layer4 + head: `--trainable-layers all`
 HEAD_ONLY = 0
+AUTO = "auto"  # how a setting resolved at run time (clean_size, trainable_layers) is given
 
 # Parameters a resumed run takes from its checkpoint, not from the command line: they
 # define the model, the data it sees and the schedule, so changing them mid-run would
@@ -66,7 +67,7 @@ class TrainConfig:
         params = asdict(self)
         params["clean"] = str(self.clean)
         if self.trainable_layers is None:
-            params["trainable_layers"] = "auto"
+            params["trainable_layers"] = AUTO
         return params
 
     def resumed_with(
