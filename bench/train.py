@@ -17,6 +17,11 @@ run), the plain loop over 3 (each of its epochs costs the same). Fine-tuning: 3 
 each. The two are interleaved ``--repeat`` times and the best run of each counts; CPU
 seconds (workers included) are recorded too, the steadier figure on a shared machine.
 
+Precision: our loop in fp32 (the loop before the CPU fast path) against the same loop with
+``--precision auto`` (bf16 autocast where the CPU has bf16 instructions, else fp32 again),
+fine-tuning every layer as the demo does, same seed, same epochs; each run's validation
+accuracy is recorded beside its speed, so that speed is not bought with accuracy.
+
     .venv/bin/python bench/train.py                        # a demo export, made here
     .venv/bin/python bench/train.py --clean data/clean --clean-size 256 --image-size 224
 
@@ -50,11 +55,16 @@ from steps.training import stages  # noqa: E402
 from steps.training.config import TrainConfig  # noqa: E402
 from steps.training.data import load_clean_data  # noqa: E402
 from steps.training.distributed import setup  # noqa: E402
-from steps.training.loop import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
+from steps.training.loop import (  # noqa: E402
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    train_one_epoch,
+)
 from steps.training.model import freeze, parse_trainable_layers  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "train.json"
-TARGETS = {"head_only": 5.0, "fine_tuning": 1.2}
+TARGETS = {"head_only": 5.0, "fine_tuning": 1.2, "precision": 1.0}
 
 log = logging.getLogger("bench.train")
 
@@ -132,9 +142,10 @@ def run_plain(cfg: TrainConfig, paths, labels, epochs: int) -> tuple[float, floa
 # ---------------------------------------------------------------- our loop
 
 
-def run_ours(cfg: TrainConfig, epochs: int) -> tuple[float, float, float]:
-    """Wall seconds for ``epochs`` epochs of our loop, the one-off setup in them, CPU seconds."""
-    ctx = setup()
+def run_ours(cfg: TrainConfig, epochs: int) -> tuple[float, float, float, float, str]:
+    """Wall seconds for ``epochs`` epochs of our loop, the one-off setup in them, CPU seconds,
+    the validation accuracy reached (not timed) and the precision it computed in."""
+    ctx = setup(cfg.precision)
     torch.manual_seed(cfg.seed)
     start, cpu = time.perf_counter(), cpu_seconds()
     data = load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size)
@@ -151,7 +162,9 @@ def run_ours(cfg: TrainConfig, epochs: int) -> tuple[float, float, float]:
         train_one_epoch(stage.module, stage.train, optimizer, scheduler, criterion, ctx, epoch)
     if ctx.cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - start, stage.setup_seconds, cpu_seconds() - cpu
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    accuracy = evaluate(stage.module, stage.val, criterion, ctx).accuracy
+    return seconds, stage.setup_seconds, cpu, accuracy, ctx.precision
 
 
 # ---------------------------------------------------------------- the bench
@@ -181,7 +194,7 @@ def compare(cfg: TrainConfig, epochs: int, plain_epochs: int, repeat: int) -> di
         loads.append(round(os.getloadavg()[0], 2))
         ours_runs.append(run_ours(cfg, epochs))
         plain_runs.append(run_plain(cfg, paths, labels, plain_epochs))
-    ours_seconds, setup_seconds, ours_cpu = min(ours_runs)
+    ours_seconds, setup_seconds, ours_cpu, _, _ = min(ours_runs)
     plain_seconds, plain_cpu = min(plain_runs)
     ours = epochs * images / ours_seconds
     plain = plain_epochs * images / plain_seconds
@@ -206,6 +219,32 @@ def compare(cfg: TrainConfig, epochs: int, plain_epochs: int, repeat: int) -> di
     }
 
 
+def compare_precision(cfg: TrainConfig, epochs: int, repeat: int) -> dict:
+    """Our loop in fp32 against ``--precision auto``, interleaved; the best run of each."""
+    images = len(load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size).split("train"))
+    fp32_runs, auto_runs = [], []
+    for _ in range(repeat):
+        fp32_runs.append(run_ours(replace(cfg, precision="fp32"), epochs))
+        auto_runs.append(run_ours(replace(cfg, precision="auto"), epochs))
+    fp32, auto = min(fp32_runs), min(auto_runs)
+    return {
+        "trainable_layers": cfg.trainable_layers,
+        "train_images": images,
+        "epochs": epochs,
+        "auto_precision": auto[4],
+        "fp32_seconds": round(fp32[0], 2),
+        "auto_seconds": round(auto[0], 2),
+        "fp32_images_per_second": round(epochs * images / fp32[0], 1),
+        "auto_images_per_second": round(epochs * images / auto[0], 1),
+        "fp32_all_seconds": [round(run[0], 2) for run in fp32_runs],
+        "auto_all_seconds": [round(run[0], 2) for run in auto_runs],
+        "fp32_val_accuracy": [round(run[3], 4) for run in fp32_runs],
+        "auto_val_accuracy": [round(run[3], 4) for run in auto_runs],
+        "speedup": round(fp32[0] / auto[0], 2),
+        "cpu_ratio": round(fp32[2] / auto[2], 2),
+    }
+
+
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python bench/train.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clean", type=Path, help="cleaned data (default: a demo export)")
@@ -226,6 +265,18 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument(
         "--finetune-layers", default="1", help="--trainable-layers when fine-tuning"
     )
+    parser.add_argument(
+        "--precision-epochs", type=int, default=3, help="epochs of each precision run"
+    )
+    parser.add_argument(
+        "--precision-image-size", type=int, default=48, help="the demo's training size"
+    )
+    parser.add_argument("--precision-batch-size", type=int, default=32, help="the demo's")
+    parser.add_argument(
+        "--modes",
+        default="head_only,fine_tuning,precision",
+        help="which comparisons to run, separated by commas",
+    )
     parser.add_argument("--repeat", type=int, default=2, help="interleaved runs; best counts")
     parser.add_argument("--results", type=Path, default=RESULTS)
     return parser
@@ -244,20 +295,33 @@ def run_modes(args) -> dict:
             batch_size=args.batch_size,
             num_workers=args.num_workers,
         )
-        runs = {}
-        log.info("head only: %d epochs (plain loop: %d)", args.head_epochs, args.head_plain_epochs)
-        runs["head_only"] = compare(
-            replace(base, trainable_layers=0), args.head_epochs, args.head_plain_epochs, args.repeat
-        )
-        layers = parse_trainable_layers(args.finetune_layers)
-        log.info("fine-tuning (trainable layers %d): %d epochs", layers, args.finetune_epochs)
-        runs["fine_tuning"] = compare(
-            replace(base, trainable_layers=layers),
-            args.finetune_epochs,
-            args.finetune_epochs,
-            args.repeat,
-        )
-
+        modes, runs = set(args.modes.split(",")), {}
+        if "head_only" in modes:
+            log.info("head only: %d epochs (plain: %d)", args.head_epochs, args.head_plain_epochs)
+            runs["head_only"] = compare(
+                replace(base, trainable_layers=0),
+                args.head_epochs,
+                args.head_plain_epochs,
+                args.repeat,
+            )
+        if "fine_tuning" in modes:
+            layers = parse_trainable_layers(args.finetune_layers)
+            log.info("fine-tuning (trainable layers %d): %d epochs", layers, args.finetune_epochs)
+            runs["fine_tuning"] = compare(
+                replace(base, trainable_layers=layers),
+                args.finetune_epochs,
+                args.finetune_epochs,
+                args.repeat,
+            )
+        if "precision" in modes:
+            log.info("precision: fp32 against auto, %d epochs each", args.precision_epochs)
+            demo = replace(
+                base,
+                trainable_layers=parse_trainable_layers("all"),
+                image_size=args.precision_image_size,
+                batch_size=args.precision_batch_size,
+            )
+            runs["precision"] = compare_precision(demo, args.precision_epochs, args.repeat)
     return runs
 
 
@@ -280,22 +344,31 @@ def describe(args, runs: dict, device: str) -> dict:
             "batch_size": args.batch_size,
             "plain_num_workers": args.num_workers,
             "repeat": args.repeat,
+            "precision_image_size": args.precision_image_size,
+            "precision_batch_size": args.precision_batch_size,
         },
         "runs": runs,
         "targets": TARGETS,
-        "met": {k: runs[k]["speedup"] >= TARGETS[k] for k in TARGETS},
+        "met": {k: runs[k]["speedup"] >= TARGETS[k] for k in runs},
     }
     return result
 
 
 def print_table(runs: dict, device: str, results: Path) -> None:
-    header = f"{'mode':<12} {'ours img/s':>11} {'plain img/s':>12} {'speedup':>8} {'CPU ratio':>10}"
-    print(f"\n{header} {'target':>7}")
+    header = f"{'mode':<12} {'new img/s':>11} {'old img/s':>12} {'speedup':>8} {'CPU ratio':>10}"
+    print(f"\n{header} {'target':>7}   (old: the plain loop; for precision, ours in fp32)")
     for name, run in runs.items():
+        new, old = ("auto", "fp32") if name == "precision" else ("ours", "plain")
         print(
-            f"{name:<12} {run['ours_images_per_second']:>11.1f} "
-            f"{run['plain_images_per_second']:>12.1f} {run['speedup']:>7.2f}x "
+            f"{name:<12} {run[f'{new}_images_per_second']:>11.1f} "
+            f"{run[f'{old}_images_per_second']:>12.1f} {run['speedup']:>7.2f}x "
             f"{run['cpu_ratio']:>9.2f}x {TARGETS[name]:>6.1f}x"
+        )
+    if "precision" in runs:
+        run = runs["precision"]
+        print(
+            f"precision auto was {run['auto_precision']}; val accuracy fp32 "
+            f"{run['fp32_val_accuracy']}, auto {run['auto_val_accuracy']}"
         )
     print(f"\n{device}; written to {results}")
 

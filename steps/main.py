@@ -64,6 +64,7 @@ from steps.runtime import (
     tracking_uri,
 )
 from steps.step_times import PIPELINE_ROLE, PIPELINE_TAG, RUNS_ARTIFACT, SECONDS_ARTIFACT
+from steps.training.config import AUTO, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +389,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
                 "batch_size": str(args.batch_size),
                 "lr": str(args.lr),
                 "trainable_layers": str(args.trainable_layers),
+                "precision": args.precision,
                 "seed": str(args.seed),
                 "model_name": args.model_name,
             },
@@ -566,6 +568,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--trainable-layers", default="1", help="0..5 or all")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=AUTO, help="train's autocast dtype"
+    )
     parser.add_argument("--model-name", default="marketplace-classifier")
     parser.add_argument(
         "--index-kind", default="auto", help="search index kind: auto, flat, hnsw or ivfpq"

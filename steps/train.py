@@ -60,7 +60,7 @@ from registry.register import register_described, version_of_run
 from steps import runtime
 from steps.evaluation import log_classification_report
 from steps.training import checkpoint as ckpt
-from steps.training.config import ALL_LAYERS, AUTO, TrainConfig
+from steps.training.config import ALL_LAYERS, AUTO, PRECISIONS, TrainConfig
 from steps.training.data import CleanData, decode_images, labels_of, load_clean_data
 from steps.training.distributed import (
     Context,
@@ -117,6 +117,7 @@ TRAINING_SETTINGS = (
     "patience",
     "seed",
     "num_workers",
+    "precision",
     "register",
     "model_name",
 )
@@ -154,6 +155,12 @@ def add_training_arguments(p: argparse.ArgumentParser, d: Any) -> None:
         type=runtime.non_negative_int,
         default=d.num_workers,
         help="threads decoding the cleaned JPEGs into memory (0 = all cores)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=d.precision,
+        help="autocast dtype; auto: bf16 on a GPU or a CPU with bf16 instructions, else fp32",
     )
     p.add_argument("--register", type=runtime.str_to_bool, default=d.register)
     p.add_argument("--model-name", default=d.model_name)
@@ -613,7 +620,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> TrainOutcome | N
     SIGTERM or SIGINT ends the run as KILLED (after the epoch's checkpoint when one is being
     written) and raises :class:`Interrupted`; ``--resume`` continues the run.
     """
-    ctx = setup()
+    ctx = setup(cfg.precision)
     try:
         if ctx.is_main:
             runtime.check_tracking_server()
@@ -637,13 +644,18 @@ def _epoch_callbacks(*callbacks: EpochCallback | None) -> EpochCallback | None:
 
 
 def _run_params(
-    cfg: TrainConfig, asked_for: dict[str, Any], arch_note: str | None, weights_used: str
+    cfg: TrainConfig,
+    ctx: Context,
+    asked_for: dict[str, Any],
+    arch_note: str | None,
+    weights_used: str,
 ) -> dict[str, Any]:
     """The run's params: the settings as asked (``auto`` where auto), what was used for
-    each auto setting, and why. Under ``mlflow run`` the params as given are already
-    logged, so an asked value is never replaced by the one used."""
+    each auto setting (the precision included), and why. Under ``mlflow run`` the params
+    as given are already logged, so an asked value is never replaced by the one used."""
     params = {**cfg.as_params(), "clean_size": asked_for["clean_size"]}
     params.update({CLEAN_SIZE_USED: cfg.clean_size, "weights_used": weights_used})
+    params.update(precision_used=ctx.precision, precision_reason=ctx.precision_reason)
     if arch_note:
         params.update(arch_note=arch_note, trainable_layers_used=cfg.trainable_layers)
     elif asked_for["trainable_layers"] is None:
@@ -676,7 +688,7 @@ def _train(
             import mlflow
 
             asked_for = {"clean_size": asked, "trainable_layers": layers_asked}
-            runtime.log_params(_run_params(cfg, asked_for, arch_note, weights_used))
+            runtime.log_params(_run_params(cfg, ctx, asked_for, arch_note, weights_used))
             mlflow.set_tags({DATA_DIGEST_TAG: digest, "device": str(ctx.device), **resume_tags})
             mlflow.set_tags({"world_size": ctx.world_size})
             if checkpoint is None:

@@ -47,7 +47,7 @@ from steps.train import (
     train,
     training_settings,
 )
-from steps.training.config import TrainConfig
+from steps.training.config import AUTO, TrainConfig
 from steps.training.loop import EpochRecord
 from steps.training.model import parse_trainable_layers
 
@@ -72,6 +72,7 @@ class TuneConfig:
     patience: int = 3
     seed: int = 0
     num_workers: int = 2
+    precision: str = AUTO
     trials: int = 20
     n_jobs: int = 1
     prune_after: int = 2

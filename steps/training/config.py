@@ -11,6 +11,8 @@ from registry.kinds import MODEL_NAME
 ALL_LAYERS = 5  # stem + layer1..layer4 + head: `--trainable-layers all`
 HEAD_ONLY = 0
 AUTO = "auto"  # how a setting resolved at run time (clean_size, trainable_layers) is given
+FP32, BF16 = "fp32", "bf16"
+PRECISIONS = (AUTO, FP32, BF16)  # --precision: the autocast dtype training computes in
 
 # Parameters a resumed run takes from its checkpoint, not from the command line: they
 # define the model, the data it sees and the schedule, so changing them mid-run would
@@ -53,6 +55,7 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     num_workers: int = 2
+    precision: str = AUTO  # auto | fp32 | bf16 (see training.distributed.choose_precision)
     register: bool = True
     model_name: str = MODEL_NAME
     resume: str = ""

@@ -2,7 +2,8 @@
 
 The device is chosen automatically: CUDA (bf16 or fp16 autocast, channels_last, pinned
 memory), Apple MPS, else the CPU with all its cores (shared between the processes of a
-``torchrun`` job). Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group uses NCCL on
+``torchrun`` job; bf16 autocast and channels_last where the CPU has bf16 instructions,
+detected at run time). Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group uses NCCL on
 CUDA and gloo otherwise; rank 0 alone talks to MLflow.
 """
 
@@ -12,11 +13,15 @@ import logging
 import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from cli import UserError
+from steps.training.config import AUTO, BF16, FP32, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,12 @@ class Context:
     local_rank: int = 0
     world_size: int = 1
     amp_dtype: torch.dtype | None = None
+    precision_reason: str = ""
+
+    @property
+    def precision(self) -> str:
+        """The precision the forward passes run in: ``fp32``, ``bf16`` or ``fp16``."""
+        return {torch.bfloat16: BF16, torch.float16: "fp16"}.get(self.amp_dtype, FP32)
 
     @property
     def is_main(self) -> bool:
@@ -73,19 +84,68 @@ def pick_device(local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def setup() -> Context:
-    """Start this process's share of the job (alone, or one rank under ``torchrun``)."""
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The instruction-set flags Linux reports for this CPU (empty where it reports none)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_bf16_support() -> str | None:
+    """What makes this CPU fast in bf16 (AMX tiles or AVX-512 BF16), None when neither is
+    there: without them bf16 is emulated and slower than fp32."""
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16"
+    return None
+
+
+def choose_precision(device: torch.device, asked: str = AUTO) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype for ``asked`` (``auto``, ``fp32`` or ``bf16``) on ``device``, and why.
+
+    ``auto`` is bf16 on a CUDA GPU that has it (else fp16) and on a CPU with bf16
+    instructions, fp32 elsewhere (Apple MPS, older CPUs): never slower than fp32.
+    """
+    if asked not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {asked!r}")
+    if asked == FP32:
+        return None, "asked for fp32"
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if asked == BF16:
+            raise UserError("this GPU has no bf16: train with --precision auto (fp16) or fp32")
+        return torch.float16, "GPU without bf16: fp16 autocast with loss scaling"
+    if asked == BF16:
+        return torch.bfloat16, "asked for bf16"
+    if device.type == "cuda":
+        return torch.bfloat16, "GPU has bf16"
+    if device.type == "cpu" and (support := cpu_bf16_support()):
+        return torch.bfloat16, f"CPU has {support}"
+    if device.type == "cpu":
+        return None, "CPU has neither AMX nor AVX-512 BF16 (bf16 would be emulated)"
+    return None, f"no autocast on {device.type}"
+
+
+def setup(precision: str = AUTO) -> Context:
+    """Start this process's share of the job (alone, or one rank under ``torchrun``),
+    computing in ``precision`` (see :func:`choose_precision`)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(local_rank)
-    amp_dtype = None
+    amp_dtype, reason = choose_precision(device, precision)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     elif device.type == "cpu":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
@@ -94,7 +154,7 @@ def setup() -> Context:
         dist.init_process_group(
             backend=backend, device_id=device if device.type == "cuda" else None
         )
-    return Context(device, rank, local_rank, world_size, amp_dtype)
+    return Context(device, rank, local_rank, world_size, amp_dtype, reason)
 
 
 def teardown(ctx: Context) -> None:

@@ -24,10 +24,10 @@ import torch
 from cli import UserError
 from marketplace_models.network import build_network, eval_transform, forward_features
 from steps.train import main, parse_config, train
-from steps.training import loop, stages
+from steps.training import distributed, loop, stages
 from steps.training.config import TrainConfig
 from steps.training.data import decode_images, load_clean_data
-from steps.training.distributed import Context
+from steps.training.distributed import Context, choose_precision
 from steps.training.loop import BatchSource, EarlyStopping, train_one_epoch
 from steps.training.model import (
     build_model,
@@ -267,6 +267,50 @@ def test_auto_trains_layer4_over_pretrained_weights_and_everything_over_random_o
     assert ("pretrained" in reason) if pretrained else ("random" in reason)
     note = run.data.tags["mlflow.note.content"]
     assert ("trainable layers 1" in note) if pretrained else ("all layers" in note)
+
+
+@pytest.mark.parametrize(
+    ("support", "dtype", "reason"),
+    [("AMX", torch.bfloat16, "CPU has AMX"), (None, None, "neither AMX nor AVX-512 BF16")],
+    ids=["bf16-cpu", "older-cpu"],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(
+    monkeypatch, support, dtype, reason
+):
+    monkeypatch.setattr(distributed, "cpu_bf16_support", lambda: support)
+    chosen, why = choose_precision(torch.device("cpu"))
+    assert chosen is dtype and reason in why
+    # Asked for, either precision is used whatever the CPU has.
+    assert choose_precision(torch.device("cpu"), "fp32") == (None, "asked for fp32")
+    assert choose_precision(torch.device("cpu"), "bf16")[0] is torch.bfloat16
+    assert Context(torch.device("cpu"), amp_dtype=chosen).precision == ("bf16" if dtype else "fp32")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n")
+    assert {"avx512_bf16", "amx_tile"} <= distributed.cpu_flags(cpuinfo)
+    assert distributed.cpu_flags(tmp_path / "missing") == frozenset()  # not Linux: fp32
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(UserError, match="--precision: invalid choice: 'fp16'"):
+        parse_config(["--precision", "fp16"])
+    with pytest.raises(UserError, match="one of auto, fp32, bf16"):
+        choose_precision(torch.device("cpu"), "half")
+
+
+@pytest.mark.parametrize("support", ["AVX-512 BF16", None], ids=["bf16-cpu", "older-cpu"])
+def test_the_run_logs_the_precision_asked_used_and_why(tiny_clean, tracking, monkeypatch, support):
+    monkeypatch.setattr(distributed, "cpu_bf16_support", lambda: support)
+    main(tiny_args(tiny_clean, "--epochs", "1", "--register", "false", "--weights", "none"))
+
+    [run] = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+    params = run.data.params
+    assert params["precision"] == "auto"
+    assert params["precision_used"] == ("bf16" if support else "fp32")
+    assert params["precision_reason"].startswith("CPU has")
+    assert run.data.metrics["train/loss"] > 0  # the bf16 step trained like the fp32 one
 
 
 @pytest.mark.slow
