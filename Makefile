@@ -78,9 +78,10 @@ stack-down: ## stop the server that `make stack` started
 stack-status: ## say whether the server runs, where, and where its artifacts go
 	$(BIN)/python -m stack status
 
-results: $(STAMP) ## print the baselines, the classifiers' and the ranker's test figures (markdown) from the tracking store
+results: $(STAMP) ## print the baselines, the learning path (baselines, simple CNN, ResNet), the classifiers' and the ranker's test figures (markdown)
 	$(BIN)/python -m steps.baselines_report
-	$(BIN)/python -m steps.models_report
+	@echo
+	$(BIN)/python -m steps.learning_path
 	@echo
 	$(BIN)/python -m steps.models_report
 

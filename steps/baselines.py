@@ -45,7 +45,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clean_data import IMAGES_FILE, PRODUCTS_FILE, SPLITS, CleanData, choose_size, load_clean
+from clean_data import (
+    DATA_DIGEST_TAG,
+    IMAGES_FILE,
+    PRODUCTS_FILE,
+    SPLITS,
+    CleanData,
+    choose_size,
+    data_digest,
+    load_clean,
+)
 from cli import UserError
 from marketplace_models.pyfunc import PACKAGE_DIR, installed_lower_bounds
 from marketplace_models.sklearn_features import HOG_SIZE
@@ -782,7 +791,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import mlflow
 
     with one_blas_thread(), start_run("baselines"):
-        mlflow.set_tag("step", "baselines")
+        # The test split's data, so that steps.learning_path sets these beside the deep models.
+        mlflow.set_tags({"step": "baselines", DATA_DIGEST_TAG: data_digest(args.clean)})
         log_params(
             {
                 "clean": str(args.clean),

@@ -529,3 +529,37 @@ def test_report_prints_the_latest_runs_tables(baselines_run) -> None:
     assert result.stdout.strip() == results_markdown(baselines_run["report"]).strip()
     assert "| most frequent (DummyClassifier) |" in result.stdout
     assert "| ridge on TF-IDF + one-hot |" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_learning_path_sets_the_baselines_beside_the_deep_models(baselines_run, capsys):
+    """make results: baselines and a simple CNN on the same cleaned data, in one table."""
+    import mlflow
+
+    from steps import learning_path
+    from steps import train as train_step
+
+    argv = ["--clean", str(baselines_run["clean"]), "--arch", "simplecnn", "--weights", "none"]
+    argv += ["--image-size", "32", "--epochs", "2", "--batch-size", "32", "--register", "false"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(baselines_run["home"])
+        patch.setenv("MLFLOW_TRACKING_URI", baselines_run["uri"])
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
+        mlflow.set_tracking_uri(baselines_run["uri"])
+        train_step.main(argv)
+        table = learning_path.main([])
+
+    client = mlflow.MlflowClient(baselines_run["uri"])
+    [cnn] = client.search_runs(
+        [client.get_experiment_by_name("tests").experiment_id],
+        "tags.mlflow.runName LIKE 'train simplecnn%'",
+    )
+    lines = table.splitlines()
+    assert cnn.data.tags["data_digest"] in lines[0]  # one test split for every row
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    assert {"sklearn dummy", "sklearn logreg", "simplecnn"} <= set(rows)
+    assert f"{cnn.data.metrics['test/accuracy']:.3f}" in rows["simplecnn"]
+    assert "random weights (from scratch)" in rows["simplecnn"]
+    logreg = _metrics(baselines_run["report"], "image", "logreg")
+    assert f"{logreg['test/accuracy']:.3f}" in rows["sklearn logreg"]
+    assert "No baselines run" not in table and "No simple CNN" not in table
