@@ -21,7 +21,7 @@ functions; ``python -m serve``):
   allows). HNSW is also measured at other ``ef_search`` depths (and, with
   ``--ef-construction``, over other graphs) and IVF-PQ at other ``nprobe``.
 - **real**: the demo's real embeddings. A small demo export is made, cleaned and trained on
-  the demo's way (resnet18 at 48 px from random weights, every layer trained) into a
+  the demo's way (the simple CNN at 48 px, trained from scratch) into a
   throwaway sqlite store; the ``index`` step indexes the version; its functions embed the
   catalogue; ``steps.index.evaluate`` gives, for each kind, recall@10 against exact search and
   precision@10 of same-category listings (test photos against a train + val index).
@@ -518,9 +518,9 @@ def make_demo_version(folder: Path, args) -> DemoVersion:
         seconds["data"] = time.perf_counter() - started
         started = time.perf_counter()
         argv = ["--clean", str(clean), "--clean-size", str(CLEAN_SIZE)]
-        argv += ["--image-size", str(IMAGE_SIZE), "--arch", "resnet18", "--weights", "none"]
-        argv += ["--epochs", str(args.real_epochs), "--batch-size", "32", "--lr", "0.002"]
-        argv += ["--trainable-layers", "all", "--seed", str(args.seed), "--model-name", MODEL_NAME]
+        argv += ["--image-size", str(IMAGE_SIZE), "--arch", "simplecnn", "--weights", "none"]
+        argv += ["--epochs", str(args.real_epochs), "--batch-size", "64", "--lr", "0.004"]
+        argv += ["--seed", str(args.seed), "--model-name", MODEL_NAME]
         outcome = train(parse_config(argv))
         seconds["train"] = time.perf_counter() - started
         started = time.perf_counter()
