@@ -22,6 +22,11 @@ Precision: our loop in fp32 (the loop before the CPU fast path) against the same
 fine-tuning every layer as the demo does, same seed, same epochs; each run's validation
 accuracy is recorded beside its speed, so that speed is not bought with accuracy.
 
+Card (``--modes card``, run with the card's ``--arch resnet50 --image-size 224 --clean-size
+256``): the card's command before and after ``trainable_layers=auto`` and ``precision=auto``
+over random weights (offline): before, fp32 with layer4 and the head trained; after, the
+CPU's precision with every layer trained (what auto picks over random weights).
+
     .venv/bin/python bench/train.py                        # a demo export, made here
     .venv/bin/python bench/train.py --clean data/clean --clean-size 256 --image-size 224
 
@@ -64,7 +69,7 @@ from steps.training.loop import (  # noqa: E402
 from steps.training.model import freeze, parse_trainable_layers  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "train.json"
-TARGETS = {"head_only": 5.0, "fine_tuning": 1.2, "precision": 1.0}
+TARGETS = {"head_only": 5.0, "fine_tuning": 1.2, "precision": 1.0, "card": 0.0}
 
 log = logging.getLogger("bench.train")
 
@@ -219,30 +224,31 @@ def compare(cfg: TrainConfig, epochs: int, plain_epochs: int, repeat: int) -> di
     }
 
 
-def compare_precision(cfg: TrainConfig, epochs: int, repeat: int) -> dict:
-    """Our loop in fp32 against ``--precision auto``, interleaved; the best run of each."""
-    images = len(load_clean_data(cfg.clean, cfg.clean_size, cfg.image_size).split("train"))
-    fp32_runs, auto_runs = [], []
+def compare_settings(
+    before: TrainConfig, after: TrainConfig, epochs: int, repeat: int, names: tuple[str, str]
+) -> dict:
+    """Our loop with ``before`` against ``after``, interleaved; the best run of each. Keys
+    are prefixed with ``names`` (``fp32_seconds``, ``auto_seconds`` ...)."""
+    images = len(load_clean_data(before.clean, before.clean_size, before.image_size).split("train"))
+    old_runs, new_runs = [], []
     for _ in range(repeat):
-        fp32_runs.append(run_ours(replace(cfg, precision="fp32"), epochs))
-        auto_runs.append(run_ours(replace(cfg, precision="auto"), epochs))
-    fp32, auto = min(fp32_runs), min(auto_runs)
-    return {
-        "trainable_layers": cfg.trainable_layers,
-        "train_images": images,
-        "epochs": epochs,
-        "auto_precision": auto[4],
-        "fp32_seconds": round(fp32[0], 2),
-        "auto_seconds": round(auto[0], 2),
-        "fp32_images_per_second": round(epochs * images / fp32[0], 1),
-        "auto_images_per_second": round(epochs * images / auto[0], 1),
-        "fp32_all_seconds": [round(run[0], 2) for run in fp32_runs],
-        "auto_all_seconds": [round(run[0], 2) for run in auto_runs],
-        "fp32_val_accuracy": [round(run[3], 4) for run in fp32_runs],
-        "auto_val_accuracy": [round(run[3], 4) for run in auto_runs],
-        "speedup": round(fp32[0] / auto[0], 2),
-        "cpu_ratio": round(fp32[2] / auto[2], 2),
-    }
+        old_runs.append(run_ours(before, epochs))
+        new_runs.append(run_ours(after, epochs))
+    old, new = min(old_runs), min(new_runs)
+    result = {"train_images": images, "epochs": epochs, f"{names[1]}_precision": new[4]}
+    for name, best, runs, cfg in (
+        (names[0], old, old_runs, before),
+        (names[1], new, new_runs, after),
+    ):
+        result |= {
+            f"{name}_trainable_layers": cfg.trainable_layers,
+            f"{name}_precision": best[4],
+            f"{name}_seconds": round(best[0], 2),
+            f"{name}_images_per_second": round(epochs * images / best[0], 1),
+            f"{name}_all_seconds": [round(run[0], 2) for run in runs],
+            f"{name}_val_accuracy": [round(run[3], 4) for run in runs],
+        }
+    return result | {"speedup": round(old[0] / new[0], 2), "cpu_ratio": round(old[2] / new[2], 2)}
 
 
 def get_args_parser() -> ArgumentParser:
@@ -272,10 +278,11 @@ def get_args_parser() -> ArgumentParser:
         "--precision-image-size", type=int, default=48, help="the demo's training size"
     )
     parser.add_argument("--precision-batch-size", type=int, default=32, help="the demo's")
+    parser.add_argument("--card-epochs", type=int, default=1, help="epochs of each card run")
     parser.add_argument(
         "--modes",
         default="head_only,fine_tuning,precision",
-        help="which comparisons to run, separated by commas",
+        help="which comparisons to run, separated by commas (also: card)",
     )
     parser.add_argument("--repeat", type=int, default=2, help="interleaved runs; best counts")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -321,7 +328,22 @@ def run_modes(args) -> dict:
                 image_size=args.precision_image_size,
                 batch_size=args.precision_batch_size,
             )
-            runs["precision"] = compare_precision(demo, args.precision_epochs, args.repeat)
+            runs["precision"] = compare_settings(
+                replace(demo, precision="fp32"),
+                replace(demo, precision="auto"),
+                args.precision_epochs,
+                args.repeat,
+                ("fp32", "auto"),
+            )
+        if "card" in modes:
+            log.info("the card's command before and after: %d epoch(s) each", args.card_epochs)
+            runs["card"] = compare_settings(
+                replace(base, trainable_layers=1, precision="fp32"),
+                replace(base, trainable_layers=parse_trainable_layers("all"), precision="auto"),
+                args.card_epochs,
+                args.repeat,
+                ("before", "after"),
+            )
     return runs
 
 
@@ -358,7 +380,9 @@ def print_table(runs: dict, device: str, results: Path) -> None:
     header = f"{'mode':<12} {'new img/s':>11} {'old img/s':>12} {'speedup':>8} {'CPU ratio':>10}"
     print(f"\n{header} {'target':>7}   (old: the plain loop; for precision, ours in fp32)")
     for name, run in runs.items():
-        new, old = ("auto", "fp32") if name == "precision" else ("ours", "plain")
+        new, old = {"precision": ("auto", "fp32"), "card": ("after", "before")}.get(
+            name, ("ours", "plain")
+        )
         print(
             f"{name:<12} {run[f'{new}_images_per_second']:>11.1f} "
             f"{run[f'{old}_images_per_second']:>12.1f} {run['speedup']:>7.2f}x "

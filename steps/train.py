@@ -484,14 +484,16 @@ def _load_best(net: nn.Module, epoch_logger: EpochLogger, run_id: str, best_epoc
 
 def _predict_test(net: nn.Module, data: CleanData, cfg: TrainConfig, ctx: Context):
     """Class probabilities ``(N, C)`` and labels of the test split through the eval preset
-    (rank 0), or None when the split is empty."""
+    (rank 0), or None when the split is empty. In fp32 whatever the training's precision:
+    the test figures are those of the model as it is logged and served."""
     frame = data.split("test")
     if frame.empty:
         log.warning("the test split is empty: no test metrics")
         return None
     images = decode_images(data.paths(frame), cfg.image_size, cfg.num_workers)
     labels = labels_of(frame)
-    logits = predict_logits(net, eval_source(images, labels, cfg.batch_size, ctx), ctx)
+    fp32 = replace(ctx, amp_dtype=None)
+    logits = predict_logits(net, eval_source(images, labels, cfg.batch_size, fp32), fp32)
     return softmax_numpy(logits), labels.numpy()
 
 
