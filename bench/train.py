@@ -235,7 +235,7 @@ def compare_settings(
         old_runs.append(run_ours(before, epochs))
         new_runs.append(run_ours(after, epochs))
     old, new = min(old_runs), min(new_runs)
-    result = {"train_images": images, "epochs": epochs, f"{names[1]}_precision": new[4]}
+    result = {"train_images": images, "epochs": epochs}
     for name, best, runs, cfg in (
         (names[0], old, old_runs, before),
         (names[1], new, new_runs, after),

@@ -15,7 +15,6 @@ a markdown table to stdout; ``make results`` prints it after the baselines.
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,10 +22,8 @@ from clean_data import DATA_DIGEST_TAG
 from cli import UserError
 from registry.kinds import MODEL_NAME
 from registry.store import PRODUCTION, connect
-from registry.versions import alias_holder
+from registry.versions import alias_holder, metric_value
 from steps import runtime
-
-log = logging.getLogger(__name__)
 
 BASELINES_RUN = "baselines"
 TRAIN_RUNS = "train %"  # train's run names: "train resnet18 e20 48px" (steps.train.run_name)
@@ -62,19 +59,24 @@ def starting_point(weights_used: str) -> str:
     return "random weights (from scratch)"
 
 
+def training_runs(client, experiment_ids: list[str], digest: str | None = None, **search):
+    """Finished ``train`` runs, newest first; only those on ``digest``'s data when given."""
+    on_data = f" AND tags.{DATA_DIGEST_TAG} = '{digest}'" if digest else ""
+    return client.search_runs(
+        experiment_ids,
+        f"attributes.status = 'FINISHED' AND tags.mlflow.runName LIKE '{TRAIN_RUNS}'{on_data}",
+        order_by=["attributes.start_time DESC"],
+        **search,
+    )
+
+
 def the_data(client, experiment_ids: list[str]) -> str:
     """The ``data_digest`` the path is shown on: the production image version's run's, else
     the newest training run's."""
     holder = alias_holder(client, MODEL_NAME, PRODUCTION)
     if holder is not None and holder.tags.get(DATA_DIGEST_TAG):
         return holder.tags[DATA_DIGEST_TAG]
-    runs = client.search_runs(
-        experiment_ids,
-        f"attributes.status = 'FINISHED' AND tags.mlflow.runName LIKE '{TRAIN_RUNS}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=50,
-    )
-    for run in runs:
+    for run in training_runs(client, experiment_ids, max_results=50):
         if run.data.tags.get(DATA_DIGEST_TAG):
             return run.data.tags[DATA_DIGEST_TAG]
     raise UserError(
@@ -84,24 +86,19 @@ def the_data(client, experiment_ids: list[str]) -> str:
 
 def deep_models(client, experiment_ids: list[str], digest: str) -> list[Step]:
     """The newest finished training run of each architecture and starting point."""
-    runs = client.search_runs(
-        experiment_ids,
-        f"attributes.status = 'FINISHED' AND tags.mlflow.runName LIKE '{TRAIN_RUNS}' "
-        f"AND tags.{DATA_DIGEST_TAG} = '{digest}'",
-        order_by=["attributes.start_time DESC"],
-    )
     newest: dict[tuple[str, str], Step] = {}
-    for run in runs:
+    for run in training_runs(client, experiment_ids, digest):
         params, metrics = run.data.params, run.data.metrics
         key = (params.get("arch", "?"), starting_point(params.get("weights_used", "none")))
-        if key in newest or "test/accuracy" not in metrics:
+        accuracy = metric_value(metrics, "test/accuracy")
+        if key in newest or accuracy is None:
             continue
         epochs = client.get_metric_history(run.info.run_id, "epoch_seconds")
         newest[key] = Step(
             model=key[0],
             start=key[1],
-            accuracy=metrics["test/accuracy"],
-            macro_f1=metrics.get("test/macro_f1"),
+            accuracy=accuracy,
+            macro_f1=metric_value(metrics, "test/macro_f1"),
             seconds=sum(m.value for m in epochs) if epochs else None,
             run_id=run.info.run_id,
         )
@@ -128,15 +125,16 @@ def baselines(client, experiment_ids: list[str], digest: str) -> list[Step]:
     for child in children:
         info, metrics = child.info, child.data.metrics
         kind = child.data.tags.get("model", "?")
-        if "test/accuracy" not in metrics:
+        accuracy = metric_value(metrics, "test/accuracy")
+        if accuracy is None:
             continue
         seconds = (info.end_time - info.start_time) / 1000 if info.end_time else None
         steps.append(
             Step(
                 model=f"sklearn {kind}",
                 start="majority class" if kind == "dummy" else "fitted on image features",
-                accuracy=metrics["test/accuracy"],
-                macro_f1=metrics.get("test/macro_f1"),
+                accuracy=accuracy,
+                macro_f1=metric_value(metrics, "test/macro_f1"),
                 seconds=seconds,
                 run_id=info.run_id,
             )

@@ -300,6 +300,24 @@ def test_an_unknown_precision_is_refused():
         choose_precision(torch.device("cpu"), "half")
 
 
+def test_test_figures_are_computed_in_fp32_after_bf16_training(tiny_clean, monkeypatch):
+    """The test metrics are the logged model's (fp32, as served), not the autocast's."""
+    import steps.train as train_step
+
+    seen = []
+
+    def predict(module, source, ctx):
+        seen.append(ctx.amp_dtype)
+        return torch.zeros(len(source.labels), len(CATEGORIES))
+
+    monkeypatch.setattr(train_step, "predict_logits", predict)
+    cfg = TrainConfig(clean=tiny_clean, image_size=SIZE, clean_size=SIZE, num_workers=1)
+    bf16 = Context(torch.device("cpu"), amp_dtype=torch.bfloat16)
+    data = load_clean_data(tiny_clean, SIZE, SIZE)
+    train_step._predict_test(build_network("resnet18", 3), data, cfg, bf16)
+    assert seen == [None]  # no autocast, whatever the training's
+
+
 @pytest.mark.parametrize("support", ["AVX-512 BF16", None], ids=["bf16-cpu", "older-cpu"])
 def test_the_run_logs_the_precision_asked_used_and_why(tiny_clean, tracking, monkeypatch, support):
     monkeypatch.setattr(distributed, "cpu_bf16_support", lambda: support)
